@@ -1,0 +1,125 @@
+"""Neighbour lists for ASE structures, computed with vesin (periodic or not)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from vesin import NeighborList
+
+
+def neighbor_list(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Full neighbour list of ``atoms`` within ``cutoff``.
+
+    Returns ``edge_index`` (2, E) int64 with centre atoms in row 0 and neighbours in row 1
+    (every pair appears in both directions) and ``edge_shifts`` (E, 3) float64, the
+    Cartesian periodic-image offsets so that ``r_j - r_i + shift`` is the pair vector.
+    """
+    positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("structure has non-finite (NaN or inf) positions; fix the input structure")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    if pbc.any():
+        if not np.all(pbc):
+            if np.abs(np.linalg.det(cell)) < 1e-12:
+                raise ValueError("a partially periodic structure needs a full, non-degenerate cell")
+        elif np.abs(np.linalg.det(cell)) < 1e-12:
+            raise ValueError("a periodic structure needs a non-degenerate cell")
+    calculator = NeighborList(cutoff=float(cutoff), full_list=True)
+    if pbc.any():
+        i, j, S = calculator.compute(points=positions, box=cell, periodic=pbc, quantities="ijS")
+    else:
+        i, j, S = calculator.compute(points=positions, box=np.zeros((3, 3)), periodic=False, quantities="ijS")
+    edge_index = np.stack([np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)])
+    edge_shifts = np.asarray(S, dtype=np.float64) @ cell
+    return edge_index, edge_shifts
+
+
+def graph_tensors(atoms, cutoff: float, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """Tensors a model needs for one structure: positions, atomic numbers, edges, shifts."""
+    edge_index, edge_shifts = neighbor_list(atoms, cutoff)
+    return {
+        "positions": torch.tensor(atoms.positions, dtype=dtype),
+        "atomic_numbers": torch.tensor(atoms.numbers, dtype=torch.long),
+        "edge_index": torch.from_numpy(edge_index),
+        "edge_shifts": torch.tensor(edge_shifts, dtype=dtype),
+    }
+
+
+class AtomisticDataset(torch.utils.data.Dataset):
+    """Labelled structures turned into graphs once (neighbour lists are computed up front).
+
+    Each item is a dict of tensors for one structure; :func:`collate` joins items into a
+    batch. Labels follow the convention of :mod:`llpr.data`: ``atoms.info["energy"]`` (eV),
+    ``atoms.arrays["forces"]`` (eV/A); unlabelled structures are allowed when
+    ``require_labels`` is False.
+    """
+
+    def __init__(self, atoms_list, cutoff: float, dtype=torch.float32, require_labels: bool = True):
+        atoms_list = list(atoms_list)
+        if len(atoms_list) == 0:
+            raise ValueError("the dataset is empty: give at least one structure")
+        self.items = []
+        for k, atoms in enumerate(atoms_list):
+            if len(atoms) == 0:
+                raise ValueError(f"structure {k} has no atoms")
+            item = graph_tensors(atoms, cutoff, dtype)
+            energy = atoms.info.get("energy")
+            forces = atoms.arrays.get("forces")
+            if require_labels and (energy is None or forces is None):
+                raise ValueError(
+                    f"structure {k} has no energy/forces labels (atoms.info['energy'], "
+                    "atoms.arrays['forces']); label it first, e.g. with llpr.data.label_structures"
+                )
+            if energy is not None:
+                item["energy"] = torch.tensor(float(energy), dtype=torch.float64)
+            if forces is not None:
+                item["forces"] = torch.tensor(np.asarray(forces), dtype=dtype)
+            self.items.append(item)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Join per-structure graphs into one disconnected graph with a ``batch`` index."""
+    offsets = 0
+    positions, numbers, edges, shifts, batch, forces, energies, n_atoms = [], [], [], [], [], [], [], []
+    for k, item in enumerate(items):
+        n = item["positions"].shape[0]
+        positions.append(item["positions"])
+        numbers.append(item["atomic_numbers"])
+        edges.append(item["edge_index"] + offsets)
+        shifts.append(item["edge_shifts"])
+        batch.append(torch.full((n,), k, dtype=torch.long))
+        n_atoms.append(n)
+        if "forces" in item:
+            forces.append(item["forces"])
+        if "energy" in item:
+            energies.append(item["energy"])
+        offsets += n
+    out = {
+        "positions": torch.cat(positions),
+        "atomic_numbers": torch.cat(numbers),
+        "edge_index": torch.cat(edges, dim=1),
+        "edge_shifts": torch.cat(shifts),
+        "batch": torch.cat(batch),
+        "n_atoms": torch.tensor(n_atoms, dtype=torch.long),
+        "n_structures": torch.tensor(len(items)),
+    }
+    if len(forces) == len(items):
+        out["forces"] = torch.cat(forces)
+    if len(energies) == len(items):
+        out["energy"] = torch.stack(energies)
+    return out
+
+
+def make_loader(dataset: AtomisticDataset, batch_size: int = 8, shuffle: bool = False, seed: int = 0):
+    """A torch DataLoader over ``dataset`` with :func:`collate` (deterministic shuffling)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
+    )

@@ -1,0 +1,257 @@
+"""A strictly local, species-aware neural-network potential with a linear read-out.
+
+The energy of atom ``i`` depends only on the neighbours ``j`` within ``cutoff`` (receptive
+field = one cutoff, no message passing), which is what lets LAMMPS run it with one ghost
+shell and makes the per-atom energy and per-atom last-layer feature well defined.
+
+Descriptor (all rotation/permutation invariant and smooth at the cutoff):
+
+* radial basis ``b_k(r)``: Gaussians times the C2 cutoff ``fc(r) = 1 - 10x^3 + 15x^4 - 6x^5``
+  (x = r / cutoff), so energies and forces go to zero smoothly at the cutoff;
+* species-pair mixing into ``n_channels`` radial channels ``R_n(r_ij) = sum_k b_k W[s_i,s_j]_kn``;
+* moment tensors ``M_i[n, L] = sum_j R_n(r_ij) u_ij^{(x)L}`` (u = unit vector, L = 0..l_max),
+  stored in symmetric form with multiplicity weights so that plain dot products are full
+  tensor contractions;
+* invariants: ``M_i[n, 0]`` (two-body) and ``<M_i[n, L], M_i[n', L]> =
+  sum_{j,k} R_n(r_ij) R_n'(r_ik) cos(theta_jik)^L`` for n <= n' (three-body, angular).
+
+The invariants (standardised with fixed training-set statistics) and a one-hot of the
+centre species go through an MLP whose last hidden activations are the **last-layer
+features** ``f_i``; the atomic energy is ``E_i = w . f_i + E0[s_i]`` with a bias-free linear
+read-out ``w`` and fixed per-species reference energies ``E0`` (fitted by least squares on
+the training set). LLPR treats ``w`` as the last layer.
+
+The module is scriptable with ``torch.jit.script`` and works in float32 and float64.
+"""
+
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def _symmetric_monomials(l_max: int) -> Tuple[List[List[int]], List[float], List[int]]:
+    """Exponent triples (a, b, c) with a+b+c = L for L = 0..l_max, the square root of
+    their multinomial multiplicity, and the L of each, in a fixed order."""
+    exps: List[List[int]] = []
+    weights: List[float] = []
+    orders: List[int] = []
+    for L in range(l_max + 1):
+        for a in range(L, -1, -1):
+            for b in range(L - a, -1, -1):
+                c = L - a - b
+                mult = math.factorial(L) // (math.factorial(a) * math.factorial(b) * math.factorial(c))
+                exps.append([a, b, c])
+                weights.append(math.sqrt(mult))
+                orders.append(L)
+    return exps, weights, orders
+
+
+class LocalPotential(nn.Module):
+    """Strictly local moment-tensor neural-network potential.
+
+    Parameters
+    ----------
+    species:
+        Atomic numbers the model knows, e.g. ``[14]`` or ``[6, 14]``.
+    cutoff:
+        Radial cutoff in Angstrom (also the receptive field).
+    n_basis, n_channels, l_max:
+        Radial basis size, number of mixed radial channels, highest angular order.
+    hidden:
+        Widths of the MLP hidden layers; the last one is the feature dimension.
+    """
+
+    # exported metadata (TorchScript attributes)
+    cutoff: float
+    n_species: int
+    n_features: int
+    l_max: int
+
+    def __init__(
+        self,
+        species: List[int],
+        cutoff: float = 4.0,
+        n_basis: int = 8,
+        n_channels: int = 8,
+        l_max: int = 3,
+        hidden: Tuple[int, ...] = (64, 64),
+        r_min: float = 1.5,
+    ) -> None:
+        super().__init__()
+        species = [int(z) for z in species]
+        if len(species) == 0:
+            raise ValueError("LocalPotential needs at least one species (atomic numbers)")
+        if len(set(species)) != len(species) or any(z < 1 or z > 118 for z in species):
+            raise ValueError(f"species must be distinct atomic numbers in 1..118, got {species}")
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff}")
+        self.species: List[int] = sorted(species)
+        self.cutoff = float(cutoff)
+        self.n_species = len(self.species)
+        self.n_basis = int(n_basis)
+        self.n_channels = int(n_channels)
+        self.l_max = int(l_max)
+        self.hyperparameters: Dict[str, float] = {
+            "cutoff": float(cutoff),
+            "n_basis": float(n_basis),
+            "n_channels": float(n_channels),
+            "l_max": float(l_max),
+            "r_min": float(r_min),
+        }
+        self.hidden_sizes: List[int] = [int(h) for h in hidden]
+
+        lookup = torch.full((119,), -1, dtype=torch.long)
+        for idx, z in enumerate(self.species):
+            lookup[z] = idx
+        self.register_buffer("species_to_index", lookup)
+
+        centers = torch.linspace(r_min, cutoff, n_basis)
+        width = (cutoff - r_min) / max(n_basis - 1, 1)
+        self.register_buffer("basis_centers", centers)
+        self.register_buffer("basis_width", torch.tensor(width))
+
+        exps, weights, orders = _symmetric_monomials(l_max)
+        self.register_buffer("monomial_exponents", torch.tensor(exps, dtype=torch.long))
+        self.register_buffer("monomial_weights", torch.tensor(weights))
+        self.n_monomials = len(exps)
+        # index ranges of each L in the monomial list
+        bounds: List[int] = [0]
+        for L in range(l_max + 1):
+            bounds.append(bounds[-1] + (L + 1) * (L + 2) // 2)
+        self.l_bounds: List[int] = bounds
+
+        S = self.n_species
+        self.radial_mixing = nn.Parameter(
+            torch.randn(n_basis, S * S * n_channels) / math.sqrt(n_basis)
+        )
+        iu = torch.triu_indices(n_channels, n_channels)
+        self.register_buffer("pair_rows", iu[0].clone())
+        self.register_buffer("pair_cols", iu[1].clone())
+        n_pairs = iu.shape[1]
+        self.n_invariants = n_channels + (l_max + 1) * n_pairs
+        self.register_buffer("invariant_mean", torch.zeros(self.n_invariants))
+        self.register_buffer("invariant_std", torch.ones(self.n_invariants))
+
+        layers: List[nn.Module] = []
+        width_in = self.n_invariants + S
+        for h in self.hidden_sizes:
+            layers.append(nn.Linear(width_in, h))
+            layers.append(nn.SiLU())
+            width_in = h
+        self.mlp = nn.Sequential(*layers)
+        self.n_features = width_in
+        self.readout = nn.Linear(width_in, 1, bias=False)
+        nn.init.normal_(self.readout.weight, std=0.01)
+        self.register_buffer("energy_shift", torch.zeros(S))
+
+    # ------------------------------------------------------------------ descriptor
+    def _cutoff_fn(self, r: torch.Tensor) -> torch.Tensor:
+        x = (r / self.cutoff).clamp(max=1.0)
+        return 1.0 - x * x * x * (10.0 - 15.0 * x + 6.0 * x * x)
+
+    def species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Map atomic numbers to 0..n_species-1; raise on an unknown element."""
+        if atomic_numbers.numel() > 0:
+            if int(atomic_numbers.min()) < 0 or int(atomic_numbers.max()) > 118:
+                raise ValueError("atomic numbers must lie in 0..118")
+        idx = self.species_to_index[atomic_numbers]
+        if atomic_numbers.numel() > 0 and int(idx.min()) < 0:
+            unknown: List[int] = torch.unique(atomic_numbers[idx < 0]).tolist()
+            raise ValueError(
+                "structure contains element(s) with atomic number "
+                + str(unknown)
+                + " that the model does not know; the model was trained for atomic numbers "
+                + str(self.species)
+            )
+        return idx
+
+    def invariants(
+        self,
+        species_idx: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_centers: int,
+    ) -> torch.Tensor:
+        """Raw (unstandardised) invariants of the first ``n_centers`` atoms."""
+        centers = edge_index[0]
+        neighbors = edge_index[1]
+        r = torch.linalg.vector_norm(edge_vectors, dim=1)
+        # edges at or beyond the cutoff contribute exactly zero (smooth cutoff)
+        inside = r < self.cutoff
+        r_safe = torch.where(inside, r, torch.full_like(r, 0.5 * self.cutoff))
+        u = edge_vectors / r_safe.unsqueeze(1)
+        fc = torch.where(inside, self._cutoff_fn(r_safe), torch.zeros_like(r_safe))
+        d = (r_safe.unsqueeze(1) - self.basis_centers.to(r.dtype)) / self.basis_width.to(r.dtype)
+        basis = torch.exp(-d * d) * fc.unsqueeze(1)  # (E, K)
+
+        S = self.n_species
+        C = self.n_channels
+        mixed = basis @ self.radial_mixing  # (E, S*S*C)
+        pair_type = species_idx[centers] * S + species_idx[neighbors]
+        mixed = mixed.view(-1, S * S, C)
+        radial = mixed.gather(1, pair_type.view(-1, 1, 1).expand(-1, 1, C)).squeeze(1)  # (E, C)
+
+        # symmetric monomials of the unit vector, weighted by sqrt(multiplicity)
+        ex = self.monomial_exponents
+        ux = u[:, 0:1] ** ex[:, 0].to(u.dtype)
+        uy = u[:, 1:2] ** ex[:, 1].to(u.dtype)
+        uz = u[:, 2:3] ** ex[:, 2].to(u.dtype)
+        mono = ux * uy * uz * self.monomial_weights.to(u.dtype)  # (E, P)
+
+        per_edge = radial.unsqueeze(2) * mono.unsqueeze(1)  # (E, C, P)
+        moments = torch.zeros(
+            (n_centers, C, self.n_monomials), dtype=edge_vectors.dtype, device=edge_vectors.device
+        )
+        moments = moments.index_add(0, centers, per_edge)
+
+        parts: List[torch.Tensor] = [moments[:, :, 0]]
+        for L in range(self.l_max + 1):
+            m = moments[:, :, self.l_bounds[L] : self.l_bounds[L + 1]]
+            gram = torch.bmm(m, m.transpose(1, 2))  # (n, C, C)
+            parts.append(gram[:, self.pair_rows, self.pair_cols])
+        return torch.cat(parts, dim=1)
+
+    def features(
+        self,
+        species_idx: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_centers: int,
+    ) -> torch.Tensor:
+        """Last-layer features f_i of the first ``n_centers`` atoms, shape (n_centers, F)."""
+        inv = self.invariants(species_idx, edge_index, edge_vectors, n_centers)
+        inv = (inv - self.invariant_mean) / self.invariant_std
+        onehot = torch.nn.functional.one_hot(species_idx[:n_centers], self.n_species).to(inv.dtype)
+        return self.mlp(torch.cat([inv, onehot], dim=1))
+
+    def forward(
+        self,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_centers: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies (n_centers,) and last-layer features (n_centers, F).
+
+        ``atomic_numbers`` covers all atoms that appear in ``edge_index`` (centres first,
+        then any ghost/image atoms); ``edge_index[0]`` must be < ``n_centers``;
+        ``edge_vectors[e] = r_{edge_index[1,e]} - r_{edge_index[0,e]}``.
+        """
+        species_idx = self.species_index(atomic_numbers)
+        f = self.features(species_idx, edge_index, edge_vectors, n_centers)
+        energies = self.readout(f).squeeze(1) + self.energy_shift[species_idx[:n_centers]]
+        return energies, f
+
+    @torch.jit.export
+    def readout_weights(self) -> torch.Tensor:
+        return self.readout.weight.view(-1)
+
+
+def edge_vectors_from_positions(
+    positions: torch.Tensor, edge_index: torch.Tensor, edge_shifts: torch.Tensor
+) -> torch.Tensor:
+    """``r_j - r_i + shift`` for every edge (shift = Cartesian periodic image offset)."""
+    return positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts

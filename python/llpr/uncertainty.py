@@ -1,0 +1,216 @@
+"""The LLPR estimator: ``fit`` / ``calibrate`` / ``predict`` for any torch model with a
+linear last layer.
+
+A *feature function* maps ``(model, batch)`` to a dict with
+
+* ``prediction`` (B,): the model's predictions, ``prediction = features @ w (+ constant)``;
+* ``features`` (B, F): the last-layer features of each prediction;
+* ``target`` (B,), optional: the reference values (needed by ``calibrate``);
+* ``atom_features`` (N, F) and ``batch`` (N,), optional: per-atom features for local
+  uncertainties.
+
+Atomistic convention (:func:`atomistic_outputs`): the energy is extensive, so a structure's
+feature is the **sum** of its atoms' features (no per-atom mean) and its variance is
+``alpha^2 (sum_i f_i)^T C^-1 (sum_i f_i)``, with ``C = F^T F + varsigma^2 I`` where ``F``
+stacks the training structures' summed features. Per-atom: ``sigma_i = alpha sqrt(f_i^T
+C^-1 f_i)`` (eV) and ``LPR_i = 1 / (f_i^T C^-1 f_i)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .calibrate import CalibrationResult, calibrate_hyperparameters
+from .fit import CovarianceAccumulator
+
+
+def atomistic_outputs(model, batch: dict) -> dict:
+    """Feature function for :class:`llpr.model.LocalPotential` batches from
+    :func:`llpr.graphs.collate`."""
+    from .model import edge_vectors_from_positions
+
+    if not torch.isfinite(batch["positions"]).all():
+        raise ValueError("structure has non-finite (NaN or inf) positions")
+    vectors = edge_vectors_from_positions(batch["positions"], batch["edge_index"], batch["edge_shifts"])
+    n_atoms = batch["positions"].shape[0]
+    energies, feats = model(batch["atomic_numbers"], batch["edge_index"], vectors, n_atoms)
+    n_struct = int(batch["n_structures"])
+    index = batch["batch"]
+    prediction = torch.zeros(n_struct, dtype=torch.float64).index_add(0, index, energies.to(torch.float64))
+    summed = torch.zeros((n_struct, feats.shape[1]), dtype=torch.float64).index_add(
+        0, index, feats.to(torch.float64)
+    )
+    out = {
+        "prediction": prediction,
+        "features": summed,
+        "atom_features": feats,
+        "atom_energies": energies,
+        "batch": index,
+    }
+    if "energy" in batch:
+        out["target"] = batch["energy"].to(torch.float64)
+    return out
+
+
+def tabular_outputs(model, batch) -> dict:
+    """Feature function for a tabular regressor exposing ``features(x)`` (B, F) and a
+    linear ``readout``; batches are ``(x, y)`` pairs or plain ``x``."""
+    x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+    feats = model.features(x)
+    out = {"prediction": model.readout(feats).reshape(-1).to(torch.float64), "features": feats}
+    if y is not None:
+        out["target"] = torch.as_tensor(y).reshape(-1).to(torch.float64)
+    return out
+
+
+class LLPR:
+    """Last-layer prediction rigidity of a trained model.
+
+    >>> llpr = LLPR(model).fit(train_loader).calibrate(val_loader)
+    >>> out = llpr.predict(batch)   # prediction, variance, sigma (+ atom_sigma, lpr)
+    """
+
+    def __init__(self, model: torch.nn.Module, feature_fn=None) -> None:
+        self.model = model
+        if feature_fn is None:
+            from .model import LocalPotential
+
+            feature_fn = atomistic_outputs if isinstance(model, LocalPotential) else tabular_outputs
+        self.feature_fn = feature_fn
+        self.covariance: torch.Tensor | None = None
+        self.n_train = 0
+        self.calibration: CalibrationResult | None = None
+        self._cholesky: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def alpha(self) -> float:
+        self._require_calibrated("read alpha")
+        return self.calibration.alpha
+
+    @property
+    def varsigma(self) -> float:
+        self._require_calibrated("read varsigma")
+        return self.calibration.varsigma
+
+    def _require_fitted(self, what: str) -> None:
+        if self.covariance is None:
+            raise RuntimeError(f"cannot {what}: call LLPR.fit(train_loader) first")
+
+    def _require_calibrated(self, what: str) -> None:
+        self._require_fitted(what)
+        if self.calibration is None:
+            raise RuntimeError(f"cannot {what}: call LLPR.calibrate(validation_loader) after fit()")
+
+    def _outputs(self, batch) -> dict:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.feature_fn(self.model, batch)
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, loader, progress: bool = False) -> "LLPR":
+        """Accumulate F^T F (float64) over the training ``loader`` (streaming)."""
+        acc = CovarianceAccumulator()
+        for batch in tqdm(loader, desc="llpr fit", disable=not progress, leave=False):
+            acc.update(self._outputs(batch)["features"])
+        self.covariance = acc.result()
+        self.n_train = acc.n_samples
+        self.calibration = None
+        self._cholesky = None
+        return self
+
+    # ------------------------------------------------------------------ calibrate
+    def collect(self, loader) -> dict:
+        """Structure-level predictions, features and targets over a loader."""
+        preds, feats, targets = [], [], []
+        for batch in loader:
+            out = self._outputs(batch)
+            if "target" not in out:
+                raise ValueError("calibration needs targets: the validation batches carry no reference values")
+            preds.append(out["prediction"])
+            feats.append(out["features"].to(torch.float64))
+            targets.append(out["target"])
+        if not preds:
+            raise ValueError("the validation loader is empty: calibration needs at least one structure")
+        return {"prediction": torch.cat(preds), "features": torch.cat(feats), "target": torch.cat(targets)}
+
+    def calibrate(self, loader, **kwargs) -> "LLPR":
+        """Fit alpha and varsigma on a validation ``loader`` by minimising the Gaussian NLL."""
+        self._require_fitted("calibrate")
+        data = self.collect(loader)
+        errors = data["prediction"] - data["target"]
+        self.calibration = calibrate_hyperparameters(self.covariance, data["features"], errors, **kwargs)
+        self._cholesky = None
+        return self
+
+    def calibration_summary(self) -> dict:
+        self._require_calibrated("summarise the calibration")
+        summary = self.calibration.summary()
+        summary["n_train"] = self.n_train
+        summary["feature_reduction"] = "sum"
+        return summary
+
+    # ------------------------------------------------------------------ predict
+    def cholesky_factor(self) -> torch.Tensor:
+        """Lower Cholesky factor L of C = F^T F + varsigma^2 I (float64)."""
+        self._require_calibrated("build the covariance factor")
+        if self._cholesky is None:
+            n = self.covariance.shape[0]
+            reg = self.covariance + self.varsigma**2 * torch.eye(n, dtype=torch.float64)
+            L, info = torch.linalg.cholesky_ex(reg)
+            if int(info) != 0:
+                raise RuntimeError(
+                    "the regularised covariance is not positive definite; recalibrate with a "
+                    "larger varsigma"
+                )
+            self._cholesky = L
+        return self._cholesky
+
+    def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
+        """f^T C^-1 f per row, by a triangular solve with the Cholesky factor (float64)."""
+        L = self.cholesky_factor()
+        z = torch.linalg.solve_triangular(L, features.to(torch.float64).t(), upper=False)
+        return (z * z).sum(dim=0)
+
+    def variance(self, features: torch.Tensor) -> torch.Tensor:
+        return self.alpha**2 * self.quadratic_form(features)
+
+    def local_uncertainty(self, atom_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom sigma_i (target units) and local prediction rigidity LPR_i."""
+        q = self.quadratic_form(atom_features)
+        return self.alpha * torch.sqrt(q), 1.0 / q
+
+    def predict(self, batch) -> dict:
+        """Predictions with their variance and sigma; per-atom sigma and LPR when the
+        feature function gives atom features."""
+        self._require_calibrated("predict uncertainties")
+        out = self._outputs(batch)
+        var = self.variance(out["features"])
+        result = {"prediction": out["prediction"], "variance": var, "sigma": torch.sqrt(var)}
+        if "atom_features" in out:
+            sigma_i, lpr_i = self.local_uncertainty(out["atom_features"])
+            result.update(atom_sigma=sigma_i, lpr=lpr_i, atom_energies=out["atom_energies"])
+        if "target" in out:
+            result["target"] = out["target"]
+        return result
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        self._require_fitted("save the LLPR state")
+        state = {"covariance": self.covariance, "n_train": self.n_train}
+        if self.calibration is not None:
+            state["calibration"] = self.calibration.__dict__.copy()
+        return state
+
+    def load_state_dict(self, state: dict) -> "LLPR":
+        self.covariance = state["covariance"].to(torch.float64)
+        self.n_train = int(state["n_train"])
+        cal = state.get("calibration")
+        self.calibration = CalibrationResult(**cal) if cal is not None else None
+        self._cholesky = None
+        return self
