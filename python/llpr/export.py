@@ -6,6 +6,7 @@ documented in ``docs/model-format.md``; bump ``FORMAT_VERSION`` on any incompati
 
 import json
 import os
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -185,7 +186,11 @@ def export_model(llpr, path: str, dtype: Optional[torch.dtype] = None) -> str:
         llpr.calibration_summary(),
         __version__,
     )
-    scripted = torch.jit.script(wrapper)
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export, but it is what libtorch in
+        # LAMMPS loads; nothing for the user to act on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(wrapper)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot export to {path}: folder {directory} does not exist")

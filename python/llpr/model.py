@@ -26,6 +26,7 @@ The module is scriptable with ``torch.jit.script`` and works in float32 and floa
 
 
 import math
+import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -94,11 +95,14 @@ class LocalPotential(nn.Module):
         self.n_basis = int(n_basis)
         self.n_channels = int(n_channels)
         self.l_max = int(l_max)
-        self.hyperparameters: Dict[str, float] = {
+        # constructor arguments, to rebuild the model from a checkpoint (not scripted)
+        self.init_kwargs = {
+            "species": list(self.species),
             "cutoff": float(cutoff),
-            "n_basis": float(n_basis),
-            "n_channels": float(n_channels),
-            "l_max": float(l_max),
+            "n_basis": int(n_basis),
+            "n_channels": int(n_channels),
+            "l_max": int(l_max),
+            "hidden": [int(h) for h in hidden],
             "r_min": float(r_min),
         }
         self.hidden_sizes: List[int] = [int(h) for h in hidden]
@@ -255,3 +259,46 @@ def edge_vectors_from_positions(
 ) -> torch.Tensor:
     """``r_j - r_i + shift`` for every edge (shift = Cartesian periodic image offset)."""
     return positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
+
+
+def model_payload(model: "LocalPotential", extra: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Constructor arguments + weights of a model, as a picklable dict."""
+    return {
+        "kind": "llpr.LocalPotential",
+        "config": model.init_kwargs,
+        "state_dict": model.state_dict(),
+        "dtype": "float64" if model.radial_mixing.dtype == torch.float64 else "float32",
+        "extra": extra or {},
+    }
+
+
+def model_from_payload(payload: Dict[str, object]) -> "LocalPotential":
+    model = LocalPotential(**payload["config"])
+    model = model.to(torch.float64 if payload["dtype"] == "float64" else torch.float32)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model
+
+
+def save_model(model: "LocalPotential", path: str, extra: Optional[Dict[str, object]] = None) -> None:
+    """Save a model (constructor arguments + weights) to a checkpoint file."""
+    torch.save(model_payload(model, extra), path)
+
+
+def load_checkpoint(path: str, kind: str) -> Dict[str, object]:
+    """Read a checkpoint written by llpr and check its kind, with clear errors."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist; check the path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"'{path}' is not a readable llpr checkpoint ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"'{path}' is not a {kind} checkpoint (found {found!r})")
+    return payload
+
+
+def load_model(path: str) -> "LocalPotential":
+    """Load a model checkpoint written by :func:`save_model` (e.g. by `llpr train`)."""
+    return model_from_payload(load_checkpoint(path, "llpr.LocalPotential"))

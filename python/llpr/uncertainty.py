@@ -214,3 +214,26 @@ class LLPR:
         self.calibration = CalibrationResult(**cal) if cal is not None else None
         self._cholesky = None
         return self
+
+
+def save_llpr(llpr: LLPR, path: str) -> None:
+    """Save a fitted (and possibly calibrated) LLPR of a LocalPotential: model + state."""
+    from .model import model_payload
+
+    torch.save({"kind": "llpr.LLPR", "model": model_payload(llpr.model), "llpr": llpr.state_dict()}, path)
+
+
+def load_llpr(path: str) -> LLPR:
+    """Load what :func:`save_llpr` wrote (e.g. by `llpr calibrate`)."""
+    from .model import load_checkpoint, model_from_payload
+
+    try:
+        payload = load_checkpoint(path, "llpr.LLPR")
+    except ValueError as exc:
+        if "llpr.LocalPotential" in str(exc):
+            raise ValueError(
+                f"'{path}' is not a llpr.LLPR checkpoint: it holds a trained model that is not "
+                f"calibrated yet; run `llpr calibrate --model {path} --train ... --val ...` first"
+            ) from exc
+        raise
+    return LLPR(model_from_payload(payload["model"])).load_state_dict(payload["llpr"])

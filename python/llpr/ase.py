@@ -1,0 +1,63 @@
+"""ASE calculator that runs an exported llpr model file (the same file LAMMPS runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from .export import load_exported
+from .graphs import neighbor_list
+
+
+class LLPRCalculator(Calculator):
+    """Energy, forces, stress and LLPR uncertainties from an exported llpr file.
+
+    Results: ``energy`` / ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
+    (eV/A), ``stress`` (eV/A^3, Voigt, for fully periodic cells), ``sigma`` (per-atom
+    sigma_i, eV), ``lpr`` (per-atom local prediction rigidity) and ``energy_sigma`` (sigma
+    of the total energy, eV).
+
+    >>> atoms.calc = LLPRCalculator("model.pt")
+    >>> atoms.get_potential_energy(), atoms.calc.results["energy_sigma"]
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "sigma", "lpr", "energy_sigma"]
+
+    def __init__(self, model, device: str = "cpu", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.module = load_exported(model, device) if isinstance(model, str) else model
+        self.device = torch.device(device)
+        self.dtype = torch.float64 if self.module.dtype == "float64" else torch.float32
+        self.cutoff = float(self.module.cutoff)
+        self.species = set(int(z) for z in self.module.species)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        unknown = sorted(set(int(z) for z in atoms.numbers) - self.species)
+        if unknown:
+            raise ValueError(
+                f"structure contains atomic number(s) {unknown} that the model does not know; "
+                f"it was trained for {sorted(self.species)}"
+            )
+        edge_index, edge_shifts = neighbor_list(atoms, self.cutoff)
+        positions = torch.tensor(atoms.positions, dtype=self.dtype, device=self.device)
+        numbers = torch.tensor(atoms.numbers, dtype=torch.long, device=self.device)
+        edges = torch.from_numpy(edge_index).to(self.device)
+        shifts = torch.tensor(edge_shifts, dtype=self.dtype, device=self.device)
+        periodic = bool(np.all(atoms.pbc))
+        out = self.module(positions, numbers, edges, shifts, len(atoms), True, periodic)
+        energy = float(out["energy"].to(torch.float64))
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["energies"] = out["energies"].detach().cpu().double().numpy()
+        self.results["forces"] = out["forces"].detach().cpu().double().numpy()
+        if periodic:
+            virial = out["virial"].detach().cpu().double().numpy()
+            stress = -virial / atoms.get_volume()
+            self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]
+        self.results["sigma"] = out["sigma"].cpu().numpy()
+        self.results["lpr"] = out["lpr"].cpu().numpy()
+        feature_sum = out["features"].to(torch.float64).sum(0)
+        self.results["energy_sigma"] = float(torch.sqrt(self.module.energy_variance(feature_sum))[0])

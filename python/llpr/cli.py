@@ -1,0 +1,201 @@
+"""Command-line interface: ``llpr data | train | calibrate | export | evaluate | check |
+plugin-path``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _read(path: str):
+    from .data import read_dataset
+
+    return read_dataset(path)
+
+
+def cmd_data(args) -> None:
+    from .data import generate_dataset, split_dataset, write_dataset
+
+    os.makedirs(args.output, exist_ok=True)
+    start = time.perf_counter()
+    structures = generate_dataset(
+        potential=args.potential, n_per_type=args.n_per_type, seed=args.seed, progress=not args.quiet
+    )
+    train, val, test = split_dataset(structures, tuple(args.split), seed=args.seed)
+    for name, part in (("all", structures), ("train", train), ("val", val), ("test", test)):
+        write_dataset(part, os.path.join(args.output, f"{name}.xyz"))
+    print(
+        f"wrote {len(structures)} structures ({len(train)} train / {len(val)} val / {len(test)} test) "
+        f"labelled with {args.potential} to {args.output}/ in {time.perf_counter() - start:.1f} s"
+    )
+
+
+def cmd_train(args) -> None:
+    from .train import TrainConfig, evaluate_errors, train_model
+    from .graphs import AtomisticDataset
+
+    train, val = _read(args.train), _read(args.val)
+    model_kwargs = {"cutoff": args.cutoff} if args.cutoff else {}
+    config = TrainConfig(
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        time_limit_s=args.time_limit,
+        seed=args.seed,
+        dtype=args.dtype,
+        energy_weight=args.energy_weight,
+        force_weight=args.force_weight,
+        model=model_kwargs,
+    )
+    model, history = train_model(train, val, config, checkpoint=args.output, progress=not args.quiet)
+    errors = evaluate_errors(model, AtomisticDataset(val, model.cutoff, next(model.parameters()).dtype))
+    print(
+        f"trained {history['best_epoch'] + 1} epochs (stopped: {history['stop_reason']}) in "
+        f"{history['wall_time_s']:.0f} s; validation energy RMSE "
+        f"{1000 * errors['energy_rmse_per_atom']:.2f} meV/atom, force RMSE {errors['force_rmse']:.4f} eV/A; "
+        f"saved {args.output}"
+    )
+
+
+def cmd_calibrate(args) -> None:
+    from .graphs import AtomisticDataset, make_loader
+    from .model import load_model
+    from .uncertainty import LLPR, save_llpr
+
+    model = load_model(args.model)
+    dtype = next(model.parameters()).dtype
+    train = AtomisticDataset(_read(args.train), model.cutoff, dtype)
+    val = AtomisticDataset(_read(args.val), model.cutoff, dtype)
+    llpr = LLPR(model).fit(make_loader(train, 16), progress=not args.quiet).calibrate(make_loader(val, 16))
+    save_llpr(llpr, args.output)
+    s = llpr.calibration_summary()
+    print(
+        f"fitted F^T F on {s['n_train']} structures; calibrated on {s['n_validation']}: "
+        f"alpha = {s['alpha']:.4g}, varsigma = {s['varsigma']:.4g}; "
+        f"validation NLL {s['nll_before']:.3f} (alpha=1, varsigma=1) -> {s['nll']:.3f}; saved {args.output}"
+    )
+
+
+def cmd_export(args) -> None:
+    import torch
+
+    from .export import export_model
+    from .uncertainty import load_llpr
+
+    llpr = load_llpr(args.checkpoint)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    export_model(llpr, args.output, dtype=dtype)
+    print(f"exported {args.output} ({args.dtype} model, float64 LLPR factor)")
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_model, write_plots
+
+    result = evaluate_model(args.model, _read(args.data), progress=not args.quiet)
+    m = result["metrics"]
+    lines = [
+        f"structures                 {m['n_structures']} ({m['n_atoms']} atoms)",
+        f"energy RMSE                {1000 * m['energy_rmse_per_atom']:.3f} meV/atom ({m['energy_rmse']:.4f} eV/structure)",
+        f"force RMSE                 {m['force_rmse']:.4f} eV/A",
+        f"NLL (energy)               {m['nll']:.3f}",
+        f"Spearman(|error|, sigma)   {m['spearman_abs_error_sigma']:.3f}",
+        f"miscalibration area        {m['miscalibration_area']:.3f}",
+        f"coverage 68% / 95%         {m['coverage_68']:.2f} / {m['coverage_95']:.2f}",
+        f"mean z^2                   {m['mean_z2']:.3f}",
+    ]
+    print("\n".join(lines))
+    if args.plots:
+        paths = write_plots(result["arrays"], args.plots)
+        print(f"plots: {paths['parity']}, {paths['calibration']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(m, fh, indent=2)
+
+
+def cmd_check(args) -> None:
+    from .plugin import check_model
+
+    info = check_model(args.model)
+    for key, value in info.items():
+        print(f"{key:20s} {value}")
+
+
+def cmd_plugin_path(args) -> None:
+    from .plugin import plugin_dir
+
+    print(plugin_dir())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llpr", description=__doc__.split("\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="generate labelled reference structures with LAMMPS potentials")
+    p.add_argument("-o", "--output", default="data", help="output folder (train/val/test/all .xyz)")
+    p.add_argument("--potential", default="sw", help="sw (default), tersoff, snap or sic")
+    p.add_argument("--n-per-type", type=int, default=40, help="structures per configuration type")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a local potential on energies and forces")
+    p.add_argument("--train", required=True, help="training structures (extxyz)")
+    p.add_argument("--val", required=True, help="validation structures (extxyz), for early stopping")
+    p.add_argument("-o", "--output", default="model.ckpt")
+    p.add_argument("--epochs", type=int, default=400)
+    p.add_argument("--time-limit", type=float, default=None, help="wall-clock budget in seconds")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--energy-weight", type=float, default=100.0)
+    p.add_argument("--force-weight", type=float, default=1.0)
+    p.add_argument("--cutoff", type=float, default=None, help="cutoff in Angstrom (default 4.0)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="fit the LLPR covariance and calibrate alpha, varsigma")
+    p.add_argument("--model", required=True, help="checkpoint from `llpr train`")
+    p.add_argument("--train", required=True, help="training structures (for F^T F)")
+    p.add_argument("--val", required=True, help="validation structures (for alpha, varsigma)")
+    p.add_argument("-o", "--output", default="llpr.ckpt")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="write one TorchScript file for LAMMPS and ASE")
+    p.add_argument("checkpoint", help="checkpoint from `llpr calibrate`")
+    p.add_argument("-o", "--output", default="model.pt")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="accuracy and uncertainty metrics of an exported model")
+    p.add_argument("model", help="exported model file")
+    p.add_argument("--data", required=True, help="labelled structures (extxyz)")
+    p.add_argument("--plots", default=None, help="folder for parity.png and calibration.png")
+    p.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("check", help="validate an exported file exactly as LAMMPS loads it")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plugin-path", help="print the folder holding the LAMMPS plugin")
+    p.set_defaults(func=cmd_plugin_path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        print(f"llpr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

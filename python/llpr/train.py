@@ -1,0 +1,248 @@
+"""Train: fit a :class:`~llpr.model.LocalPotential` to energies and forces.
+
+Weighted loss ``w_E * MSE(E/N) + w_F * MSE(F)`` (per-atom energies so that cells of
+different sizes weigh alike), Adam with a reduce-on-plateau learning-rate schedule,
+validation-based early stopping (the best validation state is kept), an optional wall-clock
+budget, checkpoints and a tqdm progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .graphs import AtomisticDataset, make_loader
+from .model import LocalPotential, edge_vectors_from_positions, save_model
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 400
+    batch_size: int = 8
+    learning_rate: float = 5e-3
+    min_learning_rate: float = 1e-5
+    lr_factor: float = 0.5
+    lr_patience: int = 8
+    energy_weight: float = 100.0  # on (eV/atom)^2
+    force_weight: float = 1.0  # on (eV/A)^2
+    early_stopping_patience: int = 30
+    time_limit_s: float | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    num_threads: int | None = None
+    model: dict = field(default_factory=dict)  # LocalPotential keyword arguments
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
+    return torch.float32 if name == "float32" else torch.float64
+
+
+def composition_matrix(atoms_list, species: list[int]) -> np.ndarray:
+    index = {z: k for k, z in enumerate(species)}
+    X = np.zeros((len(atoms_list), len(species)))
+    for row, atoms in enumerate(atoms_list):
+        for z in atoms.numbers:
+            if int(z) not in index:
+                raise ValueError(
+                    f"structure {row} contains atomic number {int(z)}, not among the model species {species}"
+                )
+            X[row, index[int(z)]] += 1
+    return X
+
+
+def fit_energy_shift(model: LocalPotential, atoms_list) -> None:
+    """Per-species reference energies by least squares on the composition (fixed buffer)."""
+    X = composition_matrix(atoms_list, model.species)
+    y = np.array([a.info["energy"] for a in atoms_list])
+    shift, *_ = np.linalg.lstsq(X, y, rcond=None)
+    model.energy_shift.copy_(torch.tensor(shift, dtype=model.energy_shift.dtype))
+
+
+def fit_invariant_normalization(model: LocalPotential, dataset: AtomisticDataset, max_structures: int = 200) -> None:
+    """Standardise the invariants with the training set's mean and standard deviation."""
+    parts = []
+    with torch.no_grad():
+        for item in dataset.items[:max_structures]:
+            ev = edge_vectors_from_positions(item["positions"], item["edge_index"], item["edge_shifts"])
+            idx = model.species_index(item["atomic_numbers"])
+            parts.append(model.invariants(idx, item["edge_index"], ev.to(model.radial_mixing.dtype), len(idx)))
+    inv = torch.cat(parts).to(torch.float64)
+    mean = inv.mean(0)
+    std = inv.std(0).clamp(min=1e-6 * float(inv.std(0).max()) + 1e-12)
+    model.invariant_mean.copy_(mean.to(model.invariant_mean.dtype))
+    model.invariant_std.copy_(std.to(model.invariant_std.dtype))
+
+
+def predict_batch(model: LocalPotential, batch: dict, forces: bool = True, create_graph: bool = False):
+    """Structure energies (float64, eV) and forces (eV/A) of a collated batch."""
+    positions = batch["positions"]
+    if forces:
+        positions = positions.detach().requires_grad_(True)
+    vectors = edge_vectors_from_positions(positions, batch["edge_index"], batch["edge_shifts"])
+    energies, _ = model(batch["atomic_numbers"], batch["edge_index"], vectors, positions.shape[0])
+    n_struct = int(batch["n_structures"])
+    total = torch.zeros(n_struct, dtype=energies.dtype).index_add(0, batch["batch"], energies)
+    f = None
+    if forces:
+        (grad,) = torch.autograd.grad(total.sum(), positions, create_graph=create_graph)
+        f = -grad
+    return total.to(torch.float64), f
+
+
+def _loss(model, batch, config: TrainConfig, create_graph: bool):
+    energy, forces = predict_batch(model, batch, forces=True, create_graph=create_graph)
+    n = batch["n_atoms"].to(energy.dtype)
+    e_err = (energy - batch["energy"].to(energy.dtype)) / n
+    f_err = forces - batch["forces"].to(forces.dtype)
+    e_mse = (e_err**2).mean()
+    f_mse = (f_err**2).mean()
+    return config.energy_weight * e_mse + config.force_weight * f_mse, e_mse.detach(), f_mse.detach()
+
+
+def evaluate_errors(model: LocalPotential, dataset: AtomisticDataset, batch_size: int = 16) -> dict:
+    """Energy RMSE (eV/atom and eV/structure) and force RMSE (eV/A) of ``model`` on ``dataset``."""
+    e_pa, e_tot, f_sq, n_f = [], [], 0.0, 0
+    was = model.training
+    model.eval()
+    for batch in make_loader(dataset, batch_size):
+        energy, forces = predict_batch(model, batch, forces=True)
+        err = (energy.detach() - batch["energy"]).to(torch.float64)
+        e_tot.append(err)
+        e_pa.append(err / batch["n_atoms"].to(torch.float64))
+        f_sq += float(((forces.detach() - batch["forces"]) ** 2).sum())
+        n_f += batch["forces"].numel()
+    model.train(was)
+    e_pa = torch.cat(e_pa)
+    e_tot = torch.cat(e_tot)
+    return {
+        "energy_rmse_per_atom": float(torch.sqrt((e_pa**2).mean())),
+        "energy_rmse": float(torch.sqrt((e_tot**2).mean())),
+        "force_rmse": math.sqrt(f_sq / n_f),
+        "n_structures": len(dataset),
+    }
+
+
+def train_model(
+    train_atoms,
+    val_atoms,
+    config: TrainConfig | None = None,
+    model: LocalPotential | None = None,
+    checkpoint: str | None = None,
+    progress: bool = True,
+    log=None,
+) -> tuple[LocalPotential, dict]:
+    """Train a potential on ``train_atoms`` with early stopping on ``val_atoms``.
+
+    Returns the model in its best-validation state and a history dict (per-epoch losses,
+    learning rates, RMSEs, wall time).
+    """
+    config = config or TrainConfig()
+    if len(train_atoms) == 0:
+        raise ValueError("the training set is empty")
+    if len(val_atoms) == 0:
+        raise ValueError("the validation set is empty: early stopping needs validation structures")
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    dtype = _dtype(config.dtype)
+    if model is None:
+        species = sorted({int(z) for a in train_atoms for z in a.numbers})
+        model = LocalPotential(species=species, **config.model)
+    model = model.to(dtype)
+    train_ds = AtomisticDataset(train_atoms, model.cutoff, dtype)
+    val_ds = AtomisticDataset(val_atoms, model.cutoff, dtype)
+    fit_energy_shift(model, train_atoms)
+    fit_invariant_normalization(model, train_ds)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
+    )
+    loader = make_loader(train_ds, config.batch_size, shuffle=True, seed=config.seed)
+    val_loader = make_loader(val_ds, 16)
+    best_state, best_val, best_epoch, stale = None, math.inf, -1, 0
+    history = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "val_energy_rmse": [], "val_force_rmse": []}
+    start = time.perf_counter()
+    bar = tqdm(range(config.max_epochs), desc="train", disable=not progress)
+    stop_reason = "max_epochs"
+    for epoch in bar:
+        model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            loss, _, _ = _loss(model, batch, config, create_graph=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * int(batch["n_structures"])
+            count += int(batch["n_structures"])
+        model.eval()
+        v_loss, v_e, v_f, v_n = 0.0, 0.0, 0.0, 0
+        for batch in val_loader:
+            loss, e_mse, f_mse = _loss(model, batch, config, create_graph=False)
+            k = int(batch["n_structures"])
+            v_loss += float(loss) * k
+            v_e += float(e_mse) * k
+            v_f += float(f_mse) * k
+            v_n += k
+        v_loss /= v_n
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(v_loss)
+        history["epoch"].append(epoch)
+        history["train_loss"].append(total / count)
+        history["val_loss"].append(v_loss)
+        history["lr"].append(lr)
+        history["val_energy_rmse"].append(math.sqrt(v_e / v_n))
+        history["val_force_rmse"].append(math.sqrt(v_f / v_n))
+        bar.set_postfix(
+            val_E=f"{1000 * math.sqrt(v_e / v_n):.2f}meV/at", val_F=f"{math.sqrt(v_f / v_n):.3f}eV/A", lr=f"{lr:.1e}"
+        )
+        if not math.isfinite(v_loss):
+            stop_reason = "diverged"
+            break
+        if v_loss < best_val:
+            best_val, best_epoch, stale = v_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if checkpoint:
+                model.load_state_dict(best_state)
+                save_model(model, checkpoint, extra={"epoch": epoch, "val_loss": v_loss, "train_config": asdict(config)})
+        else:
+            stale += 1
+        if log is not None:
+            log(f"epoch {epoch}: train {total / count:.4g} val {v_loss:.4g} lr {lr:.2e}")
+        if stale >= config.early_stopping_patience:
+            stop_reason = "early_stopping"
+            break
+        if lr <= config.min_learning_rate * 1.0001 and stale >= config.lr_patience:
+            stop_reason = "min_learning_rate"
+            break
+        if config.time_limit_s is not None and time.perf_counter() - start > config.time_limit_s:
+            stop_reason = "time_limit"
+            break
+    bar.close()
+    if best_state is None:
+        raise RuntimeError(
+            "training diverged (non-finite validation loss) before any usable epoch; "
+            "lower the learning rate"
+        )
+    model.load_state_dict(best_state)
+    model.eval()
+    history.update(
+        best_epoch=best_epoch,
+        best_val_loss=best_val,
+        wall_time_s=time.perf_counter() - start,
+        stop_reason=stop_reason,
+        config=asdict(config),
+    )
+    if checkpoint:
+        save_model(model, checkpoint, extra={"history": history})
+    return model, history

@@ -1,0 +1,79 @@
+"""The command line, end to end on tiny data, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llpr.cli import main
+from llpr.data import write_dataset
+
+
+def _llpr(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "llpr.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_cli_pipeline(si_splits, tmp_path, capsys):
+    train, val, test = si_splits
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        write_dataset(part, str(tmp_path / f"{name}.xyz"))
+    d = str(tmp_path)
+    assert main(["-q", "train", "--train", f"{d}/train.xyz", "--val", f"{d}/val.xyz", "-o", f"{d}/m.ckpt",
+                 "--epochs", "2", "--dtype", "float64"]) == 0
+    assert "force RMSE" in capsys.readouterr().out
+    assert main(["-q", "calibrate", "--model", f"{d}/m.ckpt", "--train", f"{d}/train.xyz",
+                 "--val", f"{d}/val.xyz", "-o", f"{d}/llpr.ckpt"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha" in out and "NLL" in out
+    assert main(["-q", "export", f"{d}/llpr.ckpt", "-o", f"{d}/model.pt"]) == 0
+    assert main(["-q", "evaluate", f"{d}/model.pt", "--data", f"{d}/test.xyz", "--plots", f"{d}/plots",
+                 "--json", f"{d}/metrics.json"]) == 0
+    out = capsys.readouterr().out
+    for key in ("energy RMSE", "force RMSE", "NLL", "Spearman", "miscalibration area"):
+        assert key in out
+    metrics = json.load(open(f"{d}/metrics.json"))
+    assert metrics["n_structures"] == len(test)
+    assert 0.0 <= metrics["miscalibration_area"] <= 0.5
+    for png in ("parity.png", "calibration.png"):
+        path = tmp_path / "plots" / png
+        assert path.stat().st_size > 5000
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_data_command(tmp_path):
+    proc = _llpr("-q", "data", "-o", str(tmp_path / "d"), "--n-per-type", "1", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("all", "train", "val", "test"):
+        assert (tmp_path / "d" / f"{name}.xyz").exists()
+    assert "wrote 7 structures" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "missing.pt", "--data", "missing.xyz"], "does not exist"),
+        (["export", "missing.ckpt"], "does not exist"),
+        (["data", "--potential", "eam", "-o", "x"], "sw"),
+        (["calibrate", "--model", "missing.ckpt", "--train", "a.xyz", "--val", "b.xyz"], "does not exist"),
+    ],
+)
+def test_cli_errors_are_clear(tmp_path, args, message):
+    proc = _llpr(*args, cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_export_of_uncalibrated_checkpoint(tmp_path, small_model):
+    from llpr.model import save_model
+
+    save_model(small_model, str(tmp_path / "m.ckpt"))
+    proc = _llpr("export", str(tmp_path / "m.ckpt"), "-o", str(tmp_path / "model.pt"))
+    assert proc.returncode == 2
+    assert "llpr.LLPR checkpoint" in proc.stderr and "Traceback" not in proc.stderr

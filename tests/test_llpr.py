@@ -1,0 +1,158 @@
+"""LLPR core: linear-regression limit, invariances, calibration, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from llpr.calibrate import calibrate_hyperparameters
+from llpr.graphs import AtomisticDataset, collate, make_loader
+from llpr.uncertainty import LLPR, atomistic_outputs
+
+
+class IdentityFeatures(torch.nn.Module):
+    """A 'network' whose last-layer features are its inputs: LLPR must be exactly
+    Bayesian linear regression."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.readout = torch.nn.Linear(n, 1, bias=False)
+
+    def features(self, x):
+        return x
+
+
+def test_llpr_equals_bayesian_linear_regression():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    w_true = rng.normal(size=5)
+    y = X @ w_true + 0.3 * rng.normal(size=200)
+    Xv = rng.normal(size=(80, 5))
+    yv = Xv @ w_true + 0.3 * rng.normal(size=80)
+    model = IdentityFeatures(5).double()
+    # the read-out is the ridge solution, as training would give
+    with torch.no_grad():
+        model.readout.weight.copy_(torch.tensor(np.linalg.solve(X.T @ X + 1e-3 * np.eye(5), X.T @ y)))
+    llpr = LLPR(model).fit([(torch.tensor(X), torch.tensor(y))])
+    llpr.calibrate([(torch.tensor(Xv), torch.tensor(yv))])
+    a, s = llpr.alpha, llpr.varsigma
+    # BLR: noise variance sn2, prior w ~ N(0, sp2 I); posterior covariance
+    # (X^T X / sn2 + I / sp2)^-1 -> with sn2 = alpha^2 and sp2 = alpha^2 / varsigma^2
+    sn2, sp2 = a**2, a**2 / s**2
+    posterior_cov = np.linalg.inv(X.T @ X / sn2 + np.eye(5) / sp2)
+    Xt = rng.normal(size=(30, 5))
+    expected = np.einsum("bi,ij,bj->b", Xt, posterior_cov, Xt)
+    got = llpr.predict(torch.tensor(Xt))["variance"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=0)
+
+
+def test_calibrated_mean_z2_is_one(small_llpr, si_splits):
+    _, val, _ = si_splits
+    loader = make_loader(AtomisticDataset(val, small_llpr.model.cutoff, torch.float64), 8)
+    z2 = []
+    for batch in loader:
+        out = small_llpr.predict(batch)
+        z2.append(((out["prediction"] - out["target"]) ** 2 / out["variance"]).numpy())
+    assert np.mean(np.concatenate(z2)) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_calibration_lowers_nll_and_is_at_minimum(small_llpr, si_splits):
+    cal = small_llpr.calibration
+    assert cal.nll < cal.nll_before
+    # the refined optimum is not worse than any grid point
+    assert cal.nll <= min(cal.grid_nll) + 1e-12
+
+
+def test_rank_deficient_covariance_warns_and_is_regularised():
+    rng = np.random.default_rng(1)
+    F = rng.normal(size=(3, 6))  # 3 samples, 6 features: rank 3
+    cov = torch.tensor(F.T @ F)
+    feats = torch.tensor(rng.normal(size=(20, 6)))
+    errors = torch.tensor(rng.normal(size=20))
+    with pytest.warns(RuntimeWarning, match="rank-deficient"):
+        result = calibrate_hyperparameters(cov, feats, errors)
+    assert result.numerical_rank == 3
+    assert result.varsigma > 0 and np.isfinite(result.nll)
+
+
+def _structure_outputs(llpr, atoms):
+    batch = collate([AtomisticDataset([atoms], llpr.model.cutoff, torch.float64, require_labels=False)[0]])
+    return llpr.predict(batch), atomistic_outputs(llpr.model, batch)
+
+
+def test_structure_feature_is_sum_of_atom_features(small_llpr, si_splits):
+    atoms = si_splits[2][0]
+    _, raw = _structure_outputs(small_llpr, atoms)
+    np.testing.assert_allclose(raw["features"][0].numpy(), raw["atom_features"].sum(0).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_sigma_and_lpr_invariances(small_llpr):
+    atoms = bulk("Si", "diamond", 5.431, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.1, seed=3)
+    del atoms[[5, 17]]  # a defect so that atoms differ
+    ref, _ = _structure_outputs(small_llpr, atoms)
+
+    perm = np.random.default_rng(0).permutation(len(atoms))
+    permuted = atoms[perm]
+    out, _ = _structure_outputs(small_llpr, permuted)
+    np.testing.assert_allclose(out["atom_sigma"].numpy(), ref["atom_sigma"].numpy()[perm], rtol=1e-9)
+    np.testing.assert_allclose(out["lpr"].numpy(), ref["lpr"].numpy()[perm], rtol=1e-9)
+    np.testing.assert_allclose(out["sigma"].numpy(), ref["sigma"].numpy(), rtol=1e-9)
+
+    moved = atoms.copy()
+    moved.translate([0.37, -1.2, 2.9])
+    moved.wrap()
+    out, _ = _structure_outputs(small_llpr, moved)
+    np.testing.assert_allclose(out["atom_sigma"].numpy(), ref["atom_sigma"].numpy(), rtol=1e-9)
+
+    rotated = atoms.copy()
+    rotated.rotate(37.0, (1.0, 2.0, -0.5), rotate_cell=True)
+    out, _ = _structure_outputs(small_llpr, rotated)
+    np.testing.assert_allclose(out["atom_sigma"].numpy(), ref["atom_sigma"].numpy(), rtol=1e-9)
+    np.testing.assert_allclose(out["lpr"].numpy(), ref["lpr"].numpy(), rtol=1e-9)
+    np.testing.assert_allclose(out["sigma"].numpy(), ref["sigma"].numpy(), rtol=1e-9)
+
+
+def test_calibrate_before_fit_is_an_error(small_model):
+    llpr = LLPR(small_model)
+    with pytest.raises(RuntimeError, match="fit"):
+        llpr.calibrate([])
+    with pytest.raises(RuntimeError, match="fit"):
+        llpr.predict({})
+
+
+def test_predict_before_calibrate_is_an_error(small_model, si_splits):
+    llpr = LLPR(small_model).fit(make_loader(AtomisticDataset(si_splits[0][:2], small_model.cutoff, torch.float64)))
+    with pytest.raises(RuntimeError, match="calibrate"):
+        llpr.predict({})
+
+
+def test_empty_dataset_is_an_error(small_model):
+    with pytest.raises(ValueError, match="empty"):
+        AtomisticDataset([], small_model.cutoff)
+    with pytest.raises(ValueError, match="empty"):
+        LLPR(small_model).fit([])
+
+
+def test_empty_validation_set_is_an_error(small_llpr):
+    llpr = LLPR(small_llpr.model)
+    llpr.covariance = small_llpr.covariance
+    with pytest.raises(ValueError, match="empty"):
+        llpr.calibrate([])
+
+
+def test_nan_positions_are_an_error(small_llpr):
+    atoms = bulk("Si", "diamond", 5.431, cubic=True)
+    atoms.positions[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        AtomisticDataset([atoms], small_llpr.model.cutoff, require_labels=False)
+
+
+def test_unknown_element_is_an_error(small_llpr):
+    atoms = bulk("Si", "diamond", 5.431, cubic=True)
+    atoms.numbers[0] = 6
+    batch = collate([AtomisticDataset([atoms], small_llpr.model.cutoff, torch.float64, require_labels=False)[0]])
+    with pytest.raises(ValueError, match=r"atomic number.*\[6\].*\[14\]"):
+        small_llpr.predict(batch)

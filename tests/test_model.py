@@ -1,0 +1,116 @@
+"""The reference potential: scriptable, float32/float64, smooth, local, species-aware."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from llpr.graphs import graph_tensors
+from llpr.model import LocalPotential, edge_vectors_from_positions, load_model, save_model
+
+
+def _energy(model, atoms, dtype=torch.float64):
+    g = graph_tensors(atoms, model.cutoff, dtype)
+    ev = edge_vectors_from_positions(g["positions"], g["edge_index"], g["edge_shifts"])
+    e, f = model(g["atomic_numbers"], g["edge_index"], ev, len(atoms))
+    return e, f
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scripted_model_matches_eager(dtype):
+    torch.manual_seed(0)
+    model = LocalPotential([6, 14]).to(dtype)
+    scripted = torch.jit.script(model)
+    atoms = bulk("SiC", "zincblende", 4.36, cubic=True) * (2, 1, 1)
+    atoms.rattle(0.05, seed=0)
+    e1, f1 = _energy(model, atoms, dtype)
+    e2, f2 = _energy(scripted, atoms, dtype)
+    assert e1.dtype == dtype and f1.dtype == dtype
+    assert f1.shape == (len(atoms), model.n_features)
+    torch.testing.assert_close(e1, e2)
+    torch.testing.assert_close(f1, f2)
+
+
+def test_energy_and_forces_vanish_smoothly_at_cutoff():
+    torch.manual_seed(1)
+    model = LocalPotential([14]).double()
+    rc = model.cutoff
+
+    def dimer(r):
+        atoms = Atoms("Si2", positions=[[0, 0, 0], [r, 0, 0]], pbc=False)
+        pos = torch.tensor(atoms.positions, requires_grad=True)
+        g = graph_tensors(atoms, rc + 1.0)  # list pairs beyond the cutoff too
+        ev = edge_vectors_from_positions(pos, g["edge_index"], g["edge_shifts"])
+        e, _ = model(g["atomic_numbers"], g["edge_index"], ev, 2)
+        e0 = model.energy_shift[0] * 2
+        (grad,) = torch.autograd.grad(e.sum(), pos)
+        return float((e.sum() - e0).detach()), float(grad[1, 0])
+
+    e_in, f_in = dimer(rc - 1e-4)
+    e_out, f_out = dimer(rc + 1e-4)
+    isolated, _ = dimer(10.0)
+    assert abs(e_in - isolated) < 1e-9 and abs(f_in) < 1e-6
+    assert e_out == isolated and f_out == 0.0
+
+
+def test_strictly_local_receptive_field():
+    """Moving an atom beyond the cutoff of atom 0 leaves atom 0's energy unchanged."""
+    torch.manual_seed(2)
+    model = LocalPotential([14]).double()
+    atoms = Atoms("Si3", positions=[[0, 0, 0], [2.3, 0, 0], [2.3 + 3.0, 0.5, 0]], pbc=False)
+    e1, _ = _energy(model, atoms)
+    atoms.positions[2] += [0.3, 0.4, 0.1]  # atom 2 stays > cutoff from atom 0
+    e2, _ = _energy(model, atoms)
+    assert float(e1[0]) == float(e2[0])
+    assert float(e1[2]) != float(e2[2])
+
+
+def test_angular_information():
+    """Two structures with identical distance lists to the centre but different angles
+    get different energies (three-body term)."""
+    torch.manual_seed(3)
+    model = LocalPotential([14]).double()
+    r = 2.35
+    straight = Atoms("Si3", positions=[[0, 0, 0], [r, 0, 0], [-r, 0, 0]])
+    bent = Atoms("Si3", positions=[[0, 0, 0], [r, 0, 0], [0, r, 0]])
+    e1, _ = _energy(model, straight)
+    e2, _ = _energy(model, bent)
+    assert abs(float(e1[0] - e2[0])) > 1e-6
+
+
+def test_species_awareness():
+    torch.manual_seed(4)
+    model = LocalPotential([6, 14]).double()
+    a = Atoms("SiC", positions=[[0, 0, 0], [1.9, 0, 0]])
+    b = Atoms("SiSi", positions=[[0, 0, 0], [1.9, 0, 0]])
+    ea, _ = _energy(model, a)
+    eb, _ = _energy(model, b)
+    assert abs(float(ea[0] - eb[0])) > 1e-6
+
+
+def test_invalid_construction():
+    with pytest.raises(ValueError, match="at least one species"):
+        LocalPotential([])
+    with pytest.raises(ValueError, match="distinct atomic numbers"):
+        LocalPotential([14, 14])
+    with pytest.raises(ValueError, match="cutoff"):
+        LocalPotential([14], cutoff=-1.0)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(5)
+    model = LocalPotential([14], hidden=(8, 8)).double()
+    path = str(tmp_path / "m.ckpt")
+    save_model(model, path)
+    loaded = load_model(path)
+    atoms = bulk("Si", "diamond", 5.431, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    torch.testing.assert_close(_energy(model, atoms)[0], _energy(loaded, atoms)[0], rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "missing.ckpt"))
+    (tmp_path / "bad.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable llpr checkpoint"):
+        load_model(str(tmp_path / "bad.ckpt"))
