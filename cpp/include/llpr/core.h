@@ -1,0 +1,129 @@
+// llpr core: load, validate and run an exported LLPR model (format version 1).
+//
+// This header is deliberately free of torch and LAMMPS includes: the LAMMPS plugin and the
+// Python binding only see plain C++ types, and all libtorch code lives in core.cpp. The
+// last-layer features of the latest evaluation stay inside the Model (on its device); the
+// uncertainty helpers work on them without copying them back to the host.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace llpr {
+
+// format version this code reads (ExportedLLPRModel.llpr_format_version)
+constexpr int64_t kFormatVersion = 1;
+
+// Any problem with a model file or an evaluation. Messages are meant for end users.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The model file does not exist.
+class FileNotFound : public Error {
+ public:
+  using Error::Error;
+};
+
+// Metadata of a validated model file.
+struct Metadata {
+  std::string path;
+  int64_t format_version = 0;
+  std::vector<int64_t> species;  // atomic numbers
+  double cutoff = 0.0;           // Angstrom
+  double receptive_field = 0.0;  // Angstrom
+  std::string energy_unit;       // "eV"
+  std::string length_unit;       // "Angstrom"
+  std::string dtype;             // "float32" or "float64"
+  std::string feature_reduction; // "sum"
+  int64_t n_features = 0;
+  std::string calibration;       // JSON text
+  std::string package_version;   // llpr version that wrote the file ("" if absent)
+  double alpha = 0.0;
+  double varsigma = 0.0;
+};
+
+// Host-side inputs of one evaluation (see ExportedLLPRModel.forward).
+struct Inputs {
+  int64_t n_atoms = 0;                      // centres first, then neighbours/ghosts
+  int64_t n_centers = 0;
+  int64_t n_edges = 0;
+  const double *positions = nullptr;        // n_atoms x 3
+  const int64_t *atomic_numbers = nullptr;  // n_atoms
+  const int64_t *edge_index = nullptr;      // 2 x n_edges: row 0 = centres, row 1 = neighbours
+  const double *edge_shifts = nullptr;      // n_edges x 3, or nullptr for zero shifts
+};
+
+struct Request {
+  bool forces = true;  // forces on all n_atoms
+  bool virial = false; // global (3x3) and per-atom (n_atoms x 3 x 3) virial
+};
+
+// Host-side outputs, float64, in the model's units (eV, Angstrom).
+struct Outputs {
+  double energy = 0.0;
+  std::vector<double> energies;     // n_centers
+  std::vector<double> forces;       // n_atoms x 3 (if requested)
+  std::vector<double> virial;       // 3 x 3, row-major: sum_i r_i (x) F_i (if requested)
+  std::vector<double> virial_atom;  // n_atoms x 3 x 3 (if requested)
+};
+
+class Model {
+ public:
+  // Load and validate `path` and move it to `device` ("cpu", "cuda", "cuda:N").
+  // Throws FileNotFound or Error with a message naming each problem.
+  explicit Model(const std::string &path, const std::string &device = "cpu");
+  ~Model();
+  Model(const Model &) = delete;
+  Model &operator=(const Model &) = delete;
+
+  const Metadata &metadata() const;
+  std::string device() const;
+  bool is_cuda() const;
+
+  // Run the model. The last-layer features of the centres are cached on the device.
+  void compute(const Inputs &inputs, const Request &request, Outputs &outputs);
+
+  // --- on the features cached by the latest compute() (centre order) ---
+  int64_t n_cached() const;
+  // sigma_i = alpha sqrt(f_i^T C^-1 f_i) (eV) and LPR_i = 1 / (f_i^T C^-1 f_i); either may be null
+  void cached_local_uncertainty(double *sigma, double *lpr) const;
+  // the cached features, n_cached x n_features, float64 (copied to the host)
+  void cached_features(double *out) const;
+  // sum (float64) of the cached features of the given centre rows (all rows if rows == nullptr)
+  void cached_feature_sum(const int64_t *rows, int64_t n_rows, double *out) const;
+
+  // --- on host features (float64, row-major n x n_features) ---
+  void quadratic_form(const double *features, int64_t n, double *out) const;
+  void local_uncertainty(const double *features, int64_t n, double *sigma, double *lpr) const;
+  // alpha^2 s^T C^-1 s for one summed feature vector s (n_features)
+  double energy_variance(const double *feature_sum) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Load `path` on the CPU exactly as the LAMMPS plugin does and return its metadata.
+Metadata check_file(const std::string &path);
+
+// Number of intra-op threads libtorch uses in this process.
+void set_num_threads(int n);
+int get_num_threads();
+
+bool cuda_available();
+int cuda_device_count();
+
+// torch version this library was compiled against, and the one found at run time
+std::string torch_version_compiled();
+std::string torch_version_runtime();
+
+// Element symbol <-> atomic number (1..118); -1 / "" when unknown.
+int atomic_number(const std::string &symbol);
+std::string element_symbol(int64_t z);
+
+}  // namespace llpr

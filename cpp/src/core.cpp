@@ -1,0 +1,498 @@
+// llpr core: the only translation unit that includes libtorch.
+
+#include "llpr/core.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+#include <torch/version.h>
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+namespace llpr {
+
+namespace {
+
+const char *const kElements[] = {
+    "X",  "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si",
+    "P",  "S",  "Cl", "Ar", "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu",
+    "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru",
+    "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I",  "Xe", "Cs", "Ba", "La", "Ce", "Pr",
+    "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W",
+    "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po", "At", "Rn", "Fr", "Ra", "Ac",
+    "Th", "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr", "Rf",
+    "Db", "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv", "Ts", "Og"};
+constexpr int kNumElements = sizeof(kElements) / sizeof(kElements[0]);  // 119 (0 = "X")
+
+// names of forward()'s arguments, in order, after `self`
+const char *const kForwardArgs[] = {"positions", "atomic_numbers", "edge_index", "edge_shifts",
+                                    "n_centers", "compute_forces", "compute_virial"};
+
+std::string first_line(const std::string &text)
+{
+  auto pos = text.find('\n');
+  std::string line = pos == std::string::npos ? text : text.substr(0, pos);
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+  return line;
+}
+
+std::string squote(const std::string &s) { return "'" + s + "'"; }
+
+std::string join(const std::vector<std::string> &items, const std::string &sep)
+{
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : "") + items[i];
+  return out;
+}
+
+std::string fmt_double(double x)
+{
+  std::ostringstream os;
+  os.precision(17);
+  os << x;
+  return os.str();
+}
+
+torch::Device parse_device(const std::string &device)
+{
+  std::string d = device.empty() ? "cpu" : device;
+  if (d == "cpu") return torch::Device(torch::kCPU);
+  if (d.rfind("cuda", 0) != 0)
+    throw Error("unknown device '" + device + "': use 'cpu', 'cuda' or 'cuda:N'");
+  if (!torch::cuda::is_available())
+    throw Error("device '" + device +
+                "' requested, but no CUDA GPU is usable by this libtorch (torch " +
+                torch_version_runtime() + ", " + std::to_string(torch::cuda::device_count()) +
+                " CUDA devices); use device cpu");
+  try {
+    torch::Device dev(d);
+    if (dev.has_index() && dev.index() >= static_cast<int>(torch::cuda::device_count()))
+      throw Error("device '" + device + "' requested, but only " +
+                  std::to_string(torch::cuda::device_count()) + " CUDA device(s) are visible");
+    return dev;
+  } catch (const c10::Error &e) {
+    throw Error("invalid device '" + device + "': " + first_line(e.what()));
+  }
+}
+
+// Read and check every item of the contract; collect all problems into one message.
+Metadata validate(torch::jit::Module &module, const std::string &path)
+{
+  Metadata meta;
+  meta.path = path;
+  std::vector<std::string> missing;
+  std::vector<std::string> wrong;
+
+  auto get = [&](const char *name) -> c10::optional<c10::IValue> {
+    if (!module.hasattr(name)) {
+      missing.emplace_back(name);
+      return c10::nullopt;
+    }
+    return module.attr(name);
+  };
+  auto get_int = [&](const char *name, int64_t &out) {
+    auto v = get(name);
+    if (!v) return false;
+    if (!v->isInt()) {
+      wrong.push_back(std::string(name) + " is a " + v->tagKind() + ", expected int");
+      return false;
+    }
+    out = v->toInt();
+    return true;
+  };
+  auto get_double = [&](const char *name, double &out) {
+    auto v = get(name);
+    if (!v) return false;
+    if (!v->isDouble() && !v->isInt()) {
+      wrong.push_back(std::string(name) + " is a " + v->tagKind() + ", expected float");
+      return false;
+    }
+    out = v->isDouble() ? v->toDouble() : static_cast<double>(v->toInt());
+    return true;
+  };
+  auto get_string = [&](const char *name, std::string &out) {
+    auto v = get(name);
+    if (!v) return false;
+    if (!v->isString()) {
+      wrong.push_back(std::string(name) + " is a " + v->tagKind() + ", expected str");
+      return false;
+    }
+    out = v->toStringRef();
+    return true;
+  };
+  auto expect_string = [&](const char *name, std::string &out,
+                           const std::vector<std::string> &allowed) {
+    if (!get_string(name, out)) return;
+    for (const auto &a : allowed)
+      if (out == a) return;
+    std::vector<std::string> q;
+    for (const auto &a : allowed) q.push_back(squote(a));
+    wrong.push_back(std::string(name) + " is " + squote(out) + ", expected " + join(q, " or "));
+  };
+
+  if (get_int("llpr_format_version", meta.format_version) &&
+      meta.format_version != kFormatVersion)
+    wrong.push_back("llpr_format_version is " + std::to_string(meta.format_version) +
+                    ", this llpr reads version " + std::to_string(kFormatVersion) +
+                    " (re-export the model with a matching llpr)");
+
+  if (auto v = get("species")) {
+    if (!v->isIntList()) {
+      wrong.push_back(std::string("species is a ") + v->tagKind() + ", expected List[int]");
+    } else {
+      meta.species = v->toIntVector();
+      bool ok = !meta.species.empty();
+      for (size_t i = 0; i < meta.species.size(); ++i) {
+        if (meta.species[i] < 1 || meta.species[i] >= kNumElements) ok = false;
+        for (size_t k = 0; k < i; ++k)
+          if (meta.species[k] == meta.species[i]) ok = false;
+      }
+      if (!ok) {
+        std::vector<std::string> s;
+        for (auto z : meta.species) s.push_back(std::to_string(z));
+        wrong.push_back("species is [" + join(s, ", ") +
+                        "], expected distinct atomic numbers in 1..118 (at least one)");
+      }
+    }
+  }
+  if (get_double("cutoff", meta.cutoff) && !(meta.cutoff > 0.0 && std::isfinite(meta.cutoff)))
+    wrong.push_back("cutoff is " + fmt_double(meta.cutoff) + ", expected a positive number");
+  if (get_double("receptive_field", meta.receptive_field) &&
+      !(meta.receptive_field > 0.0 && std::isfinite(meta.receptive_field)))
+    wrong.push_back("receptive_field is " + fmt_double(meta.receptive_field) +
+                    ", expected a positive number");
+  expect_string("energy_unit", meta.energy_unit, {"eV"});
+  expect_string("length_unit", meta.length_unit, {"Angstrom"});
+  expect_string("dtype", meta.dtype, {"float32", "float64"});
+  expect_string("feature_reduction", meta.feature_reduction, {"sum"});
+  if (get_int("n_features", meta.n_features) && meta.n_features < 1)
+    wrong.push_back("n_features is " + std::to_string(meta.n_features) + ", expected >= 1");
+  get_string("calibration", meta.calibration);
+  if (module.hasattr("llpr_package_version") && module.attr("llpr_package_version").isString())
+    meta.package_version = module.attr("llpr_package_version").toStringRef();
+
+  // LLPR buffers (float64)
+  auto get_buffer = [&](const char *name, std::vector<int64_t> shape) -> c10::optional<torch::Tensor> {
+    auto v = get(name);
+    if (!v) return c10::nullopt;
+    if (!v->isTensor()) {
+      wrong.push_back(std::string(name) + " is a " + v->tagKind() + ", expected a tensor");
+      return c10::nullopt;
+    }
+    auto t = v->toTensor();
+    if (t.scalar_type() != torch::kFloat64) {
+      wrong.push_back(std::string(name) + " has dtype " + std::string(c10::toString(t.scalar_type())) +
+                      ", expected float64");
+      return c10::nullopt;
+    }
+    bool shape_ok = static_cast<size_t>(t.dim()) == shape.size();
+    for (size_t k = 0; shape_ok && k < shape.size(); ++k)
+      if (shape[k] >= 0 && t.size(k) != shape[k]) shape_ok = false;
+    if (!shape_ok) {
+      std::ostringstream os;
+      os << name << " has shape " << t.sizes() << ", expected ";
+      if (shape.empty()) os << "a scalar";
+      else os << "(" << meta.n_features << ", " << meta.n_features << ") (n_features)";
+      wrong.push_back(os.str());
+      return c10::nullopt;
+    }
+    return t.detach().to(torch::kCPU);
+  };
+  int64_t F = meta.n_features > 0 ? meta.n_features : -1;
+  if (auto L = get_buffer("llpr_cholesky", {F, F})) {
+    bool finite = torch::isfinite(*L).all().item<bool>();
+    bool lower = torch::equal(*L, torch::tril(*L));
+    bool diag = L->numel() == 0 || (L->diagonal() > 0).all().item<bool>();
+    if (!finite || !lower || !diag)
+      wrong.push_back("llpr_cholesky is not a finite lower-triangular factor with a positive diagonal");
+  }
+  if (auto a = get_buffer("llpr_alpha", {})) {
+    meta.alpha = a->item<double>();
+    if (!(meta.alpha > 0.0 && std::isfinite(meta.alpha)))
+      wrong.push_back("llpr_alpha is " + fmt_double(meta.alpha) + ", expected a positive number");
+  }
+  if (auto s = get_buffer("llpr_varsigma", {})) {
+    meta.varsigma = s->item<double>();
+    if (!std::isfinite(meta.varsigma)) wrong.push_back("llpr_varsigma is not finite");
+  }
+
+  // forward(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces, compute_virial)
+  auto forward = module.find_method("forward");
+  if (!forward) {
+    missing.emplace_back("forward");
+  } else {
+    const auto &args = forward->function().getSchema().arguments();
+    bool ok = args.size() == 8;
+    for (size_t k = 0; ok && k < 7; ++k)
+      if (args[k + 1].name() != kForwardArgs[k]) ok = false;
+    if (!ok) {
+      std::vector<std::string> names;
+      for (size_t k = 1; k < args.size(); ++k) names.push_back(args[k].name());
+      wrong.push_back("forward takes (" + join(names, ", ") +
+                      "), expected (positions, atomic_numbers, edge_index, edge_shifts, "
+                      "n_centers, compute_forces, compute_virial)");
+    }
+  }
+
+  // parameters must have the declared dtype
+  if (meta.dtype == "float32" || meta.dtype == "float64") {
+    auto want = meta.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
+    for (const auto &p : module.named_parameters(true)) {
+      if (p.value.is_floating_point() && p.value.scalar_type() != want) {
+        wrong.push_back("dtype is '" + meta.dtype + "' but parameter " + p.name + " is " +
+                        std::string(c10::toString(p.value.scalar_type())));
+        break;
+      }
+    }
+  }
+
+  if (!missing.empty()) {
+    std::string msg = "'" + path + "' is a TorchScript file but not a valid llpr model: missing " +
+                      join(missing, ", ");
+    if (!wrong.empty()) msg += "; " + join(wrong, "; ");
+    msg += ". Export the model with `llpr export` (which adds the LLPR covariance factor and "
+           "metadata).";
+    throw Error(msg);
+  }
+  if (!wrong.empty())
+    throw Error("'" + path + "' is not a valid llpr model (format version " +
+                std::to_string(kFormatVersion) + "): " + join(wrong, "; "));
+  return meta;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+
+struct Model::Impl {
+  torch::jit::Module module;
+  Metadata meta;
+  torch::Device device{torch::kCPU};
+  torch::Dtype dtype = torch::kFloat64;
+  torch::Tensor cholesky;  // float64, on device
+  torch::Tensor features;  // cached (n_centers, F), model dtype, on device
+
+  torch::Tensor qform(const torch::Tensor &f) const
+  {
+    auto z = at::linalg_solve_triangular(cholesky, f.to(torch::kFloat64).t(), /*upper=*/false);
+    return (z * z).sum(0);
+  }
+  // sigma = alpha sqrt(q), lpr = 1 / q, copied to the host (either pointer may be null)
+  void uncertainty(const torch::Tensor &q, double *sigma, double *lpr) const
+  {
+    const int64_t n = q.numel();
+    if (sigma) {
+      auto s = (torch::sqrt(q) * meta.alpha).to(torch::kCPU).contiguous();
+      std::memcpy(sigma, s.data_ptr<double>(), sizeof(double) * n);
+    }
+    if (lpr) {
+      auto r = q.reciprocal().to(torch::kCPU).contiguous();
+      std::memcpy(lpr, r.data_ptr<double>(), sizeof(double) * n);
+    }
+  }
+  torch::Tensor host_features(const double *features, int64_t n) const
+  {
+    if (n < 0) throw Error("negative number of feature rows");
+    auto t = torch::from_blob(const_cast<double *>(features), {n, meta.n_features},
+                              torch::TensorOptions().dtype(torch::kFloat64));
+    return t.to(device);
+  }
+};
+
+Model::Model(const std::string &path, const std::string &device) : impl_(new Impl)
+{
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    throw FileNotFound("model file '" + path + "' does not exist; check the path");
+  if (S_ISDIR(st.st_mode)) throw Error("model file '" + path + "' is a directory, not a file");
+  torch::Device dev = parse_device(device);
+  try {
+    impl_->module = torch::jit::load(path, torch::Device(torch::kCPU));
+  } catch (const std::exception &e) {
+    throw Error("'" + path + "' is not a readable TorchScript file (" + first_line(e.what()) +
+                "); export a model with `llpr export` or llpr.export_model()");
+  }
+  impl_->meta = validate(impl_->module, path);
+  impl_->module.eval();
+  if (dev.type() != torch::kCPU) impl_->module.to(dev);
+  impl_->device = dev;
+  impl_->dtype = impl_->meta.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
+  impl_->cholesky = impl_->module.attr("llpr_cholesky").toTensor().detach().to(dev);
+  impl_->features = torch::zeros({0, impl_->meta.n_features},
+                                 torch::TensorOptions().dtype(impl_->dtype).device(dev));
+}
+
+Model::~Model() = default;
+
+const Metadata &Model::metadata() const { return impl_->meta; }
+std::string Model::device() const { return impl_->device.str(); }
+bool Model::is_cuda() const { return impl_->device.is_cuda(); }
+
+void Model::compute(const Inputs &in, const Request &req, Outputs &out)
+{
+  auto &I = *impl_;
+  const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
+  if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
+  out.energies.assign(C, 0.0);
+  if (req.forces) out.forces.assign(3 * N, 0.0);
+  else out.forces.clear();
+  if (req.virial) {
+    out.virial.assign(9, 0.0);
+    out.virial_atom.assign(9 * N, 0.0);
+  } else {
+    out.virial.clear();
+    out.virial_atom.clear();
+  }
+  out.energy = 0.0;
+  if (C == 0) {  // nothing to evaluate (e.g. an MPI rank that owns no atoms)
+    I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
+    return;
+  }
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto opts = torch::TensorOptions().dtype(I.dtype).device(I.device);
+  auto positions = torch::from_blob(const_cast<double *>(in.positions), {N, 3}, f64).to(opts);
+  auto numbers = torch::from_blob(const_cast<int64_t *>(in.atomic_numbers), {N}, i64).to(I.device);
+  auto edges = torch::from_blob(const_cast<int64_t *>(in.edge_index), {2, E}, i64).to(I.device);
+  torch::Tensor shifts;
+  if (in.edge_shifts) shifts = torch::from_blob(const_cast<double *>(in.edge_shifts), {E, 3}, f64).to(opts);
+  else shifts = torch::zeros({E, 3}, opts);
+
+  c10::IValue output;
+  try {
+    std::vector<torch::jit::IValue> args{positions, numbers, edges, shifts, C, req.forces, req.virial};
+    output = I.module.forward(args);
+  } catch (const std::exception &e) {
+    throw Error(std::string("model evaluation failed: ") + first_line(e.what()));
+  }
+  if (!output.isGenericDict()) throw Error("the model's forward() did not return a dict");
+  auto result = output.toGenericDict();
+  auto take = [&](const char *key) -> torch::Tensor {
+    auto it = result.find(key);
+    if (it == result.end()) throw Error(std::string("the model's forward() returned no '") + key + "'");
+    return it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  };
+  auto copy = [](const torch::Tensor &t, std::vector<double> &v, int64_t n, const char *key) {
+    if (t.numel() != n)
+      throw Error(std::string("the model's output '") + key + "' has " + std::to_string(t.numel()) +
+                  " values, expected " + std::to_string(n));
+    std::memcpy(v.data(), t.data_ptr<double>(), sizeof(double) * n);
+  };
+  out.energy = take("energy").item<double>();
+  copy(take("energies"), out.energies, C, "energies");
+  if (req.forces) copy(take("forces"), out.forces, 3 * N, "forces");
+  if (req.virial) {
+    copy(take("virial"), out.virial, 9, "virial");
+    copy(take("virial_atom"), out.virial_atom, 9 * N, "virial_atom");
+  }
+  auto it = result.find("features");
+  if (it == result.end()) throw Error("the model's forward() returned no 'features'");
+  auto feats = it->value().toTensor().detach();
+  if (feats.dim() != 2 || feats.size(0) != C || feats.size(1) != I.meta.n_features)
+    throw Error("the model's features have the wrong shape");
+  I.features = feats;
+}
+
+int64_t Model::n_cached() const { return impl_->features.size(0); }
+
+void Model::cached_local_uncertainty(double *sigma, double *lpr) const
+{
+  if (impl_->features.size(0) == 0) return;
+  impl_->uncertainty(impl_->qform(impl_->features), sigma, lpr);
+}
+
+void Model::cached_features(double *out) const
+{
+  auto f = impl_->features.to(torch::kCPU, torch::kFloat64).contiguous();
+  if (f.numel()) std::memcpy(out, f.data_ptr<double>(), sizeof(double) * f.numel());
+}
+
+void Model::cached_feature_sum(const int64_t *rows, int64_t n_rows, double *out) const
+{
+  auto &I = *impl_;
+  const int64_t F = I.meta.n_features;
+  torch::Tensor sum;
+  if (rows == nullptr) {
+    sum = I.features.to(torch::kFloat64).sum(0);
+  } else if (n_rows == 0) {
+    sum = torch::zeros({F}, torch::TensorOptions().dtype(torch::kFloat64));
+  } else {
+    auto idx = torch::from_blob(const_cast<int64_t *>(rows), {n_rows},
+                                torch::TensorOptions().dtype(torch::kInt64))
+                   .to(I.device);
+    sum = I.features.index_select(0, idx).to(torch::kFloat64).sum(0);
+  }
+  sum = sum.to(torch::kCPU).contiguous();
+  std::memcpy(out, sum.data_ptr<double>(), sizeof(double) * F);
+}
+
+void Model::quadratic_form(const double *features, int64_t n, double *out) const
+{
+  if (n == 0) return;
+  auto q = impl_->qform(impl_->host_features(features, n)).to(torch::kCPU).contiguous();
+  std::memcpy(out, q.data_ptr<double>(), sizeof(double) * n);
+}
+
+void Model::local_uncertainty(const double *features, int64_t n, double *sigma, double *lpr) const
+{
+  if (n == 0) return;
+  impl_->uncertainty(impl_->qform(impl_->host_features(features, n)), sigma, lpr);
+}
+
+double Model::energy_variance(const double *feature_sum) const
+{
+  auto q = impl_->qform(impl_->host_features(feature_sum, 1)).to(torch::kCPU);
+  const double a = impl_->meta.alpha;
+  return a * a * q.item<double>();
+}
+
+// ------------------------------------------------------------------------------------------
+
+Metadata check_file(const std::string &path)
+{
+  Model model(path, "cpu");
+  return model.metadata();
+}
+
+void set_num_threads(int n)
+{
+  if (n >= 1 && at::get_num_threads() != n) at::set_num_threads(n);
+}
+int get_num_threads() { return at::get_num_threads(); }
+
+bool cuda_available() { return torch::cuda::is_available(); }
+int cuda_device_count() { return static_cast<int>(torch::cuda::device_count()); }
+
+std::string torch_version_compiled() { return TORCH_VERSION; }
+
+std::string torch_version_runtime()
+{
+  // at::show_config() is compiled into the libtorch that is actually loaded
+  const std::string config = at::show_config();
+  const std::string key = "TORCH_VERSION=";
+  auto pos = config.find(key);
+  if (pos == std::string::npos) return "unknown";
+  pos += key.size();
+  auto end = config.find_first_of(", \n", pos);
+  return config.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+}
+
+int atomic_number(const std::string &symbol)
+{
+  for (int z = 1; z < kNumElements; ++z)
+    if (symbol == kElements[z]) return z;
+  return -1;
+}
+
+std::string element_symbol(int64_t z)
+{
+  if (z < 1 || z >= kNumElements) return "";
+  return kElements[z];
+}
+
+}  // namespace llpr

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# End-to-end silicon demo: reference data -> training -> LLPR fit and calibration ->
+# one exported TorchScript file -> evaluation on a held-out test set.
+# Usage: bash examples/silicon/run.sh [output folder]   (default: demo_output/)
+# Run from a shell where the project's environment is active, or let the script find .venv.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+out="${1:-$root/demo_output}"
+if ! command -v llpr >/dev/null 2>&1; then
+  . "$root/.venv/bin/activate"
+fi
+mkdir -p "$out"
+cd "$out"
+start=$(date +%s)
+
+echo "== 1. reference data: Si.sw (LAMMPS), 7 kinds of configurations"
+llpr data -o data --potential sw --n-per-type 40 --seed 0
+
+echo "== 2. train a local potential (energies + forces, early stopping, <= 6 min)"
+llpr train --train data/train.xyz --val data/val.xyz -o model.ckpt --time-limit 360
+
+echo "== 3. LLPR: covariance on the training set, alpha and varsigma on the validation set"
+llpr calibrate --model model.ckpt --train data/train.xyz --val data/val.xyz -o llpr.ckpt
+
+echo "== 4. export one TorchScript file (model + covariance factor + metadata)"
+llpr export llpr.ckpt -o model.pt --dtype float64
+
+echo "== 5. evaluate on the held-out test set"
+llpr evaluate model.pt --data data/test.xyz --plots plots --json metrics.json
+
+echo "demo finished in $(( $(date +%s) - start )) s; results in $out"

@@ -1,0 +1,523 @@
+// pair_style llpr (see pair_llpr.h) and the entry points of libllpr_lammps.so.
+
+#include "pair_llpr.h"
+
+#include "compute_llpr.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+using namespace LAMMPS_NS;
+
+namespace {
+
+// Raise the same LAMMPS error on all ranks when any rank failed; the message is the one of
+// the lowest failing rank.
+void collective_check(LAMMPS *lmp, MPI_Comm world, bool ok, const std::string &message)
+{
+  int me, nprocs;
+  MPI_Comm_rank(world, &me);
+  MPI_Comm_size(world, &nprocs);
+  int mine = ok ? nprocs : me, first = nprocs;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, world);
+  if (first == nprocs) return;
+  int length = (me == first) ? static_cast<int>(message.size()) : 0;
+  MPI_Bcast(&length, 1, MPI_INT, first, world);
+  std::string text = (me == first) ? message : std::string(length, ' ');
+  MPI_Bcast(&text[0], length, MPI_CHAR, first, world);
+  lmp->error->all(FLERR, text);
+}
+
+std::string symbols_of(const std::vector<int64_t> &species)
+{
+  std::string out;
+  for (auto z : species) out += (out.empty() ? "" : " ") + llpr::element_symbol(z);
+  return out;
+}
+
+}  // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairLLPR::PairLLPR(LAMMPS *lmp) : Pair(lmp)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  centroidstressflag = CENTROID_NOTAVAIL;
+}
+
+PairLLPR::~PairLLPR()
+{
+  if (copymode) return;
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+  memory->destroy(sigma_atom_);
+  memory->destroy(lpr_atom_);
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairLLPR::allocate()
+{
+  allocated = 1;
+  const int n = atom->ntypes;
+  memory->create(setflag, n + 1, n + 1, "pair:setflag");
+  for (int i = 1; i <= n; i++)
+    for (int j = i; j <= n; j++) setflag[i][j] = 0;
+  memory->create(cutsq, n + 1, n + 1, "pair:cutsq");
+  type_z_.assign(n + 1, 0);
+}
+
+/* ----------------------------------------------------------------------
+   pair_style llpr model.pt [device auto|cpu|cuda|cuda:N]
+------------------------------------------------------------------------- */
+
+static double unit_conversion(LAMMPS *lmp)
+{
+  const std::string units = lmp->update->unit_style;
+  if (units == "metal") return 1.0;
+  if (units == "real") return utils::get_conversion_factor(utils::ENERGY, utils::METAL2REAL);
+  lmp->error->all(FLERR,
+                  "pair_style llpr: the model works in eV and Angstrom; use `units metal` "
+                  "(native) or `units real` (energies converted to kcal/mol); `units {}` is not "
+                  "supported",
+                  units);
+}
+
+void PairLLPR::settings(int narg, char **arg)
+{
+  if (narg < 1)
+    error->all(FLERR, "Illegal pair_style llpr command: expected pair_style llpr <model.pt> "
+                      "[device auto|cpu|cuda]");
+  model_path_ = arg[0];
+  device_request_ = "auto";
+  for (int iarg = 1; iarg < narg; iarg += 2) {
+    if (strcmp(arg[iarg], "device") == 0) {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "Illegal pair_style llpr command: device needs auto, cpu or cuda");
+      device_request_ = arg[iarg + 1];
+      if (device_request_ != "auto" && device_request_ != "cpu" &&
+          device_request_.rfind("cuda", 0) != 0)
+        error->all(FLERR, "Illegal pair_style llpr command: device must be auto, cpu or cuda, got {}",
+                   device_request_);
+    } else {
+      error->all(FLERR, "Illegal pair_style llpr command: unknown keyword {} (expected "
+                        "pair_style llpr <model.pt> [device auto|cpu|cuda])",
+                 arg[iarg]);
+    }
+  }
+  energy_conversion_ = unit_conversion(lmp);
+  load_model();
+  // a (re)loaded model may know other elements: pair_coeff must map the types again
+  if (allocated) {
+    for (int i = 1; i <= atom->ntypes; i++)
+      for (int j = i; j <= atom->ntypes; j++) setflag[i][j] = 0;
+    std::fill(type_z_.begin(), type_z_.end(), 0);
+  }
+}
+
+std::string PairLLPR::resolve_device()
+{
+  if (device_request_ == "cpu") return "cpu";
+  const bool have_cuda = llpr::cuda_available();
+  if (!have_cuda) {
+    if (device_request_ == "auto") return "cpu";
+    error->all(FLERR,
+               "pair_style llpr: device {} requested but no CUDA GPU is usable here (this torch, "
+               "{}, sees {} CUDA devices); use device cpu or device auto",
+               device_request_, llpr::torch_version_runtime(), llpr::cuda_device_count());
+  }
+  if (device_request_.rfind("cuda:", 0) == 0) return device_request_;
+  // one GPU per MPI rank: node-local rank modulo the number of visible GPUs
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  int local_rank = 0;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  const int count = llpr::cuda_device_count();
+  return "cuda:" + std::to_string(local_rank % (count > 0 ? count : 1));
+}
+
+void PairLLPR::load_model()
+{
+  const std::string device = resolve_device();
+  model_.reset();
+  std::string message;
+  try {
+    model_.reset(new llpr::Model(model_path_, device));
+  } catch (const std::exception &e) {
+    message = std::string("pair_style llpr: ") + e.what();
+  }
+  collective_check(lmp, world, model_ != nullptr, message);
+
+  const auto &meta = model_->metadata();
+  cutoff_ = meta.cutoff;
+  if (meta.receptive_field > meta.cutoff * (1.0 + 1e-12))
+    error->all(FLERR,
+               "pair_style llpr: the model's receptive field ({} A) exceeds its cutoff ({} A); "
+               "models that pass messages beyond the cutoff are not supported by this plugin",
+               meta.receptive_field, meta.cutoff);
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "llpr: loaded {} (format {}, elements {}, cutoff {} A, {}, {} features, "
+                   "alpha {:.6g}) on {}\n",
+                   model_path_, meta.format_version, symbols_of(meta.species), meta.cutoff,
+                   meta.dtype, meta.n_features, meta.alpha, model_->device());
+  features_step_ = -1;
+  uncertainty_step_ = -1;
+
+  // CPU threads: several MPI ranks on one node share its cores (unless OMP_NUM_THREADS,
+  // which libtorch honours by itself, says otherwise)
+  if (!model_->is_cuda()) {
+    MPI_Comm node;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+    int local_size = 1;
+    MPI_Comm_size(node, &local_size);
+    MPI_Comm_free(&node);
+    if (local_size > 1 && std::getenv("OMP_NUM_THREADS") == nullptr) {
+      const int cores = static_cast<int>(std::thread::hardware_concurrency());
+      llpr::set_num_threads(cores / local_size > 1 ? cores / local_size : 1);
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * El1 El2 ... (one element symbol per LAMMPS type, NULL = not handled here)
+------------------------------------------------------------------------- */
+
+void PairLLPR::coeff(int narg, char **arg)
+{
+  if (!model_) error->all(FLERR, "pair_coeff for llpr needs a model: use pair_style llpr <model.pt> first");
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  const auto &species = model_->metadata().species;
+  if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for llpr must read: pair_coeff * * <element of type 1> ... "
+                      "<element of type N> (e.g. pair_coeff * * {})",
+               symbols_of(species));
+  if (narg - 2 != ntypes)
+    error->all(FLERR,
+               "pair_coeff * * for llpr needs one element symbol per atom type: {} atom type(s) "
+               "but {} symbol(s) given; every LAMMPS type must be mapped to an element of the "
+               "model ({}), or to NULL under pair_style hybrid",
+               ntypes, narg - 2, symbols_of(species));
+  for (int t = 1; t <= ntypes; t++) {
+    const std::string symbol = arg[1 + t];
+    if (symbol == "NULL") {
+      // a sub-style of pair_style hybrid: another style handles this type
+      if (force->pair == this)
+        error->all(FLERR,
+                   "pair_coeff for llpr: atom type {} is NULL (left unmapped); every atom type "
+                   "needs an element of the model ({}). NULL is only allowed when llpr is a "
+                   "sub-style of pair_style hybrid and another style handles that type",
+                   t, symbols_of(species));
+      type_z_[t] = 0;
+      continue;
+    }
+    const int z = llpr::atomic_number(symbol);
+    if (z < 0)
+      error->all(FLERR, "pair_coeff for llpr: '{}' (atom type {}) is not an element symbol", symbol, t);
+    bool known = false;
+    for (auto s : species) known = known || s == z;
+    if (!known)
+      error->all(FLERR,
+                 "pair_coeff for llpr: element {} (Z = {}, atom type {}) is not known to the "
+                 "model, which was trained for: {}",
+                 symbol, z, t, symbols_of(species));
+    type_z_[t] = z;
+  }
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) setflag[i][j] = (type_z_[i] > 0 && type_z_[j] > 0) ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairLLPR::init_style()
+{
+  if (!model_) error->all(FLERR, "pair_style llpr has no model loaded");
+  if (force->newton_pair == 0)
+    error->all(FLERR,
+               "pair_style llpr requires newton pair on: forces on ghost atoms are sent back to "
+               "their owners. Use `newton on` (the default) in the input script");
+  energy_conversion_ = unit_conversion(lmp);
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+}
+
+double PairLLPR::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0)
+    error->all(FLERR,
+               "pair_style llpr: atom type {} has no element (pair_coeff * * must name one "
+               "element per type; NULL is only allowed under pair_style hybrid, with another "
+               "style for that type)",
+               type_z_[i] > 0 ? j : i);
+  return cutoff_;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairLLPR::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+
+  double **x = atom->x;
+  double **f = atom->f;
+  const int *type = atom->type;
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double cutsq_model = cutoff_ * cutoff_;
+
+  // model atoms: the list's centres (mapped types) first, then their neighbours in order
+  model_index_.assign(nall, -1);
+  lammps_index_.clear();
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (type_z_[type[i]] <= 0) continue;
+    model_index_[i] = static_cast<int>(lammps_index_.size());
+    lammps_index_.push_back(i);
+  }
+  n_centers_ = static_cast<int>(lammps_index_.size());
+  edges_.clear();
+  neighbors_tmp_.clear();
+  for (int c = 0; c < n_centers_; c++) {
+    const int i = lammps_index_[c];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_z_[type[j]] <= 0) continue;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      if (model_index_[j] < 0) {
+        model_index_[j] = static_cast<int>(lammps_index_.size());
+        lammps_index_.push_back(j);
+      }
+      edges_.push_back(c);
+      neighbors_tmp_.push_back(model_index_[j]);
+    }
+  }
+  const int64_t n_edges = static_cast<int64_t>(edges_.size());
+  edges_.insert(edges_.end(), neighbors_tmp_.begin(), neighbors_tmp_.end());
+  const int n_atoms = static_cast<int>(lammps_index_.size());
+  positions_.resize(3 * static_cast<size_t>(n_atoms));
+  numbers_.resize(n_atoms);
+  for (int a = 0; a < n_atoms; a++) {
+    const int i = lammps_index_[a];
+    positions_[3 * a + 0] = x[i][0];
+    positions_[3 * a + 1] = x[i][1];
+    positions_[3 * a + 2] = x[i][2];
+    numbers_[a] = type_z_[type[i]];
+  }
+
+  llpr::Inputs in;
+  in.n_atoms = n_atoms;
+  in.n_centers = n_centers_;
+  in.n_edges = n_edges;
+  in.positions = positions_.data();
+  in.atomic_numbers = numbers_.data();
+  in.edge_index = edges_.data();
+  in.edge_shifts = nullptr;  // ghost atoms are explicit periodic images
+  llpr::Request request;
+  request.forces = true;
+  request.virial = vflag_global || vflag_atom;
+
+  std::string message;
+  try {
+    model_->compute(in, request, out_);
+  } catch (const std::exception &e) {
+    message = std::string("pair_style llpr: ") + e.what();
+  }
+  if (!message.empty()) error->one(FLERR, message);
+  features_step_ = update->ntimestep;
+  uncertainty_step_ = -1;
+
+  const double conv = energy_conversion_;
+  for (int a = 0; a < n_atoms; a++) {
+    const int i = lammps_index_[a];
+    f[i][0] += conv * out_.forces[3 * a + 0];
+    f[i][1] += conv * out_.forces[3 * a + 1];
+    f[i][2] += conv * out_.forces[3 * a + 2];
+  }
+  if (eflag_global) eng_vdwl += conv * out_.energy;
+  if (eflag_atom)
+    for (int c = 0; c < n_centers_; c++) eatom[lammps_index_[c]] += conv * out_.energies[c];
+  // virial tensors from the model are row-major 3x3: W[a][b] = sum r_a F_b
+  // LAMMPS order: xx, yy, zz, xy, xz, yz
+  static const int vidx[6] = {0, 4, 8, 1, 2, 5};
+  if (vflag_global)
+    for (int k = 0; k < 6; k++) virial[k] += conv * out_.virial[vidx[k]];
+  if (vflag_atom)
+    for (int a = 0; a < n_atoms; a++) {
+      const double *w = &out_.virial_atom[9 * static_cast<size_t>(a)];
+      double *v = vatom[lammps_index_[a]];
+      for (int k = 0; k < 6; k++) v[k] += conv * w[vidx[k]];
+    }
+  if (vflag_fdotr) virial_fdotr_compute();
+
+  if (sigma_flag_ || lpr_flag_) update_uncertainty();
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairLLPR::require_current_features(const char *who)
+{
+  if (!model_) error->all(FLERR, "{}: pair_style llpr has no model loaded", who);
+  if (features_step_ != update->ntimestep) {
+    if (features_step_ < 0)
+      error->all(FLERR,
+                 "{}: pair_style llpr has not evaluated forces yet, so there are no features "
+                 "for timestep {}; use it during a run (or after `run 0`)",
+                 who, update->ntimestep);
+    error->all(FLERR,
+               "{}: pair_style llpr has features of timestep {} only, not of the current "
+               "timestep {}; it can only be evaluated on steps where forces were computed",
+               who, features_step_, update->ntimestep);
+  }
+}
+
+void PairLLPR::grow_peratom(int n)
+{
+  if (n <= nmax_peratom_) return;
+  memory->destroy(sigma_atom_);
+  memory->destroy(lpr_atom_);
+  nmax_peratom_ = n;
+  memory->create(sigma_atom_, nmax_peratom_, "pair:llpr:sigma");
+  memory->create(lpr_atom_, nmax_peratom_, "pair:llpr:lpr");
+  std::fill(sigma_atom_, sigma_atom_ + nmax_peratom_, 0.0);
+  std::fill(lpr_atom_, lpr_atom_ + nmax_peratom_, 0.0);
+}
+
+void PairLLPR::update_uncertainty()
+{
+  if (uncertainty_step_ == features_step_ && features_step_ >= 0) return;
+  grow_peratom(atom->nmax > 1 ? atom->nmax : 1);
+  const int nlocal = atom->nlocal;
+  std::fill(sigma_atom_, sigma_atom_ + nlocal, 0.0);
+  std::fill(lpr_atom_, lpr_atom_ + nlocal, 0.0);
+  if (!model_ || features_step_ < 0) return;
+  sigma_tmp_.resize(n_centers_);
+  lpr_tmp_.resize(n_centers_);
+  model_->cached_local_uncertainty(sigma_tmp_.data(), lpr_tmp_.data());
+  for (int c = 0; c < n_centers_; c++) {
+    const int i = lammps_index_[c];
+    sigma_atom_[i] = energy_conversion_ * sigma_tmp_[c];
+    lpr_atom_[i] = lpr_tmp_[c];
+  }
+  uncertainty_step_ = features_step_;
+}
+
+void PairLLPR::group_feature_sum(int groupbit, std::vector<double> &sum)
+{
+  const int *mask = atom->mask;
+  rows_tmp_.clear();
+  for (int c = 0; c < n_centers_; c++)
+    if (mask[lammps_index_[c]] & groupbit) rows_tmp_.push_back(c);
+  sum.assign(n_features(), 0.0);
+  model_->cached_feature_sum(rows_tmp_.data(), static_cast<int64_t>(rows_tmp_.size()), sum.data());
+}
+
+double PairLLPR::energy_sigma(const std::vector<double> &sum)
+{
+  const double var = model_->energy_variance(sum.data());
+  return energy_conversion_ * std::sqrt(var > 0.0 ? var : 0.0);
+}
+
+int PairLLPR::n_features() const
+{
+  return model_ ? static_cast<int>(model_->metadata().n_features) : 0;
+}
+
+/* ----------------------------------------------------------------------
+   fix pair support: `fix pair N llpr sigma 1` / `lpr 1`
+------------------------------------------------------------------------- */
+
+void *PairLLPR::extract(const char *name, int &dim)
+{
+  dim = 0;
+  if (strcmp(name, "sigma_flag") == 0) return (void *) &sigma_flag_;
+  if (strcmp(name, "lpr_flag") == 0) return (void *) &lpr_flag_;
+  if (strcmp(name, "cutoff") == 0) return (void *) &cutoff_;
+  return nullptr;
+}
+
+void *PairLLPR::extract_peratom(const char *name, int &ncol)
+{
+  const bool is_sigma = strcmp(name, "sigma") == 0;
+  const bool is_lpr = strcmp(name, "lpr") == 0;
+  if (!is_sigma && !is_lpr) return nullptr;
+  ncol = 0;
+  if (features_step_ >= 0 && features_step_ == update->ntimestep) update_uncertainty();
+  else grow_peratom(atom->nmax > 1 ? atom->nmax : 1);
+  return is_sigma ? (void *) sigma_atom_ : (void *) lpr_atom_;
+}
+
+double PairLLPR::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += 2.0 * nmax_peratom_ * sizeof(double);
+  bytes += (double) model_index_.capacity() * sizeof(int) + lammps_index_.capacity() * sizeof(int);
+  bytes += (double) (positions_.capacity() + out_.forces.capacity() + out_.virial_atom.capacity()) * sizeof(double);
+  bytes += (double) edges_.capacity() * sizeof(int64_t);
+  return bytes;
+}
+
+/* ----------------------------------------------------------------------
+   entry points looked up by libllpr_lammpsplugin.so
+------------------------------------------------------------------------- */
+
+#define LLPR_EXPORT extern "C" __attribute__((visibility("default")))
+
+LLPR_EXPORT void *llpr_lammps_create_pair(void *lmp)
+{
+  Pair *pair = new PairLLPR(static_cast<LAMMPS *>(lmp));
+  return static_cast<void *>(pair);
+}
+
+LLPR_EXPORT void *llpr_lammps_create_compute_atom(void *lmp, int narg, char **arg)
+{
+  Compute *compute = new ComputeLLPRAtom(static_cast<LAMMPS *>(lmp), narg, arg);
+  return static_cast<void *>(compute);
+}
+
+LLPR_EXPORT void *llpr_lammps_create_compute_global(void *lmp, int narg, char **arg)
+{
+  Compute *compute = new ComputeLLPR(static_cast<LAMMPS *>(lmp), narg, arg);
+  return static_cast<void *>(compute);
+}
+
+// "" when the libtorch loaded in this process is the one llpr was compiled against
+LLPR_EXPORT const char *llpr_lammps_runtime_problem()
+{
+  static std::string problem;
+  const std::string compiled = llpr::torch_version_compiled();
+  const std::string running = llpr::torch_version_runtime();
+  problem.clear();
+  if (running != "unknown" && running.rfind(compiled, 0) != 0)
+    problem = "llpr was compiled against torch " + compiled + " but torch " + running +
+              " is loaded in this process";
+  return problem.c_str();
+}

@@ -1,0 +1,84 @@
+// pair_style llpr: an exported llpr model (TorchScript) evaluated through libllpr_core.
+//
+//   pair_style llpr model.pt [device auto|cpu|cuda]
+//   pair_coeff * * Si C            (one element symbol per atom type, NULL under hybrid)
+#pragma once
+
+#include "pair.h"
+
+#include "llpr/core.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class PairLLPR : public Pair {
+ public:
+  PairLLPR(class LAMMPS *);
+  ~PairLLPR() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  void *extract(const char *, int &) override;
+  void *extract_peratom(const char *, int &) override;
+  double memory_usage() override;
+
+  // --- used by compute llpr/atom and compute llpr ---
+  // error (naming `who`) unless the features of the current timestep are cached
+  void require_current_features(const char *who);
+  // per-atom sigma_i (energy units) and LPR_i of the cached step, indexed by local atom
+  // (0 for atoms that are not centres); computed once per step, on the model's device
+  void update_uncertainty();
+  const double *sigma_atom() const { return sigma_atom_; }
+  const double *lpr_atom() const { return lpr_atom_; }
+  // summed float64 features (n_features values) of the cached centres whose local index has
+  // `groupbit` set in atom->mask
+  void group_feature_sum(int groupbit, std::vector<double> &sum);
+  // sigma (energy units) of a total energy whose summed features (all ranks) are `sum`
+  double energy_sigma(const std::vector<double> &sum);
+  int n_features() const;
+  double energy_conversion() const { return energy_conversion_; }
+
+ protected:
+  void allocate();
+  void load_model();
+  std::string resolve_device();
+  void grow_peratom(int n);
+
+  std::string model_path_;
+  std::string device_request_ = "auto";
+  std::unique_ptr<llpr::Model> model_;
+  double cutoff_ = 0.0;
+  double energy_conversion_ = 1.0;  // eV -> LAMMPS energy unit
+  std::vector<int64_t> type_z_;     // atomic number of each LAMMPS type (0 = NULL)
+
+  // per-step work arrays (reused)
+  std::vector<int> model_index_;   // LAMMPS index (local + ghost) -> model index, -1 if unused
+  std::vector<int> lammps_index_;  // model index -> LAMMPS index (centres first)
+  std::vector<double> positions_;
+  std::vector<int64_t> numbers_;
+  std::vector<int64_t> edges_;     // row 0 (centres) then row 1 (neighbours)
+  std::vector<int64_t> neighbors_tmp_;
+  llpr::Outputs out_;
+  int n_centers_ = 0;
+
+  // features cache bookkeeping
+  bigint features_step_ = -1;       // timestep of the cached features (-1: none)
+  bigint uncertainty_step_ = -1;    // timestep of sigma_atom_/lpr_atom_
+  int nmax_peratom_ = 0;
+  double *sigma_atom_ = nullptr;
+  double *lpr_atom_ = nullptr;
+  std::vector<double> sigma_tmp_, lpr_tmp_;
+  std::vector<int64_t> rows_tmp_;
+
+  // fix pair triggers: set to 1 by `fix pair ... sigma 1` before the force evaluation
+  int sigma_flag_ = 0;
+  int lpr_flag_ = 0;
+};
+
+}  // namespace LAMMPS_NS

