@@ -13,7 +13,7 @@ from ase.build import bulk
 
 from llpr.ase import LLPRCalculator
 from llpr.export import ExportedLLPRModel, export_model, load_exported
-from llpr.graphs import AtomisticDataset, collate
+from llpr.graphs import AtomisticDataset, collate, make_loader
 from llpr.train import predict_batch
 from llpr.uncertainty import LLPR
 
@@ -51,9 +51,9 @@ def test_atoms(si_splits):
 
 
 def test_round_trip_in_fresh_process(small_llpr, exported_path, test_atoms, tmp_path):
-    test_atoms.write(tmp_path / "s.xyz")
+    test_atoms.write(tmp_path / "s.traj")  # full-precision positions
     proc = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, exported_path, str(tmp_path / "s.xyz"), str(tmp_path / "o.npz")],
+        [sys.executable, "-c", FRESH_PROCESS, exported_path, str(tmp_path / "s.traj"), str(tmp_path / "o.npz")],
         capture_output=True,
         text=True,
         check=True,
@@ -164,9 +164,14 @@ def test_torchscript_without_llpr_data(tmp_path, small_model):
         load_exported(str(path))
 
 
-def test_export_before_calibration(small_model, tmp_path):
-    with pytest.raises(RuntimeError, match="calibrate"):
+def test_export_before_calibration(small_model, si_splits, tmp_path):
+    with pytest.raises(RuntimeError, match="fit"):
         export_model(LLPR(small_model), str(tmp_path / "m.pt"))
+    fitted = LLPR(small_model).fit(
+        make_loader(AtomisticDataset(si_splits[0][:3], small_model.cutoff, torch.float64))
+    )
+    with pytest.raises(RuntimeError, match="calibrate"):
+        export_model(fitted, str(tmp_path / "m.pt"))
     with pytest.raises(TypeError, match="llpr.LLPR"):
         export_model(small_model, str(tmp_path / "m.pt"))
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end silicon demo: reference data -> training -> LLPR fit and calibration ->
-# one exported TorchScript file -> evaluation on a held-out test set.
+# one exported TorchScript file -> evaluation on a held-out test set -> LAMMPS MD (NVT) of a
+# silicon slab with a vacancy, per-atom sigma dumped, global sigma in the thermo output.
 # Usage: bash examples/silicon/run.sh [output folder]   (default: demo_output/)
 # Run from a shell where the project's environment is active, or let the script find .venv.
 set -euo pipefail
@@ -28,5 +29,14 @@ llpr export llpr.ckpt -o model.pt --dtype float64
 
 echo "== 5. evaluate on the held-out test set"
 llpr evaluate model.pt --data data/test.xyz --plots plots --json metrics.json
+
+echo "== 6. LAMMPS: NVT MD of a Si slab (two free surfaces + a vacancy) with llpr uncertainty"
+cp "$here/in.silicon" .
+lmp -in in.silicon -var model model.pt -var nsteps 3000 -log log.lammps -screen none
+sed -n '/^ *Step/,/^Loop time/p' log.lammps
+echo "per-atom sigma is in dump.llpr (columns: id type x y z sigma lpr); LAMMPS log in log.lammps"
+
+echo "== 7. where is the model unsure? (surface and vacancy atoms vs bulk)"
+python "$here/summarize.py" dump.llpr
 
 echo "demo finished in $(( $(date +%s) - start )) s; results in $out"

@@ -119,7 +119,12 @@ class LocalPotential(nn.Module):
 
         exps, weights, orders = _symmetric_monomials(l_max)
         self.register_buffer("monomial_exponents", torch.tensor(exps, dtype=torch.long))
-        self.register_buffer("monomial_weights", torch.tensor(weights))
+        # integer multiplicities (exact in any dtype); their square roots are taken in the
+        # model's dtype at run time. A float buffer would be rounded whenever the model
+        # passes through float32 and the contraction would no longer be exactly invariant.
+        self.register_buffer(
+            "monomial_multiplicity", torch.tensor([int(round(w * w)) for w in weights], dtype=torch.long)
+        )
         self.n_monomials = len(exps)
         # index ranges of each L in the monomial list
         bounds: List[int] = [0]
@@ -203,7 +208,7 @@ class LocalPotential(nn.Module):
         ux = u[:, 0:1] ** ex[:, 0].to(u.dtype)
         uy = u[:, 1:2] ** ex[:, 1].to(u.dtype)
         uz = u[:, 2:3] ** ex[:, 2].to(u.dtype)
-        mono = ux * uy * uz * self.monomial_weights.to(u.dtype)  # (E, P)
+        mono = ux * uy * uz * torch.sqrt(self.monomial_multiplicity.to(u.dtype))  # (E, P)
 
         per_edge = radial.unsqueeze(2) * mono.unsqueeze(1)  # (E, C, P)
         moments = torch.zeros(

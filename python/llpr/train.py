@@ -190,7 +190,7 @@ def train_model(
         for batch in val_loader:
             loss, e_mse, f_mse = _loss(model, batch, config, create_graph=False)
             k = int(batch["n_structures"])
-            v_loss += float(loss) * k
+            v_loss += float(loss.detach()) * k
             v_e += float(e_mse) * k
             v_f += float(f_mse) * k
             v_n += k
