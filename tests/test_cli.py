@@ -77,3 +77,18 @@ def test_cli_export_of_uncalibrated_checkpoint(tmp_path, small_model):
     proc = _llpr("export", str(tmp_path / "m.ckpt"), "-o", str(tmp_path / "model.pt"))
     assert proc.returncode == 2
     assert "llpr.LLPR checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_check_and_plugin_path(exported_path, tmp_path):
+    proc = _llpr("check", exported_path)
+    assert proc.returncode == 0, proc.stderr
+    for key in ("format_version", "species", "cutoff", "energy_unit", "dtype", "alpha"):
+        assert key in proc.stdout
+    proc = _llpr("plugin-path")
+    assert proc.returncode == 0, proc.stderr
+    folder = proc.stdout.strip()
+    assert os.path.isfile(os.path.join(folder, "libllpr_lammpsplugin.so"))
+    bad = tmp_path / "bad.pt"
+    bad.write_text("garbage")
+    proc = _llpr("check", str(bad))
+    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
