@@ -165,3 +165,27 @@ def test_unknown_element_is_an_error(small_llpr):
     batch = collate([AtomisticDataset([atoms], small_llpr.model.cutoff, torch.float64, require_labels=False)[0]])
     with pytest.raises(ValueError, match=r"atomic number.*\[6\].*\[14\]"):
         small_llpr.predict(batch)
+
+
+def test_tabular_mlp_regressor_llpr():
+    """LLPR on a plain tabular network (features = last hidden layer + constant)."""
+    from llpr.model import MLPRegressor
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    X = torch.tensor(rng.normal(size=(300, 4)))
+    y = torch.sin(X[:, 0]) + 0.5 * X[:, 1] + 0.05 * torch.tensor(rng.normal(size=300))
+    model = MLPRegressor(4, (16,)).double()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = ((model(X[:200]) - y[:200]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    llpr = LLPR(model).fit([(X[:200], y[:200])]).calibrate([(X[200:250], y[200:250])])
+    out = llpr.predict(X[200:250])
+    z2 = ((out["prediction"] - y[200:250]) ** 2 / out["variance"]).mean()
+    assert float(z2) == pytest.approx(1.0, abs=1e-10)
+    far = llpr.predict(10.0 * X[250:])["sigma"]  # far outside the training inputs
+    near = llpr.predict(X[250:])["sigma"]
+    assert float(far.median()) > 3.0 * float(near.median())

@@ -307,3 +307,31 @@ def load_checkpoint(path: str, kind: str) -> Dict[str, object]:
 def load_model(path: str) -> "LocalPotential":
     """Load a model checkpoint written by :func:`save_model` (e.g. by `llpr train`)."""
     return model_from_payload(load_checkpoint(path, "llpr.LocalPotential"))
+
+
+class MLPRegressor(nn.Module):
+    """One-hidden-layer (or deeper) regressor for tabular data, with LLPR-ready features.
+
+    ``features(x)`` returns the last hidden activations with a constant 1 appended (so the
+    read-out bias is part of the last layer LLPR treats) and ``readout`` is a bias-free
+    linear layer: ``forward(x) = readout(features(x))``. ``dropout`` (probability) applies
+    to the hidden activations during training, and in MC-dropout sampling.
+    """
+
+    def __init__(self, n_inputs: int, hidden: Tuple[int, ...] = (50,), dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        width = n_inputs
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.readout = nn.Linear(width + 1, 1, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.body(x))
+        return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.features(x)).squeeze(1)
