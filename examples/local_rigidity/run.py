@@ -84,21 +84,25 @@ def main() -> None:
         kinds[a.info["config_type"]] = kinds.get(a.info["config_type"], 0) + 1
 
     config = TrainConfig(time_limit_s=args.time_limit, seed=args.seed)
-    results = {}
-    for name, train in (("4-coordinated only", train4), (f"+ {len(added)} defect structures", train4 + added)):
+    with_defects = f"+ {len(added)} defect structures"
+    retrained, info = {}, {}
+    llpr_four = None
+    for name, train in (("4-coordinated only", train4), (with_defects, train4 + added)):
         model, history = train_model(train, val4, config, progress=False)
         llpr = fit_llpr(model, train, val4)
-        results[name] = {
-            "lpr": lpr_by_coordination(llpr, test),
-            "n_train": len(train),
-            "epochs": history["best_epoch"] + 1,
-            "alpha": llpr.alpha,
-            "varsigma": llpr.varsigma,
-        }
+        llpr_four = llpr_four or llpr
+        retrained[name] = lpr_by_coordination(llpr, test)
+        info[name] = {"n_train": len(train), "epochs": history["best_epoch"] + 1,
+                      "alpha": llpr.alpha, "varsigma": llpr.varsigma}
         print(f"trained '{name}' on {len(train)} structures ({history['best_epoch'] + 1} epochs)", flush=True)
 
-    names = list(results)
-    a, b = results[names[0]]["lpr"], results[names[1]]["lpr"]
+    # the same network (trained on 4-coordinated structures only) and the same alpha and
+    # varsigma; only the structures entering F^T F change: isolates what the data do
+    dtype = next(llpr_four.model.parameters()).dtype
+    same = LLPR(llpr_four.model).fit(make_loader(AtomisticDataset(train4 + added, llpr_four.model.cutoff, dtype), 16))
+    same.calibration = llpr_four.calibration
+    same_model = {"4-coordinated only": retrained["4-coordinated only"], with_defects: lpr_by_coordination(same, test)}
+
     lines = [
         "# Local prediction rigidity by coordination number (Si.sw)",
         "",
@@ -108,12 +112,59 @@ def main() -> None:
         "",
         f"Training sets: {len(train4)} structures whose atoms are all 4-coordinated "
         f"({', '.join(sorted({x.info['config_type'] for x in train4}))}); the second set adds "
-        f"{len(added)} structures with under/over-coordinated atoms ({', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))}). "
+        f"{len(added)} structures with under/over-coordinated atoms "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))}). "
         f"Test: {len(test)} held-out structures. Coordination: neighbours within {BOND_CUTOFF} A. "
-        "LPR = 1 / (f_i^T C^-1 f_i); geometric means (LPR spans decades).",
+        "LPR = 1 / (f_i^T C^-1 f_i); geometric means over atoms (LPR spans decades). "
+        "Models: " + "; ".join(f"{k}: {v['epochs']} epochs, alpha {v['alpha']:.3g}, varsigma {v['varsigma']:.3g}"
+                               for k, v in info.items()) + ".",
         "",
-        f"| coordination | atoms | LPR, {names[0]} | LPR, {names[1]} | ratio | "
-        "LPR / LPR(4-coord.), first | same, second |",
+    ]
+    summaries = {}
+    for title, (a, b) in (
+        ("A. Two models, each trained, fitted and calibrated on its own set", tuple(retrained.values())),
+        ("B. One model (trained on 4-coordinated structures), F^T F with and without the defect structures, "
+         "same alpha and varsigma", tuple(same_model.values())),
+    ):
+        rows, summary = comparison_table(a, b, "4-coordinated only", with_defects)
+        lines += [f"## {title}", ""] + rows + [""]
+        summaries[title[0]] = summary
+    table = "\n".join(lines)
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "lpr_by_coordination.md"), "w") as fh:
+        fh.write(table)
+    with open(os.path.join(args.out, "lpr_by_coordination.json"), "w") as fh:
+        json.dump({"summary": summaries, "models": info}, fh, indent=1)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    for ax, (title, pair) in zip(axes, (("A: retrained models", retrained), ("B: same model, more data in F^T F", same_model))):
+        cns = sorted(set(pair["4-coordinated only"]) & set(pair[with_defects]))
+        width = 0.38
+        for k, (name, lpr) in enumerate(pair.items()):
+            pos = np.arange(len(cns)) + (k - 0.5) * width
+            ax.boxplot([lpr[cn] for cn in cns], positions=pos, widths=width * 0.9, showfliers=False,
+                       patch_artist=True, boxprops={"facecolor": f"C{k}", "alpha": 0.6})
+            ax.plot([], [], "s", color=f"C{k}", label=name)
+        ax.set_xticks(np.arange(len(cns)), [str(c) for c in cns])
+        ax.set_yscale("log")
+        ax.set_xlabel("coordination number")
+        ax.set_ylabel("local prediction rigidity")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "lpr_by_coordination.png"), dpi=120)
+    print(f"wrote {args.out}/lpr_by_coordination.(md|json|png)")
+
+
+def comparison_table(a: dict, b: dict, name_a: str, name_b: str) -> tuple[list[str], dict]:
+    rows = [
+        f"| coordination | atoms | LPR, {name_a} | LPR, {name_b} | ratio | LPR / LPR(4), first | LPR / LPR(4), second |",
         "|---|---|---|---|---|---|---|",
     ]
     summary = {}
@@ -121,44 +172,15 @@ def main() -> None:
         ga, gb = float(np.exp(np.log(a[cn]).mean())), float(np.exp(np.log(b[cn]).mean()))
         summary[cn] = {"atoms": int(len(a[cn])), "lpr_a": ga, "lpr_b": gb, "ratio": gb / ga}
     for cn, row in summary.items():
-        # relative to 4-coordinated atoms of the same model: free of the overall scale that
-        # each model's own varsigma sets
+        # relative to the 4-coordinated atoms of the same model: free of the overall scale
+        # that each model's features and varsigma set
         row["relative_a"] = row["lpr_a"] / summary[4]["lpr_a"] if 4 in summary else float("nan")
         row["relative_b"] = row["lpr_b"] / summary[4]["lpr_b"] if 4 in summary else float("nan")
-        lines.append(
+        rows.append(
             f"| {cn} | {row['atoms']} | {row['lpr_a']:.4g} | {row['lpr_b']:.4g} | {row['ratio']:.2f} "
             f"| {row['relative_a']:.3f} | {row['relative_b']:.3f} |"
         )
-    table = "\n".join(lines) + "\n"
-    print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "lpr_by_coordination.md"), "w") as fh:
-        fh.write(table)
-    with open(os.path.join(args.out, "lpr_by_coordination.json"), "w") as fh:
-        json.dump({"summary": summary, "runs": {k: {kk: vv for kk, vv in v.items() if kk != "lpr"}
-                                                 for k, v in results.items()}}, fh, indent=1)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cns = [cn for cn in summary]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    width = 0.38
-    for k, (name, lpr) in enumerate(((names[0], a), (names[1], b))):
-        pos = np.arange(len(cns)) + (k - 0.5) * width
-        ax.boxplot([lpr[cn] for cn in cns], positions=pos, widths=width * 0.9, showfliers=False,
-                   patch_artist=True, boxprops={"facecolor": f"C{k}", "alpha": 0.6})
-        ax.plot([], [], "s", color=f"C{k}", label=name)
-    ax.set_xticks(np.arange(len(cns)), [str(c) for c in cns])
-    ax.set_yscale("log")
-    ax.set_xlabel("coordination number")
-    ax.set_ylabel("local prediction rigidity")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "lpr_by_coordination.png"), dpi=120)
-    print(f"wrote {args.out}/lpr_by_coordination.(md|json|png)")
+    return rows, summary
 
 
 if __name__ == "__main__":
