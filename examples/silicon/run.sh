@@ -39,4 +39,7 @@ echo "per-atom sigma is in dump.llpr (columns: id type x y z sigma lpr); LAMMPS 
 echo "== 7. where is the model unsure? (surface and vacancy atoms vs bulk)"
 python "$here/summarize.py" dump.llpr
 
+echo "== 8. a picture: the last frame, a cross-section through the vacancy, atoms coloured by sigma_i"
+python "$here/render.py" dump.llpr -o sigma.png --slab y 6.6 9.7 --no-cell
+
 echo "demo finished in $(( $(date +%s) - start )) s; results in $out"

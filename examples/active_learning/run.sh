@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Active learning with llpr uncertainty: run MD until the model becomes unsure (fix halt on
+# the largest per-atom sigma_i), label the configuration where it stopped with the reference
+# potential, add it to the training set, continue training the model on it, recalibrate, and
+# go again.
+#
+# Usage: bash examples/active_learning/run.sh [start folder] [output folder]
+#   start folder: holds data/train.xyz, data/val.xyz, model.ckpt and model.pt, as the silicon demo
+#                 writes them (default: demo_output; run bash examples/silicon/run.sh first)
+#   output folder: default runs/active_learning
+# Sizes (environment): ROUNDS (3), NSTEPS (4000 MD steps per round), EPOCHS (400) and
+# TIME_LIMIT (240 s) per round of training; DUMP_THRESH and HALT_THRESH (eV) replace the automatic
+# thresholds (99th percentile and maximum of sigma_i over the starting model's training
+# atoms), which are computed once and kept for all rounds.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+start="$(cd "${1:-$root/demo_output}" 2>/dev/null && pwd)" || {
+  echo "error: start folder '${1:-$root/demo_output}' does not exist; run bash examples/silicon/run.sh first" >&2
+  exit 2
+}
+out="${2:-$root/runs/active_learning}"
+ROUNDS=${ROUNDS:-3}
+NSTEPS=${NSTEPS:-4000}
+EPOCHS=${EPOCHS:-400}
+TIME_LIMIT=${TIME_LIMIT:-240}
+if ! command -v llpr >/dev/null 2>&1; then
+  . "$root/.venv/bin/activate"
+fi
+for f in data/train.xyz data/val.xyz model.ckpt model.pt; do
+  if [ ! -f "$start/$f" ]; then
+    echo "error: $start/$f is missing; the start folder must hold the silicon demo's output (bash examples/silicon/run.sh)" >&2
+    exit 2
+  fi
+done
+
+mkdir -p "$out/data"
+cp "$start/data/train.xyz" "$start/data/val.xyz" "$out/data/"
+cp "$start/model.pt" "$out/model_0.pt"
+cp "$start/model.ckpt" "$out/model_0.ckpt"
+cp "$here/in.active" "$out/"
+cd "$out"
+summary="round  structures  stopped at step  largest sigma_i (meV)"
+
+echo "== thresholds, from the starting model on its training set (kept for all rounds)"
+if [ -n "${DUMP_THRESH:-}" ] && [ -n "${HALT_THRESH:-}" ]; then
+  thresholds="$DUMP_THRESH $HALT_THRESH"
+else
+  thresholds=$(python "$here/al.py" thresholds model_0.pt data/train.xyz)
+fi
+read -r dump_thresh halt_thresh <<< "$thresholds"
+dump_thresh=${DUMP_THRESH:-$dump_thresh}
+halt_thresh=${HALT_THRESH:-$halt_thresh}
+echo "   dump atoms with sigma_i > $dump_thresh eV, stop when one has sigma_i > $halt_thresh eV"
+
+for ((round = 0; round < ROUNDS; round++)); do
+  model="model_$round.pt"
+  echo "== round $round: $model"
+  mkdir -p "round_$round"
+  (cd "round_$round" && lmp -in ../in.active -var model "../$model" -var nsteps "$NSTEPS" \
+     -var dump_thresh "$dump_thresh" -var halt_thresh "$halt_thresh" -var seed $((20917 + round)) \
+     -log log.lammps -screen none)
+  read -r _ _ step _ sigma_max _ _ <<< "$(grep '^AL_RESULT' "round_$round/log.lammps" | tail -1)"
+  n_unsure=$(grep -c "^ITEM: TIMESTEP" "round_$round/dump.unsure" || true)
+  summary+=$'\n'"$(awk -v r="$round" -v n="$(grep -c '^[0-9][0-9]*$' data/train.xyz)" -v s="$step" \
+    -v m="$sigma_max" 'BEGIN { printf "%5d  %10d  %15d  %21.2f", r, n, s, 1000 * m }')"
+  if [ "$step" -ge "$NSTEPS" ]; then
+    echo "   the model stayed below the halt threshold for all $NSTEPS steps: done"
+    break
+  fi
+  echo "   stopped at step $step (largest sigma_i $sigma_max eV > $halt_thresh eV); $n_unsure dump frames with uncertain atoms"
+  echo "   label the configuration where it stopped and add it to the training set"
+  python "$here/al.py" label "round_$round/halt.dump" data/train.xyz --potential sw --tag "active_learning_$round"
+  next="model_$((round + 1))"
+  echo "   continue training model_$round on the grown training set, recalibrate, export $next.pt"
+  python "$here/al.py" retrain "model_$round.ckpt" data/train.xyz data/val.xyz "$next" \
+    --epochs "$EPOCHS" --time-limit "$TIME_LIMIT"
+done
+
+echo
+echo "$summary"
+echo "results in $out (round_*/log.lammps, round_*/dump.unsure, round_*/halt.dump, data/train.xyz)"
