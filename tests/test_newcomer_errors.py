@@ -405,6 +405,7 @@ def test_extxyz_with_other_key_names(tmp_path):
     proc = _llpr("train", "--train", "dft.xyz", "--val", "dft.xyz", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "has no energy/forces labels" in proc.stderr and "energy=" in proc.stderr
+    assert "found keys: REF_energy, REF_forces" in proc.stderr
     check_quote("xyz-keys", proc.stderr)
 
 

@@ -407,10 +407,12 @@ def read_dataset(path: str, require_labels: bool = True) -> list[Atoms]:
     if require_labels:
         for k, atoms in enumerate(frames):
             if "energy" not in atoms.info or "forces" not in atoms.arrays:
+                found = sorted(set(atoms.info) | (set(atoms.arrays) - {"numbers", "positions"}))
                 raise ValueError(
                     f"structure {k} in '{path}' has no energy/forces labels; the file must carry "
-                    "energy= in the comment line and a forces column (label it with "
-                    "llpr.data.label_structures)"
+                    "energy= in the comment line and a forces column (found keys: "
+                    f"{', '.join(found) or 'none'}; rename yours to energy/forces, or label the "
+                    "structures with llpr.data.label_structures)"
                 )
     return frames
 
