@@ -30,8 +30,8 @@ void *g_impl = nullptr;           // handle of libllpr_lammps.so once opened
 std::string g_lammps_mismatch;    // non-empty: the running LAMMPS is not the one we were built for
 
 const char *const kRebuildHint =
-    "rebuild llpr in this environment: pip install --no-build-isolation --force-reinstall llpr "
-    "(from the llpr source folder: pip install --no-build-isolation .)";
+    "rebuild llpr in this environment, from the llpr source folder: "
+    "pip install --no-build-isolation --force-reinstall --no-deps .";
 
 std::string own_dir()
 {

@@ -235,7 +235,10 @@ void PairLLPR::coeff(int narg, char **arg)
     }
     const int z = llpr::atomic_number(symbol);
     if (z < 0)
-      error->all(FLERR, "pair_coeff for llpr: '{}' (atom type {}) is not an element symbol", symbol, t);
+      error->all(FLERR,
+                 "pair_coeff for llpr: '{}' (atom type {}) is not an element symbol (symbols are "
+                 "case-sensitive, e.g. Si; the model knows: {})",
+                 symbol, t, symbols_of(species));
     bool known = false;
     for (auto s : species) known = known || s == z;
     if (!known)

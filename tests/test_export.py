@@ -196,3 +196,11 @@ def test_exported_module_is_scriptable_wrapper(exported_path):
     assert torch.allclose(L, torch.tril(L))
     assert module.receptive_field == module.cutoff
     assert isinstance(ExportedLLPRModel.__doc__, str)
+
+
+def test_checkpoint_instead_of_exported_file(small_model, tmp_path):
+    from llpr.model import save_model
+
+    save_model(small_model, str(tmp_path / "model.ckpt"))
+    with pytest.raises(ValueError, match=r"PyTorch checkpoint .*llpr export"):
+        load_exported(str(tmp_path / "model.ckpt"))

@@ -141,8 +141,6 @@ def test_checkpoint_given_to_lammps(files, tmp_path):
     check_quote("checkpoint-in-lammps", out)
 
 
-@pytest.mark.xfail(strict=True, reason="the message blames a corrupted file (torch's PytorchStreamReader text) "
-                   "instead of saying that a llpr checkpoint is not an exported model: cpp/src/core.cpp Model::Model")
 def test_checkpoint_given_to_lammps_is_named_as_such(files, tmp_path):
     from llpr.model import LocalPotential, save_model
 
@@ -350,9 +348,6 @@ def test_torch_changed_after_the_build(files, tmp_path, raw_lmp_available):
     check_quote("torch-changed", out)
 
 
-@pytest.mark.xfail(strict=True, reason="the rebuild hint of lammps_plugin/loader.cpp (kRebuildHint) suggests "
-                   "`pip install --force-reinstall llpr` (a PyPI name) and, for the source folder, no --no-deps, "
-                   "so pip would reinstall torch from PyPI too")
 def test_rebuild_hint_is_safe(files, tmp_path, raw_lmp_available):
     shutil.copy(files["model.pt"], tmp_path / "model.pt")
     shutil.copy(files["dir"] / "si.data", tmp_path / "si.data")

@@ -12,6 +12,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <sstream>
 
 namespace llpr {
@@ -304,6 +306,16 @@ struct Model::Impl {
   }
 };
 
+// A torch.save archive (a zip with data.pkl) that is not TorchScript (no constants.pkl): the
+// file names stand in plain text in the zip directory.
+static bool is_torch_checkpoint(const std::string &path)
+{
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return bytes.rfind("PK", 0) == 0 && bytes.find("data.pkl") != std::string::npos &&
+         bytes.find("constants.pkl") == std::string::npos;
+}
+
 Model::Model(const std::string &path, const std::string &device) : impl_(new Impl)
 {
   struct stat st;
@@ -314,6 +326,10 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
   try {
     impl_->module = torch::jit::load(path, torch::Device(torch::kCPU));
   } catch (const std::exception &e) {
+    if (is_torch_checkpoint(path))
+      throw Error("'" + path + "' is not a readable TorchScript file: it is a PyTorch checkpoint "
+                  "(torch.save, as written by `llpr train` and `llpr calibrate`), not an exported "
+                  "model; run `llpr export llpr.ckpt -o model.pt` and give model.pt to pair_style llpr");
     throw Error("'" + path + "' is not a readable TorchScript file (" + first_line(e.what()) +
                 "); export a model with `llpr export` or llpr.export_model()");
   }

@@ -198,6 +198,17 @@ def export_model(llpr, path: str, dtype: Optional[torch.dtype] = None) -> str:
     return path
 
 
+def _is_torch_checkpoint(path: str) -> bool:
+    """A torch.save archive (zip with data.pkl) that is not TorchScript (no constants.pkl)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = [n.rsplit("/", 1)[-1] for n in archive.namelist()]
+    return "data.pkl" in names and "constants.pkl" not in names
+
+
 def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     """Load an exported file and check it against the format contract.
 
@@ -209,6 +220,12 @@ def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     try:
         module = torch.jit.load(path, map_location=device)
     except Exception as exc:
+        if _is_torch_checkpoint(path):
+            raise ValueError(
+                f"'{path}' is not a readable TorchScript file: it is a PyTorch checkpoint (torch.save, "
+                "as written by `llpr train` and `llpr calibrate`), not an exported model; run "
+                "`llpr export llpr.ckpt -o model.pt` and use model.pt"
+            ) from exc
         raise ValueError(
             f"'{path}' is not a readable TorchScript file ({str(exc).splitlines()[0]}); "
             "export a model with `llpr export` or llpr.export_model()"
