@@ -263,6 +263,23 @@ void PairLLPR::init_style()
                "their owners. Use `newton on` (the default) in the input script");
   energy_conversion_ = unit_conversion(lmp);
   neighbor->add_request(this, NeighConst::REQ_FULL);
+  // a type whose mass (g/mol in units metal and real) is far from its element's: most likely
+  // pair_coeff lists the elements in another order than the atom types
+  if (comm->me == 0 && atom->mass != nullptr && atom->mass_setflag != nullptr) {
+    for (int t = 1; t <= atom->ntypes; t++) {
+      if (type_z_[t] <= 0 || !atom->mass_setflag[t]) continue;
+      const double expected = llpr::atomic_mass(type_z_[t]);
+      if (expected <= 0.0 || std::fabs(atom->mass[t] - expected) <= 0.05 * expected) continue;
+      std::string fits;  // the model's element whose mass this type has, if any
+      for (auto z : model_->metadata().species)
+        if (std::fabs(atom->mass[t] - llpr::atomic_mass(z)) <= 0.05 * llpr::atomic_mass(z))
+          fits = " (the mass of " + llpr::element_symbol(z) + ")";
+      error->warning(FLERR,
+                     "pair_coeff for llpr: atom type {} has mass {:.4g}{} but is mapped to {} ({:.4g}); "
+                     "pair_coeff * * must list one element per atom type, in type order",
+                     t, atom->mass[t], fits, llpr::element_symbol(type_z_[t]), expected);
+    }
+  }
 }
 
 double PairLLPR::init_one(int i, int j)

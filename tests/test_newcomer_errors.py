@@ -47,6 +47,7 @@ TROUBLESHOOTING = os.path.join(ROOT, "docs", "troubleshooting.md")
 DOC_QUOTES = (
     "unrecognized-pair-style", "other-lammps-build", "other-lammps-build-error", "torch-changed", "path-typo",
     "checkpoint-in-lammps", "export-before-calibration", "export-before-calibration-python", "element-order-log",
+    "element-order-mass",
     "wrong-symbol-count", "lowercase-element", "element-not-in-model", "newton-off", "units-lj",
     "compute-before-run", "xyz-keys", "ase-unknown-element",
 )
@@ -241,12 +242,11 @@ def test_sic_element_order_the_log_names_the_model_elements(files, tmp_path):
     check_quote("element-order-log", out)
 
 
-@pytest.mark.xfail(strict=True, reason="pair_llpr.cpp does not compare the masses of the atom types with the "
-                   "elements pair_coeff maps them to; a swapped order goes unnoticed")
 def test_sic_element_order_mass_mismatch_is_reported(files, tmp_path):
     proc, out = _lmp(files, tmp_path, _script(model="sic.pt", data="sic.data", coeff="* * C Si"))
     flagged = [ln for ln in out.splitlines() if ln.startswith(("WARNING", "ERROR")) and "mass" in ln]
     assert flagged and "type 1" in flagged[0] and "C" in flagged[0] and "Si" in flagged[0], out[-3000:]
+    check_quote("element-order-mass", out)
 
 
 # --------------------------------------------------------------- LAMMPS and torch versions

@@ -125,5 +125,7 @@ std::string torch_version_runtime();
 // Element symbol <-> atomic number (1..118); -1 / "" when unknown.
 int atomic_number(const std::string &symbol);
 std::string element_symbol(int64_t z);
+// Standard atomic weight of element z (g/mol); 0 when unknown.
+double atomic_mass(int64_t z);
 
 }  // namespace llpr
