@@ -29,6 +29,8 @@ EXAMPLES = sorted(d for d in os.listdir(os.path.join(ROOT, "examples"))
 EXTRA_ENV = {
     # one round, forced to stop at the first check (step 10), so that labelling and retraining run
     "active_learning": {"ROUNDS": "1", "HALT_THRESH": "0", "DUMP_THRESH": "0"},
+    # enough structures for a validation set of 4-coordinated ones
+    "local_rigidity": {"N_PER_TYPE": "3"},
 }
 
 
@@ -164,8 +166,15 @@ def check_ase_md(root, output):
     assert "energy_sigma" in output or "max sigma_i" in output
 
 
+def check_local_rigidity(root, output):
+    table = (root / "lpr_results" / "lpr_by_coordination.md").read_text()
+    assert "| 4 |" in table and "## B." in table
+    _png(root / "lpr_results" / "lpr_by_coordination.png")
+
+
 CHECKS = {
     "silicon": check_silicon,
+    "local_rigidity": check_local_rigidity,
     "active_learning": check_active_learning,
     "sic": check_sic,
     "python_api": check_python_api,

@@ -62,7 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--time-limit", type=float, default=180.0, help="training budget per model (s)")
     parser.add_argument("--n-defect", type=int, default=10, help="defect structures added to the second set")
-    parser.add_argument("--n-per-type", type=int, default=30)
+    parser.add_argument("--n-per-type", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=400, help="at most this many epochs per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
@@ -83,7 +84,7 @@ def main() -> None:
     for a in added:
         kinds[a.info["config_type"]] = kinds.get(a.info["config_type"], 0) + 1
 
-    config = TrainConfig(time_limit_s=args.time_limit, seed=args.seed)
+    config = TrainConfig(time_limit_s=args.time_limit, max_epochs=args.epochs, seed=args.seed)
     with_defects = f"+ {len(added)} defect structures"
     retrained, info = {}, {}
     llpr_four = None
