@@ -123,6 +123,9 @@ def test_extxyz_round_trip(small_set, tmp_path):
     assert len(back) == len(small_set)
     for a, b in zip(small_set, back):
         assert b.calc is None
+        assert set(b.info) == set(a.info) and set(b.arrays) == set(a.arrays)  # same convention
+        assert isinstance(b.info["energy"], float) and b.info["stress"].shape == (6,)
+        assert b.info["temperature"] == a.info["temperature"] and b.info["potential"] == "sw"
         assert b.info["energy"] == pytest.approx(a.info["energy"], abs=1e-12)
         # extxyz stores per-atom columns with 8 decimals
         np.testing.assert_allclose(b.arrays["forces"], a.arrays["forces"], atol=1e-8)
@@ -147,14 +150,85 @@ def test_two_species_potential():
     assert all(np.isfinite(a.info["energy"]) for a in structures)
 
 
-@pytest.mark.parametrize("potential", ["tersoff", "snap"])
-def test_other_silicon_potentials(potential):
-    s = generate_dataset(potential, n_per_type={"crystal": 1}, config_types=("crystal",), progress=False)
-    assert len(s) == 1 and s[0].info["potential"] == potential
-    assert -5.5 < s[0].info["energy"] / len(s[0]) < -4.0
-    # energy of an isolated structure agrees with the labelling path
-    again = label_structures(s, potential)[0]
-    assert again.info["energy"] == pytest.approx(s[0].info["energy"], abs=1e-8)
+def test_tersoff_generates_and_relabels():
+    s = generate_dataset("tersoff", n_per_type={"crystal": 2}, config_types=("crystal",), progress=False)
+    assert len(s) == 2 and all(a.info["potential"] == "tersoff" for a in s)
+    assert all(-5.0 < a.info["energy"] / len(a) < -4.3 for a in s)  # Tersoff Si: -4.63 eV/atom at 0 K
+    # the labelling path gives the MD snapshot's own labels
+    again = label_structures(s, "tersoff")
+    for a, b in zip(s, again):
+        assert b.info["energy"] == pytest.approx(a.info["energy"], abs=1e-8)
+        np.testing.assert_allclose(b.arrays["forces"], a.arrays["forces"], atol=1e-8)
+        np.testing.assert_allclose(b.info["stress"], a.info["stress"], atol=1e-10)
+
+
+def test_snap_labels():
+    # SNAP MD is ~50x slower than SW, so only single points here (generation uses the same path)
+    crystal = bulk("Si", "diamond", 5.431, cubic=True) * (2, 2, 2)
+    crystal.rattle(0.05, seed=4)
+    vacancy = crystal.copy()
+    del vacancy[10]
+    a, b = label_structures([crystal, vacancy], "snap")
+    for s in (a, b):
+        assert s.info["potential"] == "snap" and s.arrays["forces"].shape == (len(s), 3)
+        assert -5.6 < s.info["energy"] / len(s) < -5.0  # Zuo SNAP Si: about -5.4 eV/atom
+        np.testing.assert_allclose(s.arrays["forces"].sum(axis=0), 0.0, atol=1e-9)
+    h = 1e-4
+    moved = []
+    for sign in (1, -1):
+        m = crystal.copy()
+        m.positions[3, 1] += sign * h
+        moved.append(m)
+    ep, em = (x.info["energy"] for x in label_structures(moved, "snap"))
+    assert a.arrays["forces"][3, 1] == pytest.approx(-(ep - em) / (2 * h), abs=1e-5)
+
+
+def _mean_site_displacement(atoms, reference):
+    """Mean minimum-image distance of each atom from its starting lattice site."""
+    d = atoms.positions - reference.positions
+    frac = np.linalg.solve(atoms.cell.array.T, d.T).T
+    frac -= np.round(frac)
+    return np.linalg.norm(frac @ atoms.cell.array, axis=1).mean()
+
+
+def test_liquids_are_liquid(small_set):
+    # atoms of a liquid (and of a quenched liquid) have left their lattice sites; those of a
+    # hot crystal stay within a fraction of an angstrom
+    reference = bulk("Si", "diamond", 5.431, cubic=True) * (2, 2, 2)
+    for atoms in small_set:
+        kind = atoms.info["config_type"]
+        if kind in ("crystal", "strained", "liquid", "amorphous"):
+            ref = reference.copy()
+            ref.set_cell(atoms.cell, scale_atoms=True)
+            moved = _mean_site_displacement(atoms, ref)
+            assert (moved > 1.5) if kind in ("liquid", "amorphous") else (moved < 0.6), (kind, moved)
+    # SiC: its 64-atom crystal survives 5500 K for picoseconds, so it is melted hotter
+    sic = generate_dataset("sic", n_per_type={"liquid": 1}, config_types=("liquid",), seed=3, progress=False)[0]
+    ref = bulk("SiC", "zincblende", 4.36, cubic=True) * (2, 2, 2)
+    assert _mean_site_displacement(sic, ref) > 1.5
+
+
+def test_non_periodic_structures():
+    from ase.build import diamond100
+
+    slab = diamond100("Si", (2, 2, 4), vacuum=None, a=5.431)  # pbc (T, T, F), no cell along z
+    slab.rattle(0.05, seed=0)
+    padded = slab.copy()
+    padded.center(vacuum=8.0, axis=2)
+    padded.pbc = True
+    cluster = _rattled(6)[:20]
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    boxed = cluster.copy()
+    boxed.center(vacuum=4.0)
+    boxed.positions += 30.0  # atoms far outside a non-periodic cell are fine too
+    a, b, c, d = label_structures([slab, padded, cluster, boxed])
+    assert "stress" not in a.info and "stress" in b.info and "stress" not in c.info
+    assert a.info["energy"] == pytest.approx(b.info["energy"], abs=1e-10)
+    np.testing.assert_allclose(a.arrays["forces"], b.arrays["forces"], atol=1e-10)
+    assert c.info["energy"] == pytest.approx(d.info["energy"], abs=1e-10)
+    np.testing.assert_allclose(c.arrays["forces"], d.arrays["forces"], atol=1e-10)
+    np.testing.assert_array_equal(d.positions, boxed.positions)  # untouched
 
 
 def test_bad_inputs(tmp_path):
@@ -174,3 +248,15 @@ def test_bad_inputs(tmp_path):
         label_structures([bulk("Cu", "fcc", 3.6, cubic=True)], "sw")
     with pytest.raises(ValueError, match="configuration type"):
         generate_dataset("sw", config_types=("gas",))
+    with pytest.raises(ValueError, match="configuration type 'gas'"):
+        generate_dataset("sw", n_per_type={"gas": 1})
+    periodic_without_cell = bulk("Si", "diamond", 5.431, cubic=True)
+    periodic_without_cell.cell[2] = 0.0
+    with pytest.raises(ValueError, match="periodic direction"):
+        label_structures([periodic_without_cell])
+
+
+def test_potentials_table():
+    assert list(POTENTIALS) == ["sw", "tersoff", "snap", "sic"]
+    assert all(isinstance(v, str) and v for v in POTENTIALS.values())
+    assert "Si.sw" in POTENTIALS["sw"] and "SiC.tersoff" in POTENTIALS["sic"]
