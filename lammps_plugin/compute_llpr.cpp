@@ -5,10 +5,15 @@
 #include "pair_llpr.h"
 
 #include "atom.h"
+#include "comm.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
 #include "update.h"
+#include "utils.h"
+
+#include <cmath>
+#include <cstring>
 
 #include <mpi.h>
 
@@ -33,9 +38,21 @@ PairLLPR *find_pair(LAMMPS *lmp, const char *who)
 
 ComputeLLPRAtom::ComputeLLPRAtom(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg, arg)
 {
-  if (narg != 3) error->all(FLERR, "Illegal compute llpr/atom command: expected compute ID group llpr/atom");
+  const char *usage = "compute ID group llpr/atom [forces yes|no]";
+  for (int iarg = 3; iarg < narg; iarg += 2) {
+    if (strcmp(arg[iarg], "forces") == 0) {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "Illegal compute llpr/atom command: forces needs yes or no (expected {})", usage);
+      forces_ = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+    } else {
+      error->all(FLERR, "Illegal compute llpr/atom command: unknown keyword {} (expected {})", arg[iarg],
+                 usage);
+    }
+  }
   peratom_flag = 1;
-  size_peratom_cols = 2;
+  ncols_ = forces_ ? 3 : 2;
+  size_peratom_cols = ncols_;
+  comm_reverse = forces_ ? 3 : 0;
 }
 
 ComputeLLPRAtom::~ComputeLLPRAtom()
@@ -45,7 +62,13 @@ ComputeLLPRAtom::~ComputeLLPRAtom()
 
 void ComputeLLPRAtom::init()
 {
-  find_pair(lmp, "llpr/atom");
+  PairLLPR *pair = find_pair(lmp, "llpr/atom");
+  if (forces_ && pair->ensemble_size() == 0)
+    error->all(FLERR,
+               "compute llpr/atom forces yes: the model file {} has no last-layer ensemble, which "
+               "force uncertainties need; export it with `llpr export llpr.ckpt --ensemble 32 -o "
+               "model.pt`",
+               pair->model_path());
 }
 
 void ComputeLLPRAtom::compute_peratom()
@@ -55,12 +78,12 @@ void ComputeLLPRAtom::compute_peratom()
   pair->require_current_features("compute llpr/atom");
   pair->update_uncertainty();
 
-  if (atom->nmax > nmax_) {
+  if (atom->nmax > nmax_ || !values_) {
     memory->destroy(values_);
-    nmax_ = atom->nmax;
-    memory->create(values_, nmax_, 2, "llpr/atom:values");
-    array_atom = values_;
+    nmax_ = atom->nmax > 1 ? atom->nmax : 1;
+    memory->create(values_, nmax_, ncols_, "llpr/atom:values");
   }
+  array_atom = values_;
   const int nlocal = atom->nlocal;
   const int *mask = atom->mask;
   const double *sigma = pair->sigma_atom();
@@ -74,11 +97,56 @@ void ComputeLLPRAtom::compute_peratom()
       values_[i][1] = 0.0;
     }
   }
+  if (!forces_) return;
+
+  // force sigma_i = sqrt(sum_k |F_k,i - F_i|^2 / (3 (K - 1))): member force deviations on local
+  // and ghost atoms, the ghosts' parts summed onto their owners (reverse communication, one
+  // member at a time), then the spread over the members
+  pair->ensemble_force_deviations("compute llpr/atom forces yes", dforce_);
+  const int K = pair->ensemble_size();
+  nall_ = atom->nlocal + atom->nghost;
+  for (member_ = 0; member_ < K; member_++) comm->reverse_comm(this);
+  for (int i = 0; i < nlocal; i++) {
+    if (!(mask[i] & groupbit) || K < 2) {
+      values_[i][2] = 0.0;
+      continue;
+    }
+    double acc = 0.0;
+    for (int k = 0; k < K; k++) {
+      const double *d = &dforce_[(static_cast<size_t>(k) * nall_ + i) * 3];
+      acc += d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+    }
+    values_[i][2] = std::sqrt(acc / (3.0 * (K - 1)));
+  }
+}
+
+int ComputeLLPRAtom::pack_reverse_comm(int n, int first, double *buf)
+{
+  const double *d = &dforce_[static_cast<size_t>(member_) * nall_ * 3];
+  int m = 0;
+  for (int i = first; i < first + n; i++) {
+    buf[m++] = d[3 * i + 0];
+    buf[m++] = d[3 * i + 1];
+    buf[m++] = d[3 * i + 2];
+  }
+  return m;
+}
+
+void ComputeLLPRAtom::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  double *d = &dforce_[static_cast<size_t>(member_) * nall_ * 3];
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    const int j = list[i];
+    d[3 * j + 0] += buf[m++];
+    d[3 * j + 1] += buf[m++];
+    d[3 * j + 2] += buf[m++];
+  }
 }
 
 double ComputeLLPRAtom::memory_usage()
 {
-  return 2.0 * nmax_ * sizeof(double);
+  return static_cast<double>(ncols_) * nmax_ * sizeof(double) + dforce_.capacity() * sizeof(double);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -1,8 +1,13 @@
-// compute ID group llpr/atom : per-atom array [sigma_i (energy units), LPR_i]
+// compute ID group llpr/atom [forces yes|no]
+//                            : per-atom array [sigma_i (energy units), LPR_i] and, with
+//                              forces yes, [force sigma_i (force units)] from the model
+//                              file's last-layer ensemble
 // compute ID group llpr      : global vector [sigma of the group's total energy,
 //                                             max sigma_i in the group, atom ID of that atom]
 // Both use the features that pair_style llpr cached during the force evaluation of the
-// current timestep (no extra model evaluation).
+// current timestep (no extra model evaluation), except the force sigma: on the steps where
+// compute llpr/atom forces yes is invoked, the model is run once more on the inputs cached by
+// that force evaluation, with the ensemble's member gradients.
 #pragma once
 
 #include "compute.h"
@@ -19,11 +24,20 @@ class ComputeLLPRAtom : public Compute {
   ~ComputeLLPRAtom() override;
   void init() override;
   void compute_peratom() override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
   double memory_usage() override;
 
  private:
   int nmax_ = 0;
   double **values_ = nullptr;
+  int ncols_ = 2;
+  bool forces_ = false;
+  // force sigma: member force deviations (K x nall x 3), reverse-communicated one member at a
+  // time (3 values per atom, which every LAMMPS communication buffer holds)
+  std::vector<double> dforce_;
+  int nall_ = 0;
+  int member_ = 0;
 };
 
 class ComputeLLPR : public Compute {

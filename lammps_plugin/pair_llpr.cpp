@@ -341,16 +341,21 @@ void PairLLPR::compute(int eflag, int vflag)
     }
   }
   const int64_t n_edges = static_cast<int64_t>(edges_.size());
+  n_edges_ = n_edges;
+  nall_ = nall;
   edges_.insert(edges_.end(), neighbors_tmp_.begin(), neighbors_tmp_.end());
   const int n_atoms = static_cast<int>(lammps_index_.size());
   positions_.resize(3 * static_cast<size_t>(n_atoms));
   numbers_.resize(n_atoms);
+  tags_.resize(n_atoms);
+  const tagint *tag = atom->tag;
   for (int a = 0; a < n_atoms; a++) {
     const int i = lammps_index_[a];
     positions_[3 * a + 0] = x[i][0];
     positions_[3 * a + 1] = x[i][1];
     positions_[3 * a + 2] = x[i][2];
     numbers_[a] = type_z_[type[i]];
+    tags_[a] = tag ? tag[i] : 0;
   }
 
   llpr::Inputs in;
@@ -469,6 +474,66 @@ double PairLLPR::energy_sigma(const std::vector<double> &sum)
 int PairLLPR::n_features() const
 {
   return model_ ? static_cast<int>(model_->metadata().n_features) : 0;
+}
+
+int PairLLPR::ensemble_size() const
+{
+  return model_ ? static_cast<int>(model_->metadata().ensemble_size) : 0;
+}
+
+void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &out)
+{
+  require_current_features(who);
+  const int K = ensemble_size();
+  if (K == 0)
+    error->all(FLERR,
+               "{}: the model file {} has no last-layer ensemble, which force uncertainties need; "
+               "export it with `llpr export llpr.ckpt --ensemble 32 -o model.pt`",
+               who, model_path_);
+  // the cached inputs must still describe the atoms LAMMPS holds now
+  const int nall = atom->nlocal + atom->nghost;
+  const int n_atoms = static_cast<int>(lammps_index_.size());
+  bool same = nall == nall_;
+  const tagint *tag = atom->tag;
+  for (int a = 0; same && a < n_atoms; a++) same = lammps_index_[a] < nall && (!tag || tag[lammps_index_[a]] == tags_[a]);
+  int all_same = 0, mine = same ? 1 : 0;
+  MPI_Allreduce(&mine, &all_same, 1, MPI_INT, MPI_MIN, world);
+  if (!all_same)
+    error->all(FLERR,
+               "{}: atoms were moved between processors or re-sorted since pair_style llpr "
+               "evaluated forces on timestep {}; evaluate the step again (e.g. `run 0`) first",
+               who, update->ntimestep);
+
+  llpr::Inputs in;
+  in.n_atoms = n_atoms;
+  in.n_centers = n_centers_;
+  in.n_edges = n_edges_;
+  in.positions = positions_.data();
+  in.atomic_numbers = numbers_.data();
+  in.edge_index = edges_.data();
+  in.edge_shifts = nullptr;
+  llpr::Request request;
+  request.forces = true;
+  request.virial = false;
+  std::string message;
+  try {
+    model_->compute_ensemble(in, request, ensemble_out_);
+  } catch (const std::exception &e) {
+    message = std::string(who) + ": " + e.what();
+  }
+  collective_check(lmp, world, message.empty(), message);
+
+  out.assign(static_cast<size_t>(K) * 3 * nall, 0.0);
+  const double conv = energy_conversion_;
+  const std::vector<double> &dF = ensemble_out_.force_deviations;
+  for (int k = 0; k < K; k++)
+    for (int a = 0; a < n_atoms; a++) {
+      const size_t src = (static_cast<size_t>(k) * n_atoms + a) * 3;
+      const size_t dst = (static_cast<size_t>(k) * nall + lammps_index_[a]) * 3;
+      out[dst + 0] = conv * dF[src + 0];
+      out[dst + 1] = conv * dF[src + 1];
+      out[dst + 2] = conv * dF[src + 2];
+    }
 }
 
 /* ----------------------------------------------------------------------

@@ -43,6 +43,15 @@ class PairLLPR : public Pair {
   double energy_sigma(const std::vector<double> &sum);
   int n_features() const;
   double energy_conversion() const { return energy_conversion_; }
+  // members K of the model file's last-layer ensemble (0: none) and the file's path
+  int ensemble_size() const;
+  const std::string &model_path() const { return model_path_; }
+  // Member force deviations dF_k = F_k - F (LAMMPS force units) of the current step, on local
+  // and ghost atoms before reverse communication: out[(k * nall + i) * 3 + c] for LAMMPS index
+  // i < nall = nlocal + nghost (0 for atoms the model did not see). Re-runs the model on the
+  // inputs cached by the force evaluation of this step (ensemble_forward); errors (naming
+  // `who`) if there is no such step or the file has no ensemble.
+  void ensemble_force_deviations(const char *who, std::vector<double> &out);
 
  protected:
   void allocate();
@@ -64,7 +73,11 @@ class PairLLPR : public Pair {
   std::vector<int64_t> numbers_;
   std::vector<int64_t> edges_;     // row 0 (centres) then row 1 (neighbours)
   std::vector<int64_t> neighbors_tmp_;
+  std::vector<tagint> tags_;       // atom IDs of lammps_index_ (to detect moved atoms)
+  int nall_ = 0;                   // nlocal + nghost at the force evaluation
+  int64_t n_edges_ = 0;
   llpr::Outputs out_;
+  llpr::EnsembleOutputs ensemble_out_;
   int n_centers_ = 0;
 
   // features cache bookkeeping

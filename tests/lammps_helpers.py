@@ -55,8 +55,10 @@ def sic_triclinic(seed=0):
 
 
 # ----------------------------------------------------------------------------- fixture models
-def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64, **model_kwargs):
-    """Export an untrained LocalPotential, LLPR-fitted and calibrated on random labels."""
+def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64, ensemble=0, ensemble_seed=0,
+               **model_kwargs):
+    """Export an untrained LocalPotential, LLPR-fitted and calibrated on random labels (with a
+    last-layer ensemble of `ensemble` members drawn with `ensemble_seed` when > 0)."""
     from llpr.export import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.model import LocalPotential
@@ -79,7 +81,7 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
     train = AtomisticDataset(structures[:half], model.cutoff, torch.float64)
     val = AtomisticDataset(structures[half:], model.cutoff, torch.float64)
     llpr = LLPR(model).fit(make_loader(train)).calibrate(make_loader(val))
-    export_model(llpr, str(path), dtype=dtype)
+    export_model(llpr, str(path), dtype=dtype, ensemble=ensemble, seed=ensemble_seed)
     return str(path)
 
 

@@ -35,6 +35,7 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["varsigma"] = m.varsigma;
   d["calibration"] = m.calibration;
   d["package_version"] = m.package_version;
+  d["ensemble_size"] = m.ensemble_size;
   return d;
 }
 
@@ -63,35 +64,9 @@ class PyModel {
   py::dict compute(DArray positions, IArray atomic_numbers, IArray edge_index, py::object edge_shifts,
                    py::object n_centers, bool forces, bool virial)
   {
-    if (positions.ndim() != 2 || positions.shape(1) != 3)
-      throw py::value_error("positions must have shape (N, 3)");
-    const int64_t N = positions.shape(0);
-    if (atomic_numbers.ndim() != 1 || atomic_numbers.shape(0) != N)
-      throw py::value_error("atomic_numbers must have shape (N,)");
-    if (edge_index.ndim() != 2 || edge_index.shape(0) != 2)
-      throw py::value_error("edge_index must have shape (2, E)");
-    const int64_t E = edge_index.shape(1);
-    const int64_t C = n_centers.is_none() ? N : n_centers.cast<int64_t>();
-    if (C < 0 || C > N) throw py::value_error("n_centers must lie in 0..N");
-    const int64_t *e = edge_index.data();
-    for (int64_t k = 0; k < E; ++k) {
-      if (e[k] < 0 || e[k] >= C || e[E + k] < 0 || e[E + k] >= N)
-        throw py::value_error("edge_index out of range (row 0 must be < n_centers, row 1 < N)");
-    }
     DArray shifts;
-    llpr::Inputs in;
-    if (!edge_shifts.is_none()) {
-      shifts = edge_shifts.cast<DArray>();
-      if (shifts.ndim() != 2 || shifts.shape(0) != E || shifts.shape(1) != 3)
-        throw py::value_error("edge_shifts must have shape (E, 3)");
-      in.edge_shifts = shifts.data();
-    }
-    in.n_atoms = N;
-    in.n_centers = C;
-    in.n_edges = E;
-    in.positions = positions.data();
-    in.atomic_numbers = atomic_numbers.data();
-    in.edge_index = e;
+    llpr::Inputs in = inputs(positions, atomic_numbers, edge_index, edge_shifts, n_centers, shifts);
+    const int64_t N = in.n_atoms, C = in.n_centers;
     llpr::Request req;
     req.forces = forces;
     req.virial = virial;
@@ -121,6 +96,80 @@ class PyModel {
     d["energy_sigma"] = std::sqrt(model_.energy_variance(sum.data()));
     return d;
   }
+
+  py::dict compute_ensemble(DArray positions, IArray atomic_numbers, IArray edge_index, py::object edge_shifts,
+                            py::object n_centers, bool forces, bool virial)
+  {
+    DArray shifts;
+    llpr::Inputs in = inputs(positions, atomic_numbers, edge_index, edge_shifts, n_centers, shifts);
+    const int64_t N = in.n_atoms;
+    llpr::Request req;
+    req.forces = forces;
+    req.virial = virial;
+    llpr::EnsembleOutputs out;
+    {
+      py::gil_scoped_release release;
+      model_.compute_ensemble(in, req, out);
+    }
+    const int64_t K = out.size;
+    py::dict d;
+    d["energy_deviations"] = to_array(out.energy_deviations, {K});
+    if (forces) {
+      d["force_deviations"] = to_array(out.force_deviations, {K, N, 3});
+      // sqrt(sum_k |dF_k,i|^2 / (3 (K - 1))), the definition the LAMMPS compute uses
+      py::array_t<double> fsig({N});
+      double *fs = fsig.mutable_data();
+      for (int64_t i = 0; i < N; ++i) {
+        double acc = 0.0;
+        for (int64_t k = 0; k < K; ++k)
+          for (int c = 0; c < 3; ++c) {
+            const double v = out.force_deviations[(k * N + i) * 3 + c];
+            acc += v * v;
+          }
+        fs[i] = K > 1 ? std::sqrt(acc / (3.0 * (K - 1))) : 0.0;
+      }
+      d["force_sigma"] = fsig;
+    }
+    if (virial) d["virial_deviations"] = to_array(out.virial_deviations, {K, 3, 3});
+    return d;
+  }
+
+ private:
+  llpr::Inputs inputs(DArray &positions, IArray &atomic_numbers, IArray &edge_index, py::object &edge_shifts,
+                      py::object &n_centers, DArray &shifts)
+  {
+    if (positions.ndim() != 2 || positions.shape(1) != 3)
+      throw py::value_error("positions must have shape (N, 3)");
+    const int64_t N = positions.shape(0);
+    if (atomic_numbers.ndim() != 1 || atomic_numbers.shape(0) != N)
+      throw py::value_error("atomic_numbers must have shape (N,)");
+    if (edge_index.ndim() != 2 || edge_index.shape(0) != 2)
+      throw py::value_error("edge_index must have shape (2, E)");
+    const int64_t E = edge_index.shape(1);
+    const int64_t C = n_centers.is_none() ? N : n_centers.cast<int64_t>();
+    if (C < 0 || C > N) throw py::value_error("n_centers must lie in 0..N");
+    const int64_t *e = edge_index.data();
+    for (int64_t k = 0; k < E; ++k) {
+      if (e[k] < 0 || e[k] >= C || e[E + k] < 0 || e[E + k] >= N)
+        throw py::value_error("edge_index out of range (row 0 must be < n_centers, row 1 < N)");
+    }
+    llpr::Inputs in;
+    if (!edge_shifts.is_none()) {
+      shifts = edge_shifts.cast<DArray>();
+      if (shifts.ndim() != 2 || shifts.shape(0) != E || shifts.shape(1) != 3)
+        throw py::value_error("edge_shifts must have shape (E, 3)");
+      in.edge_shifts = shifts.data();
+    }
+    in.n_atoms = N;
+    in.n_centers = C;
+    in.n_edges = E;
+    in.positions = positions.data();
+    in.atomic_numbers = atomic_numbers.data();
+    in.edge_index = e;
+    return in;
+  }
+
+ public:
 
   py::array_t<double> quadratic_form(DArray features) const
   {
@@ -193,6 +242,12 @@ PYBIND11_MODULE(_core, m)
            py::arg("n_centers") = py::none(), py::arg("forces") = true, py::arg("virial") = true,
            "Run the model: energy, energies, forces, virial, virial_atom, features, sigma, lpr and "
            "energy_sigma (sigma of the total energy), all float64 numpy arrays")
+      .def("compute_ensemble", &PyModel::compute_ensemble, py::arg("positions"), py::arg("atomic_numbers"),
+           py::arg("edge_index"), py::arg("edge_shifts") = py::none(),
+           py::arg("n_centers") = py::none(), py::arg("forces") = true, py::arg("virial") = false,
+           "Run the last-layer ensemble (ensemble_forward): energy_deviations (K,), force_deviations "
+           "(K, N, 3), force_sigma (N,) and virial_deviations (K, 3, 3), float64 numpy arrays; "
+           "ValueError if the file has no ensemble")
       .def("quadratic_form", &PyModel::quadratic_form, py::arg("features"))
       .def("local_uncertainty", &PyModel::local_uncertainty, py::arg("features"))
       .def("energy_variance", &PyModel::energy_variance, py::arg("feature_sum"));

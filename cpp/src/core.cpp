@@ -222,6 +222,25 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
     meta.varsigma = s->item<double>();
     if (!std::isfinite(meta.varsigma)) wrong.push_back("llpr_varsigma is not finite");
   }
+  // optional last-layer ensemble (absent in files written before it existed: no ensemble)
+  if (module.hasattr("llpr_ensemble_deviations")) {
+    auto v = module.attr("llpr_ensemble_deviations");
+    if (!v.isTensor()) {
+      wrong.push_back(std::string("llpr_ensemble_deviations is a ") + v.tagKind() + ", expected a tensor");
+    } else {
+      auto t = v.toTensor();
+      if (t.scalar_type() != torch::kFloat64 || t.dim() != 2 || (F > 0 && t.size(1) != F)) {
+        std::ostringstream os;
+        os << "llpr_ensemble_deviations has dtype " << c10::toString(t.scalar_type()) << " and shape "
+           << t.sizes() << ", expected float64 (K, " << meta.n_features << ")";
+        wrong.push_back(os.str());
+      } else if (t.numel() > 0 && !torch::isfinite(t).all().item<bool>()) {
+        wrong.push_back("llpr_ensemble_deviations is not finite");
+      } else {
+        meta.ensemble_size = t.size(0);
+      }
+    }
+  }
 
   // forward(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces, compute_virial)
   auto forward = module.find_method("forward");
@@ -251,6 +270,21 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
         break;
       }
     }
+  }
+
+  if (meta.ensemble_size > 0) {
+    auto method = module.find_method("ensemble_forward");
+    bool ok = static_cast<bool>(method);
+    if (ok) {
+      const auto &args = method->function().getSchema().arguments();
+      ok = args.size() == 8;
+      for (size_t k = 0; ok && k < 7; ++k)
+        if (args[k + 1].name() != kForwardArgs[k]) ok = false;
+    }
+    if (!ok)
+      wrong.push_back("the file has a last-layer ensemble (llpr_ensemble_deviations) but no "
+                      "ensemble_forward(positions, atomic_numbers, edge_index, edge_shifts, "
+                      "n_centers, compute_forces, compute_virial) method");
   }
 
   if (!missing.empty()) {
@@ -296,6 +330,21 @@ struct Model::Impl {
       auto r = q.reciprocal().to(torch::kCPU).contiguous();
       std::memcpy(lpr, r.data_ptr<double>(), sizeof(double) * n);
     }
+  }
+  // forward()/ensemble_forward() arguments, on the device, in the model's dtype
+  std::vector<torch::jit::IValue> arguments(const Inputs &in, const Request &req) const
+  {
+    const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    auto opts = torch::TensorOptions().dtype(dtype).device(device);
+    auto positions = torch::from_blob(const_cast<double *>(in.positions), {N, 3}, f64).to(opts);
+    auto numbers = torch::from_blob(const_cast<int64_t *>(in.atomic_numbers), {N}, i64).to(device);
+    auto edges = torch::from_blob(const_cast<int64_t *>(in.edge_index), {2, E}, i64).to(device);
+    torch::Tensor shifts;
+    if (in.edge_shifts) shifts = torch::from_blob(const_cast<double *>(in.edge_shifts), {E, 3}, f64).to(opts);
+    else shifts = torch::zeros({E, 3}, opts);
+    return {positions, numbers, edges, shifts, C, req.forces, req.virial};
   }
   torch::Tensor host_features(const double *features, int64_t n) const
   {
@@ -369,20 +418,9 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
     I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
     return;
   }
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto opts = torch::TensorOptions().dtype(I.dtype).device(I.device);
-  auto positions = torch::from_blob(const_cast<double *>(in.positions), {N, 3}, f64).to(opts);
-  auto numbers = torch::from_blob(const_cast<int64_t *>(in.atomic_numbers), {N}, i64).to(I.device);
-  auto edges = torch::from_blob(const_cast<int64_t *>(in.edge_index), {2, E}, i64).to(I.device);
-  torch::Tensor shifts;
-  if (in.edge_shifts) shifts = torch::from_blob(const_cast<double *>(in.edge_shifts), {E, 3}, f64).to(opts);
-  else shifts = torch::zeros({E, 3}, opts);
-
   c10::IValue output;
   try {
-    std::vector<torch::jit::IValue> args{positions, numbers, edges, shifts, C, req.forces, req.virial};
-    output = I.module.forward(args);
+    output = I.module.forward(I.arguments(in, req));
   } catch (const std::exception &e) {
     throw Error(std::string("model evaluation failed: ") + first_line(e.what()));
   }
@@ -412,6 +450,47 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
   if (feats.dim() != 2 || feats.size(0) != C || feats.size(1) != I.meta.n_features)
     throw Error("the model's features have the wrong shape");
   I.features = feats;
+}
+
+void Model::compute_ensemble(const Inputs &in, const Request &req, EnsembleOutputs &out)
+{
+  auto &I = *impl_;
+  const int64_t K = I.meta.ensemble_size;
+  if (K == 0)
+    throw Error("'" + I.meta.path + "' has no last-layer ensemble (needed for force uncertainties); "
+                "export the model with `llpr export llpr.ckpt --ensemble 32` (or "
+                "export_model(..., ensemble=32))");
+  const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
+  if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
+  out.size = K;
+  out.energy_deviations.assign(K, 0.0);
+  if (req.forces) out.force_deviations.assign(K * 3 * N, 0.0);
+  else out.force_deviations.clear();
+  if (req.virial) out.virial_deviations.assign(K * 9, 0.0);
+  else out.virial_deviations.clear();
+  if (C == 0) return;  // no centres: every deviation is zero
+
+  c10::IValue output;
+  try {
+    output = I.module.get_method("ensemble_forward")(I.arguments(in, req));
+  } catch (const std::exception &e) {
+    throw Error(std::string("ensemble evaluation failed: ") + first_line(e.what()));
+  }
+  if (!output.isGenericDict()) throw Error("the model's ensemble_forward() did not return a dict");
+  auto result = output.toGenericDict();
+  auto copy = [&](const char *key, std::vector<double> &v) {
+    auto it = result.find(key);
+    if (it == result.end())
+      throw Error(std::string("the model's ensemble_forward() returned no '") + key + "'");
+    auto t = it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (t.numel() != static_cast<int64_t>(v.size()))
+      throw Error(std::string("the model's ensemble output '") + key + "' has " +
+                  std::to_string(t.numel()) + " values, expected " + std::to_string(v.size()));
+    std::memcpy(v.data(), t.data_ptr<double>(), sizeof(double) * v.size());
+  };
+  copy("energy_deviations", out.energy_deviations);
+  if (req.forces) copy("force_deviations", out.force_deviations);
+  if (req.virial) copy("virial_deviations", out.virial_deviations);
 }
 
 int64_t Model::n_cached() const { return impl_->features.size(0); }

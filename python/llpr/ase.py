@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from .export import load_exported
+from .export import load_exported, require_ensemble
 from .graphs import neighbor_list
 
 
@@ -18,15 +18,25 @@ class LLPRCalculator(Calculator):
     sigma_i, eV), ``lpr`` (per-atom local prediction rigidity) and ``energy_sigma`` (sigma
     of the total energy, eV).
 
+    ``ensemble=True`` (the file needs a last-layer ensemble, ``llpr export --ensemble K``) also
+    gives ``force_sigma`` (per-atom force sigma ``sqrt(sum_k |F_k,i - F_i|^2 / (3 (K-1)))``,
+    eV/A), ``energy_ensemble`` (K member energies, eV) and, for periodic cells,
+    ``stress_ensemble`` (K x 6 member stresses, eV/A^3) and ``stress_sigma`` (6, their spread);
+    it costs one more model evaluation and min(K - 1, n_features) backward passes per call.
+
     >>> atoms.calc = LLPRCalculator("model.pt")
     >>> atoms.get_potential_energy(), atoms.calc.results["energy_sigma"]
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "sigma", "lpr", "energy_sigma"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "sigma", "lpr", "energy_sigma",
+                              "force_sigma", "energy_ensemble", "stress_ensemble", "stress_sigma"]
 
-    def __init__(self, model, device: str = "cpu", **kwargs) -> None:
+    def __init__(self, model, device: str = "cpu", ensemble: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.module = load_exported(model, device) if isinstance(model, str) else model
+        self.ensemble = bool(ensemble)
+        if self.ensemble:
+            require_ensemble(self.module, f"'{model}'" if isinstance(model, str) else "the model")
         self.device = torch.device(device)
         self.dtype = torch.float64 if self.module.dtype == "float64" else torch.float32
         self.cutoff = float(self.module.cutoff)
@@ -61,3 +71,13 @@ class LLPRCalculator(Calculator):
         self.results["lpr"] = out["lpr"].cpu().numpy()
         feature_sum = out["features"].to(torch.float64).sum(0)
         self.results["energy_sigma"] = float(torch.sqrt(self.module.energy_variance(feature_sum))[0])
+        if self.ensemble:
+            ens = self.module.ensemble_forward(positions, numbers, edges, shifts, len(atoms), True, periodic)
+            self.results["force_sigma"] = ens["force_sigma"].detach().cpu().numpy()
+            self.results["energy_ensemble"] = energy + ens["energy_deviations"].detach().cpu().numpy()
+            if periodic:
+                dvir = ens["virial_deviations"].detach().cpu().numpy()
+                dstress = -dvir.reshape(-1, 9)[:, [0, 4, 8, 5, 2, 1]] / atoms.get_volume()
+                self.results["stress_ensemble"] = self.results["stress"][None, :] + dstress
+                k = dstress.shape[0]
+                self.results["stress_sigma"] = np.sqrt((dstress**2).sum(0) / (k - 1))

@@ -87,29 +87,21 @@ def cmd_export(args) -> None:
 
     llpr = load_llpr(args.checkpoint)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    export_model(llpr, args.output, dtype=dtype)
-    print(f"exported {args.output} ({args.dtype} model, float64 LLPR factor)")
+    export_model(llpr, args.output, dtype=dtype, ensemble=args.ensemble, seed=args.seed)
+    extra = f", last-layer ensemble of {args.ensemble} (seed {args.seed})" if args.ensemble else ""
+    print(f"exported {args.output} ({args.dtype} model, float64 LLPR factor{extra})")
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_model, write_plots
+    from .evaluate import evaluate_model, format_summary, write_plots
 
-    result = evaluate_model(args.model, _read(args.data), progress=not args.quiet)
+    ensemble = False if args.no_ensemble else None
+    result = evaluate_model(args.model, _read(args.data), progress=not args.quiet, ensemble=ensemble)
     m = result["metrics"]
-    lines = [
-        f"structures                 {m['n_structures']} ({m['n_atoms']} atoms)",
-        f"energy RMSE                {1000 * m['energy_rmse_per_atom']:.3f} meV/atom ({m['energy_rmse']:.4f} eV/structure)",
-        f"force RMSE                 {m['force_rmse']:.4f} eV/A",
-        f"NLL (energy)               {m['nll']:.3f}",
-        f"Spearman(|error|, sigma)   {m['spearman_abs_error_sigma']:.3f}",
-        f"miscalibration area        {m['miscalibration_area']:.3f}",
-        f"coverage 68% / 95%         {m['coverage_68']:.2f} / {m['coverage_95']:.2f}",
-        f"mean z^2                   {m['mean_z2']:.3f}",
-    ]
-    print("\n".join(lines))
+    print(format_summary(m))
     if args.plots:
         paths = write_plots(result["arrays"], args.plots)
-        print(f"plots: {paths['parity']}, {paths['calibration']}")
+        print(f"plots: {', '.join(paths.values())}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(m, fh, indent=2)
@@ -168,13 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint from `llpr calibrate`")
     p.add_argument("-o", "--output", default="model.pt")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="add a last-layer ensemble of K >= 2 members (for force uncertainties); default 0: none")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the ensemble (default 0)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="accuracy and uncertainty metrics of an exported model")
     p.add_argument("model", help="exported model file")
     p.add_argument("--data", required=True, help="labelled structures (extxyz)")
-    p.add_argument("--plots", default=None, help="folder for parity.png and calibration.png")
+    p.add_argument("--plots", default=None,
+                   help="folder for parity.png, calibration.png and error_vs_sigma.png")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    p.add_argument("--no-ensemble", action="store_true",
+                   help="skip the force uncertainties even if the file has a last-layer ensemble")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("check", help="validate an exported file exactly as LAMMPS loads it")

@@ -1,4 +1,12 @@
-"""Evaluate: accuracy and uncertainty-quality metrics of an exported model, with plots."""
+"""Evaluate: accuracy and uncertainty-quality metrics of an exported model, with plots and a
+one-screen text summary.
+
+Energies: one error and one predicted sigma (the LLPR sigma of the total energy) per
+structure. Forces, when the exported file carries a last-layer ensemble (``llpr export
+--ensemble K``): each force component's error against its atom's force sigma
+``sqrt(sum_k |F_k,i - F_i|^2 / (3 (K-1)))`` (eV/A), i.e. a per-component Gaussian with that
+standard deviation.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,10 @@ from scipy.special import erfinv
 from scipy.stats import spearmanr
 
 from .calibrate import gaussian_nll
-from .export import load_exported
+from .export import ensemble_size, load_exported
 from .graphs import neighbor_list
+
+Z95 = 1.959963984540054
 
 
 def miscalibration_area(errors: np.ndarray, sigmas: np.ndarray, n_levels: int = 99) -> float:
@@ -34,36 +44,98 @@ def coverage(errors: np.ndarray, sigmas: np.ndarray, n_sigma: float) -> float:
     return float((np.abs(errors) <= n_sigma * np.asarray(sigmas)).mean())
 
 
-def run_exported(module, atoms, forces: bool = True) -> dict:
-    """Run an exported module on one ASE structure (vesin neighbour list)."""
+def binned_error_vs_sigma(errors: np.ndarray, sigmas: np.ndarray, n_bins: int = 10) -> dict:
+    """The LLPR paper's calibration curve: sort the points by predicted sigma, split them into
+    ``n_bins`` quantile bins of (nearly) equal counts, and give each bin's RMS sigma, RMS error
+    and count. A calibrated model has ``rms_error ~ rms_sigma`` in every bin (the y = x line)."""
+    errors = np.asarray(errors, dtype=np.float64).ravel()
+    sigmas = np.asarray(sigmas, dtype=np.float64).ravel()
+    if errors.shape != sigmas.shape:
+        raise ValueError("errors and sigmas must have the same number of values")
+    n = errors.size
+    n_bins = int(max(1, min(n_bins, n)))
+    order = np.argsort(sigmas, kind="stable")
+    bins = [b for b in np.array_split(order, n_bins) if b.size]
+    return {
+        "rms_sigma": [float(np.sqrt(np.mean(sigmas[b] ** 2))) for b in bins],
+        "rms_error": [float(np.sqrt(np.mean(errors[b] ** 2))) for b in bins],
+        "count": [int(b.size) for b in bins],
+    }
+
+
+def _default_bins(n: int) -> int:
+    """About 10 bins, with at least ~5 points per bin for small sets."""
+    return int(max(1, min(10, n // 5)))
+
+
+def uncertainty_metrics(errors: np.ndarray, sigmas: np.ndarray, prefix: str = "") -> dict:
+    """NLL, Spearman(|error|, sigma), miscalibration area, 68/95 % coverage, mean z^2 and the
+    binned error-vs-sigma curve of Gaussian predictions ``N(0, sigma^2)`` of ``errors``."""
+    errors = np.asarray(errors, dtype=np.float64).ravel()
+    sigmas = np.asarray(sigmas, dtype=np.float64).ravel()
+    rho = spearmanr(np.abs(errors), sigmas).correlation if errors.size > 2 else float("nan")
+    return {
+        f"{prefix}nll": gaussian_nll(errors, sigmas**2),
+        f"{prefix}spearman_abs_error_sigma": float(rho),
+        f"{prefix}miscalibration_area": miscalibration_area(errors, sigmas),
+        f"{prefix}coverage_68": coverage(errors, sigmas, 1.0),
+        f"{prefix}coverage_95": coverage(errors, sigmas, Z95),
+        f"{prefix}mean_z2": float(np.mean((errors / sigmas) ** 2)),
+        f"{prefix}binned": binned_error_vs_sigma(errors, sigmas, _default_bins(errors.size)),
+    }
+
+
+def _graph(module, atoms):
     dtype = torch.float64 if module.dtype == "float64" else torch.float32
     edge_index, edge_shifts = neighbor_list(atoms, float(module.cutoff))
-    out = module(
+    return (
         torch.tensor(atoms.positions, dtype=dtype),
         torch.tensor(atoms.numbers, dtype=torch.long),
         torch.from_numpy(edge_index),
         torch.tensor(edge_shifts, dtype=dtype),
-        len(atoms),
-        forces,
-        False,
     )
+
+
+def run_exported(module, atoms, forces: bool = True, ensemble: bool = False) -> dict:
+    """Run an exported module on one ASE structure (vesin neighbour list). ``ensemble=True``
+    also runs its last-layer ensemble: ``force_sigma`` (N,), ``force_deviations`` (K, N, 3)
+    and ``energy_deviations`` (K,), all float64."""
+    positions, numbers, edge_index, edge_shifts = _graph(module, atoms)
+    out = module(positions, numbers, edge_index, edge_shifts, len(atoms), forces, False)
     feature_sum = out["features"].to(torch.float64).sum(0)
     out["energy_sigma"] = torch.sqrt(module.energy_variance(feature_sum))[0]
+    if ensemble:
+        ens = module.ensemble_forward(positions, numbers, edge_index, edge_shifts, len(atoms), forces, False)
+        for key in ("energy_deviations", "force_deviations", "force_sigma"):
+            if key in ens:
+                out[key] = ens[key]
     return out
 
 
-def evaluate_model(model_path: str, atoms_list, progress: bool = False) -> dict:
-    """Predictions, errors and uncertainty metrics of an exported file on labelled structures."""
+def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble: bool | None = None) -> dict:
+    """Predictions, errors and uncertainty metrics of an exported file on labelled structures.
+
+    ``ensemble``: propagate the file's last-layer ensemble to force uncertainties (default:
+    when the file has one; True on a file without one is an error).
+    """
     from tqdm.auto import tqdm
+
+    from .export import require_ensemble
 
     module = load_exported(model_path)
     if len(atoms_list) == 0:
         raise ValueError("no structures to evaluate")
+    k_members = ensemble_size(module)
+    if ensemble is None:
+        ensemble = k_members > 0
+    elif ensemble:
+        require_ensemble(module, f"'{model_path}'")
     e_ref, e_pred, e_sigma, n_atoms, f_ref, f_pred, atom_sigma = [], [], [], [], [], [], []
+    f_sigma, e_ens_sigma = [], []
     for k, atoms in enumerate(tqdm(atoms_list, desc="evaluate", disable=not progress, leave=False)):
         if "energy" not in atoms.info or "forces" not in atoms.arrays:
             raise ValueError(f"structure {k} has no energy/forces labels; evaluate needs labelled data")
-        out = run_exported(module, atoms)
+        out = run_exported(module, atoms, ensemble=ensemble)
         e_ref.append(float(atoms.info["energy"]))
         e_pred.append(float(out["energy"]))
         e_sigma.append(float(out["energy_sigma"]))
@@ -71,26 +143,26 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False) -> dict:
         f_ref.append(np.asarray(atoms.arrays["forces"]))
         f_pred.append(out["forces"].detach().double().numpy())
         atom_sigma.append(out["sigma"].numpy())
+        if ensemble:
+            f_sigma.append(out["force_sigma"].detach().double().numpy())
+            dev = out["energy_deviations"].double().numpy()
+            e_ens_sigma.append(float(np.sqrt(np.sum(dev**2) / (dev.size - 1))))
     e_ref, e_pred, e_sigma, n_atoms = map(np.array, (e_ref, e_pred, e_sigma, n_atoms))
     err = e_pred - e_ref
     f_ref = np.concatenate(f_ref)
     f_pred = np.concatenate(f_pred)
-    rho = spearmanr(np.abs(err), e_sigma).correlation if len(err) > 2 else float("nan")
     metrics = {
         "n_structures": int(len(err)),
         "n_atoms": int(n_atoms.sum()),
         "energy_rmse": float(np.sqrt(np.mean(err**2))),
         "energy_rmse_per_atom": float(np.sqrt(np.mean((err / n_atoms) ** 2))),
         "energy_mae_per_atom": float(np.mean(np.abs(err / n_atoms))),
+        "energy_sigma_rms": float(np.sqrt(np.mean(e_sigma**2))),
         "force_rmse": float(np.sqrt(np.mean((f_pred - f_ref) ** 2))),
         "force_mae": float(np.mean(np.abs(f_pred - f_ref))),
-        "nll": gaussian_nll(err, e_sigma**2),
-        "spearman_abs_error_sigma": float(rho),
-        "miscalibration_area": miscalibration_area(err, e_sigma),
-        "coverage_68": coverage(err, e_sigma, 1.0),
-        "coverage_95": coverage(err, e_sigma, 1.959963984540054),
-        "mean_z2": float(np.mean((err / e_sigma) ** 2)),
     }
+    metrics.update(uncertainty_metrics(err, e_sigma))
+    metrics["energy_binned"] = metrics.pop("binned")
     arrays = {
         "energy_reference": e_ref,
         "energy_predicted": e_pred,
@@ -100,15 +172,74 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False) -> dict:
         "forces_predicted": f_pred,
         "atom_sigma": np.concatenate(atom_sigma),
     }
+    metrics["ensemble_size"] = int(k_members) if ensemble else 0
+    if ensemble:
+        fs = np.concatenate(f_sigma)
+        arrays["force_sigma"] = fs
+        f_err = f_pred - f_ref  # (N, 3): each component against its atom's sigma
+        comp_sigma = np.repeat(fs[:, None], 3, axis=1)
+        atom_err = np.linalg.norm(f_err, axis=1)
+        rho = spearmanr(atom_err, fs).correlation if fs.size > 2 else float("nan")
+        metrics.update(
+            {
+                "force_sigma_mean": float(np.mean(fs)),
+                "force_sigma_rms": float(np.sqrt(np.mean(fs**2))),
+                "force_spearman_abs_error_sigma": float(rho),
+            }
+        )
+        fm = uncertainty_metrics(f_err, comp_sigma, prefix="force_")
+        fm.pop("force_spearman_abs_error_sigma")  # per atom (above), not per component
+        metrics.update(fm)
+        # the ensemble's energy spread against the analytic sigma (Monte-Carlo check, ~1/sqrt(2K))
+        metrics["ensemble_energy_sigma_ratio"] = float(np.mean(np.array(e_ens_sigma) / e_sigma))
     return {"metrics": metrics, "arrays": arrays}
 
 
-def plot_parity(arrays: dict, path: str) -> str:
+def format_summary(metrics: dict) -> str:
+    """One screen of text: accuracy, then how trustworthy the uncertainties are."""
+    m = metrics
+    lines = [
+        f"structures                 {m['n_structures']} ({m['n_atoms']} atoms)",
+        "accuracy",
+        f"  energy RMSE              {1000 * m['energy_rmse_per_atom']:.3f} meV/atom ({m['energy_rmse']:.4f} eV/structure)",
+        f"  force RMSE               {m['force_rmse']:.4f} eV/A",
+        "energy uncertainty (LLPR sigma of each structure's energy)",
+        f"  RMSE vs RMS sigma        {m['energy_rmse']:.4f} vs {m['energy_sigma_rms']:.4f} eV (calibrated: equal)",
+        f"  NLL (energy)             {m['nll']:.3f}",
+        f"  Spearman(|error|, sigma) {m['spearman_abs_error_sigma']:.3f}",
+        f"  miscalibration area      {m['miscalibration_area']:.3f} (0 = calibrated)",
+        f"  coverage 68% / 95%       {m['coverage_68']:.2f} / {m['coverage_95']:.2f} (expected 0.68 / 0.95)",
+        f"  mean z^2                 {m['mean_z2']:.3f} (expected 1)",
+    ]
+    if m.get("ensemble_size", 0):
+        lines += [
+            f"force uncertainty (last-layer ensemble, K = {m['ensemble_size']}; per component)",
+            f"  RMSE vs RMS sigma        {m['force_rmse']:.4f} vs {m['force_sigma_rms']:.4f} eV/A "
+            f"(mean sigma {m['force_sigma_mean']:.4f})",
+            f"  NLL (force components)   {m['force_nll']:.3f}",
+            f"  Spearman(|F error|, sigma) {m['force_spearman_abs_error_sigma']:.3f} (per atom)",
+            f"  miscalibration area      {m['force_miscalibration_area']:.3f}",
+            f"  coverage 68% / 95%       {m['force_coverage_68']:.2f} / {m['force_coverage_95']:.2f}",
+            f"  mean z^2                 {m['force_mean_z2']:.3f}",
+            f"  ensemble/analytic energy sigma {m['ensemble_energy_sigma_ratio']:.3f} "
+            f"(Monte-Carlo noise ~{1 / math.sqrt(2 * max(m['ensemble_size'] - 1, 1)):.2f})",
+        ]
+    else:
+        lines.append("force uncertainty          none: export with `llpr export --ensemble K` for force sigmas")
+    return "\n".join(lines)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_parity(arrays: dict, path: str) -> str:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     n = arrays["n_atoms"]
     ref = arrays["energy_reference"] / n
@@ -137,11 +268,7 @@ def plot_parity(arrays: dict, path: str) -> str:
 
 def plot_calibration(arrays: dict, path: str) -> str:
     """|error| against predicted sigma (log-log) with the y = x line and the sigma bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     err = np.abs(arrays["energy_predicted"] - arrays["energy_reference"])
     sig = arrays["energy_sigma"]
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
@@ -160,9 +287,51 @@ def plot_calibration(arrays: dict, path: str) -> str:
     return path
 
 
+def _binned_panel(ax, errors, sigmas, unit: str, title: str, point_label: str) -> None:
+    errors = np.abs(np.asarray(errors, dtype=np.float64).ravel())
+    sigmas = np.asarray(sigmas, dtype=np.float64).ravel()
+    tiny = 1e-300
+    few = errors.size < 500
+    ax.loglog(np.maximum(sigmas, tiny), np.maximum(errors, tiny), "o" if few else ".", ms=3 if few else 2,
+              alpha=0.5 if few else 0.15, color="0.5", label=f"|error| of {point_label}")
+    b = binned_error_vs_sigma(errors, sigmas, _default_bins(errors.size))
+    ax.loglog(b["rms_sigma"], b["rms_error"], "o-", ms=5, color="C3", label="RMS error per sigma bin")
+    positive = np.concatenate([sigmas[sigmas > 0], np.asarray(b["rms_error"])[np.asarray(b["rms_error"]) > 0]])
+    lo = positive.min() * 0.5 if positive.size else 1e-3
+    hi = positive.max() * 2.0 if positive.size else 1.0
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x (calibrated)")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"RMS predicted sigma ({unit})")
+    ax.set_ylabel(f"RMS error ({unit})")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+
+
+def plot_error_vs_sigma(arrays: dict, path: str) -> str:
+    """The LLPR paper's figure: points binned by predicted sigma (quantile bins), RMS error per
+    bin against RMS sigma per bin (log-log) with the y = x line; energies, and forces when the
+    ensemble gave force sigmas."""
+    plt = _pyplot()
+    has_forces = "force_sigma" in arrays
+    fig, axes = plt.subplots(1, 2 if has_forces else 1, figsize=(9.2 if has_forces else 4.8, 4.4), squeeze=False)
+    err = arrays["energy_predicted"] - arrays["energy_reference"]
+    _binned_panel(axes[0, 0], err, arrays["energy_sigma"], "eV", "energy (per structure)", "structures")
+    if has_forces:
+        f_err = arrays["forces_predicted"] - arrays["forces_reference"]
+        comp_sigma = np.repeat(arrays["force_sigma"][:, None], 3, axis=1)
+        _binned_panel(axes[0, 1], f_err, comp_sigma, "eV/A", "forces (per component, ensemble sigma)",
+                      "force components")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(arrays: dict, folder: str) -> dict:
     os.makedirs(folder, exist_ok=True)
     return {
         "parity": plot_parity(arrays, os.path.join(folder, "parity.png")),
         "calibration": plot_calibration(arrays, os.path.join(folder, "calibration.png")),
+        "error_vs_sigma": plot_error_vs_sigma(arrays, os.path.join(folder, "error_vs_sigma.png")),
     }

@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .propagation import ensemble_force_virial_deviations, force_sigma
+
 FORMAT_VERSION = 1
 ENERGY_UNIT = "eV"
 LENGTH_UNIT = "Angstrom"
@@ -30,6 +32,8 @@ REQUIRED_ATTRIBUTES = (
     "calibration",
 )
 REQUIRED_BUFFERS = ("llpr_cholesky", "llpr_alpha", "llpr_varsigma")
+# optional (format version 1 files written before the ensemble existed lack it: no ensemble)
+ENSEMBLE_BUFFER = "llpr_ensemble_deviations"
 
 
 class ExportedLLPRModel(nn.Module):
@@ -53,6 +57,10 @@ class ExportedLLPRModel(nn.Module):
     (N, 3, 3) when asked (virial = sum_i r_i (x) F_i, i.e. -sum_edges r_e (x) dE/dr_e; each
     edge's share is split half/half between its two atoms), ``sigma`` and ``lpr`` (n_centers,)
     in float64.
+
+    Last-layer ensemble (optional): the buffer ``llpr_ensemble_deviations`` (K, F) float64
+    holds ``dw_k = w_k - w`` (K = 0: no ensemble) and ``ensemble_forward`` (same inputs as
+    ``forward``) gives the members' energy, force and virial deviations.
     """
 
     llpr_format_version: int
@@ -66,6 +74,7 @@ class ExportedLLPRModel(nn.Module):
     n_features: int
     calibration: str
     llpr_package_version: str
+    ensemble_info: str
 
     def __init__(
         self,
@@ -75,6 +84,8 @@ class ExportedLLPRModel(nn.Module):
         varsigma: float,
         calibration: Dict[str, object],
         package_version: str,
+        ensemble_deviations: Optional[torch.Tensor] = None,
+        ensemble_info: Optional[Dict[str, object]] = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -93,6 +104,14 @@ class ExportedLLPRModel(nn.Module):
         self.register_buffer("llpr_cholesky", cholesky.detach().to(torch.float64).clone())
         self.register_buffer("llpr_alpha", torch.tensor(float(alpha), dtype=torch.float64))
         self.register_buffer("llpr_varsigma", torch.tensor(float(varsigma), dtype=torch.float64))
+        if ensemble_deviations is None:
+            ensemble_deviations = torch.zeros((0, self.n_features), dtype=torch.float64)
+        if ensemble_deviations.dim() != 2 or ensemble_deviations.shape[1] != self.n_features:
+            raise ValueError(
+                f"ensemble deviations must have shape (K, {self.n_features}), got {tuple(ensemble_deviations.shape)}"
+            )
+        self.register_buffer(ENSEMBLE_BUFFER, ensemble_deviations.detach().to(torch.float64).clone())
+        self.ensemble_info = json.dumps(ensemble_info or {}, sort_keys=True)
 
     @torch.jit.export
     def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
@@ -114,6 +133,56 @@ class ExportedLLPRModel(nn.Module):
         if feature_sums.dim() == 1:
             feature_sums = feature_sums.unsqueeze(0)
         return self.llpr_alpha * self.llpr_alpha * self.quadratic_form(feature_sums)
+
+    @torch.jit.export
+    def ensemble_size(self) -> int:
+        """Number K of last-layer ensemble members (0: the file has no ensemble)."""
+        return self.llpr_ensemble_deviations.shape[0]
+
+    @torch.jit.export
+    def ensemble_forward(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_shifts: torch.Tensor,
+        n_centers: int,
+        compute_forces: bool = True,
+        compute_virial: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        """The last-layer ensemble on one structure (inputs as ``forward``), float64:
+        ``energy_deviations`` (K,) ``dE_k = dw_k . sum_i f_i`` over the centres;
+        ``force_deviations`` (K, N, 3) ``dF_k = F_k - F`` on every atom, ghosts included
+        (to be reverse-communicated), and ``force_sigma`` (N,) ``sqrt(sum_k |dF_k,i|^2 /
+        (3 (K-1)))`` of these (complete only when no forces are still to be added from
+        elsewhere) if ``compute_forces``; ``virial_deviations`` (K, 3, 3) if
+        ``compute_virial``; plus ``energy`` and ``features`` as in ``forward``."""
+        dw = self.llpr_ensemble_deviations
+        if dw.shape[0] == 0:
+            raise RuntimeError(
+                "this model file has no last-layer ensemble; export it with `llpr export --ensemble K`"
+            )
+        edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
+        need_grad = compute_forces or compute_virial
+        if need_grad:
+            edge_vectors = edge_vectors.detach().requires_grad_(True)
+        energies, features = self.model(atomic_numbers, edge_index, edge_vectors, n_centers)
+        feature_sum = features.sum(dim=0)
+        out: Dict[str, torch.Tensor] = {
+            "energy": energies.sum().detach(),
+            "energy_deviations": dw @ feature_sum.detach().to(torch.float64),
+            "features": features.detach(),
+        }
+        if need_grad:
+            dforces, dvirials = ensemble_force_virial_deviations(
+                feature_sum, edge_vectors, edge_index, positions.shape[0], dw, compute_forces, compute_virial
+            )
+            if compute_forces:
+                out["force_deviations"] = dforces
+                out["force_sigma"] = force_sigma(dforces)
+            if compute_virial:
+                out["virial_deviations"] = dvirials
+        return out
 
     def forward(
         self,
@@ -157,12 +226,16 @@ class ExportedLLPRModel(nn.Module):
         return out
 
 
-def export_model(llpr, path: str, dtype: Optional[torch.dtype] = None) -> str:
+def export_model(
+    llpr, path: str, dtype: Optional[torch.dtype] = None, ensemble: int = 0, seed: int = 0
+) -> str:
     """Write ``llpr`` (a fitted and calibrated :class:`llpr.uncertainty.LLPR` wrapping a
     :class:`llpr.model.LocalPotential`) to one TorchScript file at ``path``.
 
     ``dtype`` (torch.float32 / torch.float64) converts the model first; the LLPR factor is
-    float64 in any case. Returns the path.
+    float64 in any case. ``ensemble`` = K >= 2 adds a last-layer ensemble of K members drawn
+    with ``seed`` (:meth:`llpr.uncertainty.LLPR.ensemble_deviations`); 0 (default) adds none.
+    Returns the path.
     """
     from . import __version__
     from .uncertainty import LLPR
@@ -172,6 +245,13 @@ def export_model(llpr, path: str, dtype: Optional[torch.dtype] = None) -> str:
     llpr._require_calibrated("export")
     import copy
 
+    ensemble = int(ensemble)
+    if ensemble == 1 or ensemble < 0:
+        raise ValueError(f"--ensemble must be 0 (no ensemble) or at least 2 members, got {ensemble}")
+    deviations, ensemble_info = None, None
+    if ensemble >= 2:
+        deviations = llpr.ensemble_deviations(ensemble, seed)
+        ensemble_info = {"size": ensemble, "seed": int(seed), "stored": "deviations w_k - w", "recentred": True}
     model = copy.deepcopy(llpr.model).cpu()
     if dtype is not None:
         model = model.to(dtype)
@@ -185,6 +265,8 @@ def export_model(llpr, path: str, dtype: Optional[torch.dtype] = None) -> str:
         llpr.varsigma,
         llpr.calibration_summary(),
         __version__,
+        deviations,
+        ensemble_info,
     )
     with warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is what libtorch in
@@ -207,6 +289,24 @@ def _is_torch_checkpoint(path: str) -> bool:
     with zipfile.ZipFile(path) as archive:
         names = [n.rsplit("/", 1)[-1] for n in archive.namelist()]
     return "data.pkl" in names and "constants.pkl" not in names
+
+
+def ensemble_size(module) -> int:
+    """K of a loaded exported module's last-layer ensemble (0 when it has none, including
+    files written before the ensemble existed)."""
+    buffers = dict(module.named_buffers())
+    return int(buffers[ENSEMBLE_BUFFER].shape[0]) if ENSEMBLE_BUFFER in buffers else 0
+
+
+def require_ensemble(module, path: str = "the model file") -> int:
+    """K of ``module``'s ensemble; ValueError with the export hint when it has none."""
+    k = ensemble_size(module)
+    if k == 0:
+        raise ValueError(
+            f"{path} has no last-layer ensemble (needed for force uncertainties); export it "
+            "with `llpr export llpr.ckpt --ensemble 32` (or export_model(..., ensemble=32))"
+        )
+    return k
 
 
 def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
@@ -244,4 +344,14 @@ def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
             f"'{path}' has llpr format version {version}, this llpr reads version {FORMAT_VERSION}; "
             "re-export the model with this version of llpr"
         )
+    if ENSEMBLE_BUFFER in buffers:
+        dev = buffers[ENSEMBLE_BUFFER]
+        n_features = int(module.n_features)
+        if dev.dtype != torch.float64 or dev.dim() != 2 or dev.shape[1] != n_features:
+            raise ValueError(
+                f"'{path}': {ENSEMBLE_BUFFER} must be a float64 (K, {n_features}) tensor, got "
+                f"{dev.dtype} {tuple(dev.shape)}; re-export the model with `llpr export`"
+            )
+        if dev.shape[0] > 0 and not hasattr(module, "ensemble_forward"):
+            raise ValueError(f"'{path}' has {ENSEMBLE_BUFFER} but no ensemble_forward method; re-export it")
     return module

@@ -14,6 +14,11 @@ feature is the **sum** of its atoms' features (no per-atom mean) and its varianc
 ``alpha^2 (sum_i f_i)^T C^-1 (sum_i f_i)``, with ``C = F^T F + varsigma^2 I`` where ``F``
 stacks the training structures' summed features. Per-atom: ``sigma_i = alpha sqrt(f_i^T
 C^-1 f_i)`` (eV) and ``LPR_i = 1 / (f_i^T C^-1 f_i)``.
+
+Last-layer ensemble (Laplace sampling of the read-out): :meth:`LLPR.sample_ensemble` draws
+``w_k ~ N(w, alpha^2 C^-1)`` (re-centred on ``w``), and ``predict(batch, ensemble=W,
+forces=True)`` propagates them to per-member predictions and forces (see
+:mod:`llpr.propagation` for the conventions).
 """
 
 from __future__ import annotations
@@ -185,9 +190,75 @@ class LLPR:
         q = self.quadratic_form(atom_features)
         return self.alpha * torch.sqrt(q), 1.0 / q
 
-    def predict(self, batch) -> dict:
+    # ------------------------------------------------------------------ ensemble
+    def readout_weights(self) -> torch.Tensor:
+        """The model's last-layer weights ``w`` (F,) in float64 (``prediction = features @ w``
+        + constant); read from ``model.readout_weights()`` or ``model.readout.weight``."""
+        if hasattr(self.model, "readout_weights"):
+            w = self.model.readout_weights()
+        elif isinstance(getattr(self.model, "readout", None), torch.nn.Linear):
+            w = self.model.readout.weight
+        else:
+            raise TypeError(
+                f"cannot find the last-layer weights of {type(self.model).__name__}: give it a "
+                "bias-free torch.nn.Linear `readout` or a `readout_weights()` method"
+            )
+        return w.detach().reshape(-1).to(torch.float64).cpu()
+
+    def ensemble_deviations(self, k: int, seed: int = 0) -> torch.Tensor:
+        """``dw_k = w_k - w`` (K, F) float64 of a last-layer ensemble: ``alpha L^-T z_k`` with
+        ``z_k ~ N(0, I)`` from ``torch.randn`` seeded with ``seed``, minus their mean (so the
+        ensemble mean is the model's prediction)."""
+        from .propagation import sample_deviations
+
+        return sample_deviations(self.cholesky_factor(), self.alpha, int(k), int(seed))
+
+    def sample_ensemble(self, k: int, seed: int = 0) -> torch.Tensor:
+        """``K`` last-layer weight vectors ``w_k = w + dw_k`` (K, F) float64, samples of the
+        LLPR posterior ``N(w, alpha^2 C^-1)`` re-centred so that their mean is exactly ``w``
+        (up to float64 rounding). Same ``(k, seed)``, same ensemble (also the one that
+        ``llpr export --ensemble K --seed S`` stores, as deviations)."""
+        return self.readout_weights().unsqueeze(0) + self.ensemble_deviations(k, seed)
+
+    def _ensemble_forces(self, batch: dict, deviations: torch.Tensor) -> dict:
+        """Forces and member force deviations of an atomistic batch."""
+        from .model import edge_vectors_from_positions
+        from .propagation import edge_gradients_to_forces, ensemble_force_virial_deviations
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                vectors = edge_vectors_from_positions(batch["positions"], batch["edge_index"], batch["edge_shifts"])
+                vectors = vectors.detach().requires_grad_(True)
+                n_atoms = batch["positions"].shape[0]
+                energies, feats = self.model(batch["atomic_numbers"], batch["edge_index"], vectors, n_atoms)
+                # structures are disconnected: the gradient of the batch's summed features gives
+                # each structure's own member forces
+                dforces, _ = ensemble_force_virial_deviations(
+                    feats.sum(dim=0), vectors, batch["edge_index"], n_atoms, deviations, True, False
+                )
+                (g,) = torch.autograd.grad(energies.sum(), vectors)
+        finally:
+            self.model.train(was_training)
+        forces = edge_gradients_to_forces(g.detach().to(torch.float64).unsqueeze(0), batch["edge_index"], n_atoms)[0]
+        if deviations.shape[0] == 0:
+            dforces = torch.zeros((0, n_atoms, 3), dtype=torch.float64)
+        return {"forces": forces, "force_deviations": dforces}
+
+    def predict(self, batch, ensemble: torch.Tensor | None = None, forces: bool = False) -> dict:
         """Predictions with their variance and sigma; per-atom sigma and LPR when the
-        feature function gives atom features."""
+        feature function gives atom features.
+
+        ``ensemble``: last-layer weights (K, F) from :meth:`sample_ensemble`; adds
+        ``ensemble_prediction`` (B, K), each member's prediction ``prediction + features @
+        (w_k - w)``, and ``ensemble_sigma`` (B,), their spread ``sqrt(sum_k (y_k - y)^2 /
+        (K-1))``. ``forces=True`` (atomistic batches) adds ``forces`` (N, 3, eV/A, float64)
+        and, with an ensemble, ``ensemble_forces`` (K, N, 3), each member's forces, and
+        ``force_sigma`` (N,), ``sqrt(sum_k |F_k,i - F_i|^2 / (3 (K-1)))`` (eV/A).
+        """
+        from .propagation import ensemble_sigma, force_sigma
+
         self._require_calibrated("predict uncertainties")
         out = self._outputs(batch)
         var = self.variance(out["features"])
@@ -197,6 +268,29 @@ class LLPR:
             result.update(atom_sigma=sigma_i, lpr=lpr_i, atom_energies=out["atom_energies"])
         if "target" in out:
             result["target"] = out["target"]
+        deviations = None
+        if ensemble is not None:
+            weights = torch.as_tensor(ensemble, dtype=torch.float64)
+            w = self.readout_weights()
+            if weights.dim() != 2 or weights.shape[1] != w.shape[0]:
+                raise ValueError(
+                    f"ensemble must be last-layer weights of shape (K, {w.shape[0]}) (from sample_ensemble), "
+                    f"got {tuple(weights.shape)}"
+                )
+            deviations = weights - w
+            member_dev = out["features"].to(torch.float64) @ deviations.t()  # (B, K)
+            result["ensemble_prediction"] = out["prediction"].unsqueeze(1) + member_dev
+            result["ensemble_sigma"] = ensemble_sigma(member_dev.t())
+        if forces:
+            if not isinstance(batch, dict) or "positions" not in batch:
+                raise ValueError("forces=True needs an atomistic batch (llpr.graphs.collate)")
+            if deviations is None:
+                deviations = torch.zeros((0, self.covariance.shape[0]), dtype=torch.float64)
+            f = self._ensemble_forces(batch, deviations)
+            result["forces"] = f["forces"]
+            if ensemble is not None:
+                result["ensemble_forces"] = f["forces"].unsqueeze(0) + f["force_deviations"]
+                result["force_sigma"] = force_sigma(f["force_deviations"])
         return result
 
     # ------------------------------------------------------------------ persistence

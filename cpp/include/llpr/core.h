@@ -45,6 +45,9 @@ struct Metadata {
   std::string package_version;   // llpr version that wrote the file ("" if absent)
   double alpha = 0.0;
   double varsigma = 0.0;
+  // members K of the optional last-layer ensemble (buffer llpr_ensemble_deviations, K x F;
+  // 0 when the file has none, e.g. one written before the ensemble existed)
+  int64_t ensemble_size = 0;
 };
 
 // Host-side inputs of one evaluation (see ExportedLLPRModel.forward).
@@ -72,6 +75,15 @@ struct Outputs {
   std::vector<double> virial_atom;  // n_atoms x 3 x 3 (if requested)
 };
 
+// Host-side outputs of the last-layer ensemble (ExportedLLPRModel.ensemble_forward), float64:
+// deviations of each member k from the model's own prediction (w_k - w propagated).
+struct EnsembleOutputs {
+  int64_t size = 0;                       // K
+  std::vector<double> energy_deviations;  // K: dE_k = (w_k - w) . sum of the centres' features
+  std::vector<double> force_deviations;   // K x n_atoms x 3: F_k - F, ghosts included (if forces)
+  std::vector<double> virial_deviations;  // K x 3 x 3 (if virial)
+};
+
 class Model {
  public:
   // Load and validate `path` and move it to `device` ("cpu", "cuda", "cuda:N").
@@ -87,6 +99,11 @@ class Model {
 
   // Run the model. The last-layer features of the centres are cached on the device.
   void compute(const Inputs &inputs, const Request &request, Outputs &outputs);
+
+  // Run the last-layer ensemble on the same kind of inputs (one extra model evaluation plus
+  // min(K - 1, n_features) backward passes). Throws Error if the file has no ensemble. Does not
+  // touch the cached features.
+  void compute_ensemble(const Inputs &inputs, const Request &request, EnsembleOutputs &outputs);
 
   // --- on the features cached by the latest compute() (centre order) ---
   int64_t n_cached() const;

