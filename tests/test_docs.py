@@ -18,7 +18,9 @@ Convention (also stated in docs/README.md), by the fence's info string:
   tests/test_newcomer_errors.py checks against the real output; ```` ```text output ```` is
   output that the block right before it must print (checked the same way).
 
-Each page runs in its own empty folder holding ``model.pt`` (a small silicon model),
+Each page runs in its own empty folder holding ``model.pt`` (a small silicon model, exported
+without a last-layer ensemble), ``llpr.ckpt`` (the calibrated checkpoint it was exported from,
+as ``llpr calibrate`` writes it, for pages that re-export it, e.g. with ``--ensemble``),
 ``sic.pt`` (Si and C, species [6, 14]) and ``examples`` (a link to the repository's examples),
 with the size knobs the docs use (``${N_PER_TYPE:-40}`` and friends) set to tiny values.
 The first block of README.md (set up .venv and run the full demo) is the only one not run
@@ -180,11 +182,12 @@ def test_install_pins_match_setup_script():
 
 
 # ------------------------------------------------------------------------------ running
-def docs_model(path, species, seed, noise=0.005):
+def docs_model(path, species, seed, noise=0.005, checkpoint=None):
     """A small exported model with uncertainties of a realistic size: an untrained network
     whose LLPR is calibrated on its own predictions plus `noise` eV per atom**0.5 of scatter
     (so sigma_i comes out at a few meV, as for a trained model, and the thresholds in the
-    docs' examples mean what they say)."""
+    docs' examples mean what they say). `checkpoint`: also save the calibrated LLPR there
+    (what `llpr calibrate` writes)."""
     import numpy as np
     import torch
 
@@ -212,14 +215,20 @@ def docs_model(path, species, seed, noise=0.005):
     val = AtomisticDataset(structures[16:], 4.0, torch.float64)
     llpr.fit(make_loader(train, 8)).calibrate(make_loader(val, 8))
     export_model(llpr, str(path))
+    if checkpoint is not None:
+        from llpr.uncertainty import save_llpr
+
+        save_llpr(llpr, str(checkpoint))
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def fixture_models(tmp_path_factory):
     d = tmp_path_factory.mktemp("docs_models")
-    return {"model.pt": docs_model(d / "model.pt", species=(14,), seed=0),
-            "sic.pt": docs_model(d / "sic.pt", species=(6, 14), seed=1)}
+    models = {"model.pt": docs_model(d / "model.pt", species=(14,), seed=0, checkpoint=d / "llpr.ckpt"),
+              "sic.pt": docs_model(d / "sic.pt", species=(6, 14), seed=1)}
+    models["llpr.ckpt"] = str(d / "llpr.ckpt")
+    return models
 
 
 class PageRunner:
