@@ -115,3 +115,39 @@ def test_checkpoint_round_trip(tmp_path):
     (tmp_path / "bad.ckpt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a readable llpr checkpoint"):
         load_model(str(tmp_path / "bad.ckpt"))
+
+
+@pytest.mark.parametrize("l_max", [0, 1, 3])
+def test_invariants_match_their_definition(l_max):
+    """The batched (padded) moment contraction equals the definition written out pair by pair:
+    two-body ``sum_j R_n(r_ij)`` and three-body ``sum_{j,k} R_n(r_ij) R_n'(r_ik) cos^L(theta_jik)``
+    for n <= n', on a two-species cell whose edges come unsorted (shuffled)."""
+    torch.manual_seed(3)
+    model = LocalPotential([6, 14], l_max=l_max, n_channels=3, n_basis=5).double()
+    atoms = bulk("SiC", "zincblende", 4.36, cubic=True)
+    atoms.rattle(0.1, seed=2)
+    g = graph_tensors(atoms, model.cutoff, torch.float64)
+    perm = torch.randperm(g["edge_index"].shape[1], generator=torch.Generator().manual_seed(0))
+    edge_index = g["edge_index"][:, perm]
+    vectors = edge_vectors_from_positions(g["positions"], edge_index, g["edge_shifts"][perm])
+    species = model.species_index(g["atomic_numbers"])
+    got = model.invariants(species, edge_index, vectors, len(atoms)).detach().numpy()
+
+    r = vectors.norm(dim=1)
+    x = (r / model.cutoff).clamp(max=1.0)
+    fc = 1 - x**3 * (10 - 15 * x + 6 * x**2)
+    basis = torch.exp(-(((r[:, None] - model.basis_centers) / model.basis_width) ** 2)) * fc[:, None]
+    S, C = model.n_species, model.n_channels
+    W = model.radial_mixing.detach().view(-1, S * S, C)
+    pair = species[edge_index[0]] * S + species[edge_index[1]]
+    R = torch.einsum("ek,ekc->ec", basis, W[:, pair].permute(1, 0, 2)).detach().numpy()
+    u = (vectors / r[:, None]).numpy()
+    rows, cols = model.pair_rows.numpy(), model.pair_cols.numpy()
+    for i in range(len(atoms)):
+        mine = np.flatnonzero(edge_index[0].numpy() == i)
+        expected = [R[mine].sum(axis=0)]
+        cos = u[mine] @ u[mine].T
+        for L in range(l_max + 1):
+            gram = np.einsum("jn,km,jk->nm", R[mine], R[mine], cos**L)
+            expected.append(gram[rows, cols])
+        np.testing.assert_allclose(got[i], np.concatenate(expected), rtol=1e-12, atol=1e-12)

@@ -36,6 +36,7 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["calibration"] = m.calibration;
   d["package_version"] = m.package_version;
   d["ensemble_size"] = m.ensemble_size;
+  d["has_evaluate"] = m.has_evaluate;
   return d;
 }
 

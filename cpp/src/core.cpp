@@ -83,6 +83,17 @@ torch::Device parse_device(const std::string &device)
 }
 
 // Read and check every item of the contract; collect all problems into one message.
+// Whether `method` takes (self, positions, atomic_numbers, edge_index, edge_shifts, n_centers,
+// compute_forces, compute_virial), by argument name.
+bool takes_forward_arguments(const torch::jit::Method &method)
+{
+  const auto &args = method.function().getSchema().arguments();
+  bool ok = args.size() == 8;
+  for (size_t k = 0; ok && k < 7; ++k)
+    if (args[k + 1].name() != kForwardArgs[k]) ok = false;
+  return ok;
+}
+
 Metadata validate(torch::jit::Module &module, const std::string &path)
 {
   Metadata meta;
@@ -247,11 +258,8 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
   if (!forward) {
     missing.emplace_back("forward");
   } else {
-    const auto &args = forward->function().getSchema().arguments();
-    bool ok = args.size() == 8;
-    for (size_t k = 0; ok && k < 7; ++k)
-      if (args[k + 1].name() != kForwardArgs[k]) ok = false;
-    if (!ok) {
+    if (!takes_forward_arguments(*forward)) {
+      const auto &args = forward->function().getSchema().arguments();
       std::vector<std::string> names;
       for (size_t k = 1; k < args.size(); ++k) names.push_back(args[k].name());
       wrong.push_back("forward takes (" + join(names, ", ") +
@@ -259,6 +267,9 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
                       "n_centers, compute_forces, compute_virial)");
     }
   }
+
+  // optional evaluate(): forward() without per-atom sigma/lpr (files exported before it existed lack it)
+  if (auto evaluate = module.find_method("evaluate")) meta.has_evaluate = takes_forward_arguments(*evaluate);
 
   // parameters must have the declared dtype
   if (meta.dtype == "float32" || meta.dtype == "float64") {
@@ -274,14 +285,7 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
 
   if (meta.ensemble_size > 0) {
     auto method = module.find_method("ensemble_forward");
-    bool ok = static_cast<bool>(method);
-    if (ok) {
-      const auto &args = method->function().getSchema().arguments();
-      ok = args.size() == 8;
-      for (size_t k = 0; ok && k < 7; ++k)
-        if (args[k + 1].name() != kForwardArgs[k]) ok = false;
-    }
-    if (!ok)
+    if (!method || !takes_forward_arguments(*method))
       wrong.push_back("the file has a last-layer ensemble (llpr_ensemble_deviations) but no "
                       "ensemble_forward(positions, atomic_numbers, edge_index, edge_shifts, "
                       "n_centers, compute_forces, compute_virial) method");
@@ -420,7 +424,10 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
   }
   c10::IValue output;
   try {
-    output = I.module.forward(I.arguments(in, req));
+    // evaluate() skips the per-atom sigma/lpr of forward(): the computes derive them from the
+    // cached features, and only on the steps they are invoked
+    if (I.meta.has_evaluate) output = I.module.get_method("evaluate")(I.arguments(in, req));
+    else output = I.module.forward(I.arguments(in, req));
   } catch (const std::exception &e) {
     throw Error(std::string("model evaluation failed: ") + first_line(e.what()));
   }

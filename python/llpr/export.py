@@ -184,7 +184,8 @@ class ExportedLLPRModel(nn.Module):
                 out["virial_deviations"] = dvirials
         return out
 
-    def forward(
+    @torch.jit.export
+    def evaluate(
         self,
         positions: torch.Tensor,
         atomic_numbers: torch.Tensor,
@@ -194,6 +195,9 @@ class ExportedLLPRModel(nn.Module):
         compute_forces: bool = True,
         compute_virial: bool = False,
     ) -> Dict[str, torch.Tensor]:
+        """``forward`` without the per-atom ``sigma`` and ``lpr`` (what the LAMMPS pair style
+        calls every step: the computes derive sigma from the cached ``features`` only on the
+        steps they are invoked)."""
         edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
         need_grad = compute_forces or compute_virial
         if need_grad:
@@ -218,9 +222,22 @@ class ExportedLLPRModel(nn.Module):
                 v_atom = torch.zeros((n_all, 3, 3), dtype=positions.dtype, device=positions.device)
                 v_atom = v_atom.index_add(0, edge_index[0], half).index_add(0, edge_index[1], half)
                 out["virial_atom"] = v_atom
-        features = features.detach()
+        out["features"] = features.detach()
+        return out
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_shifts: torch.Tensor,
+        n_centers: int,
+        compute_forces: bool = True,
+        compute_virial: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        out = self.evaluate(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces, compute_virial)
+        features = out["features"]
         sigma, lpr = self.local_uncertainty(features)
-        out["features"] = features
         out["sigma"] = sigma
         out["lpr"] = lpr
         return out

@@ -131,6 +131,22 @@ class LocalPotential(nn.Module):
         for L in range(l_max + 1):
             bounds.append(bounds[-1] + (L + 1) * (L + 2) // 2)
         self.l_bounds: List[int] = bounds
+        # monomials of order L >= 2 as (one of order L - 1) x (one component of u): index of
+        # that parent within block L - 1 and the axis, per monomial (entries of blocks 0 and 1
+        # unused). Derived from the exponents, so not saved in checkpoints.
+        parent = [0] * len(exps)
+        axis = [0] * len(exps)
+        for p_idx, (a, b, c) in enumerate(exps):
+            L = a + b + c
+            if L < 2:
+                continue
+            k = 0 if a > 0 else (1 if b > 0 else 2)
+            e = [a, b, c]
+            e[k] -= 1
+            parent[p_idx] = exps.index(e) - bounds[L - 1]
+            axis[p_idx] = k
+        self.register_buffer("monomial_parent", torch.tensor(parent, dtype=torch.long), persistent=False)
+        self.register_buffer("monomial_axis", torch.tensor(axis, dtype=torch.long), persistent=False)
 
         S = self.n_species
         self.radial_mixing = nn.Parameter(
@@ -177,6 +193,40 @@ class LocalPotential(nn.Module):
             )
         return idx
 
+    def _monomial_blocks(self, u: torch.Tensor) -> List[torch.Tensor]:
+        """Symmetric monomials ``ux^a uy^b uz^c`` of the unit vectors ``u`` (E, 3), one block
+        (E, (L+1)(L+2)/2) per order L = 1..l_max, in the order of ``monomial_exponents``
+        (unweighted). Each order is the previous one times one component of ``u``: a few
+        passes over (E, P) memory, no ``pow``."""
+        blocks: List[torch.Tensor] = []
+        if self.l_max >= 1:
+            blocks.append(u)
+        for L in range(2, self.l_max + 1):
+            lo = self.l_bounds[L]
+            hi = self.l_bounds[L + 1]
+            parent = self.monomial_parent[lo:hi]
+            axis = self.monomial_axis[lo:hi]
+            blocks.append(blocks[-1].index_select(1, parent) * u.index_select(1, axis))
+        return blocks
+
+    def _edge_slots(self, centers: torch.Tensor, n_centers: int) -> Tuple[torch.Tensor, int]:
+        """Row ``centre * max_degree + k`` of each edge in the padded layout (the edge is the
+        k-th of its centre, in edge order) and ``max_degree``. Edges need not be sorted."""
+        n_edges = centers.shape[0]
+        if n_edges == 0 or n_centers == 0:
+            return torch.zeros_like(centers), 1
+        counts = torch.bincount(centers, minlength=n_centers)
+        max_degree = int(counts.max())
+        start = torch.cumsum(counts, 0) - counts
+        position = torch.arange(n_edges, dtype=centers.dtype, device=centers.device)
+        if bool((centers[1:] >= centers[:-1]).all()):
+            slot = position - start[centers]
+        else:
+            order = torch.argsort(centers, stable=True)
+            slot = torch.empty_like(centers)
+            slot[order] = position - start[centers[order]]
+        return centers * max_degree + slot, max_degree
+
     def invariants(
         self,
         species_idx: torch.Tensor,
@@ -203,24 +253,29 @@ class LocalPotential(nn.Module):
         mixed = mixed.view(-1, S * S, C)
         radial = mixed.gather(1, pair_type.view(-1, 1, 1).expand(-1, 1, C)).squeeze(1)  # (E, C)
 
-        # symmetric monomials of the unit vector, weighted by sqrt(multiplicity)
-        ex = self.monomial_exponents
-        ux = u[:, 0:1] ** ex[:, 0].to(u.dtype)
-        uy = u[:, 1:2] ** ex[:, 1].to(u.dtype)
-        uz = u[:, 2:3] ** ex[:, 2].to(u.dtype)
-        mono = ux * uy * uz * torch.sqrt(self.monomial_multiplicity.to(u.dtype))  # (E, P)
-
-        per_edge = radial.unsqueeze(2) * mono.unsqueeze(1)  # (E, C, P)
-        moments = torch.zeros(
-            (n_centers, C, self.n_monomials), dtype=edge_vectors.dtype, device=edge_vectors.device
-        )
-        moments = moments.index_add(0, centers, per_edge)
-
-        parts: List[torch.Tensor] = [moments[:, :, 0]]
-        for L in range(self.l_max + 1):
-            m = moments[:, :, self.l_bounds[L] : self.l_bounds[L + 1]]
-            gram = torch.bmm(m, m.transpose(1, 2))  # (n, C, C)
-            parts.append(gram[:, self.pair_rows, self.pair_cols])
+        # moment tensors M_i[:, L] = sum_{edges e of centre i} radial_e (x) mono_L,e as batched
+        # products over a padded (centre, slot) layout: memory ~ n_centers x max_degree x (C + P)
+        # instead of an (E, C, P) intermediate (which dominated the run time, forward and
+        # backward). Padding rows are zero and contribute nothing.
+        flat, max_degree = self._edge_slots(centers, n_centers)
+        n = n_centers
+        radial_t = (
+            torch.zeros((n * max_degree, C), dtype=radial.dtype, device=radial.device)
+            .index_copy_(0, flat, radial)
+            .view(n, max_degree, C)
+            .transpose(1, 2)
+        )  # (n, C, D)
+        m0 = radial_t.sum(dim=2)  # (n, C): L = 0, two-body
+        pair_flat = self.pair_rows * C + self.pair_cols
+        parts: List[torch.Tensor] = [m0, (m0.unsqueeze(2) * m0.unsqueeze(1)).reshape(n, C * C).index_select(1, pair_flat)]
+        for L, mono in enumerate(self._monomial_blocks(u)):
+            P = mono.shape[1]
+            padded = torch.zeros((n * max_degree, P), dtype=mono.dtype, device=mono.device).index_copy_(0, flat, mono)
+            m = torch.bmm(radial_t, padded.view(n, max_degree, P))  # (n, C, P)
+            lo = self.l_bounds[L + 1]
+            weight = self.monomial_multiplicity[lo : lo + P].to(m.dtype)  # contraction weights
+            gram = torch.bmm(m * weight, m.transpose(1, 2))  # (n, C, C): sum_jk R R' cos^L
+            parts.append(gram.reshape(n, C * C).index_select(1, pair_flat))
         return torch.cat(parts, dim=1)
 
     def features(

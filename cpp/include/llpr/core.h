@@ -48,6 +48,8 @@ struct Metadata {
   // members K of the optional last-layer ensemble (buffer llpr_ensemble_deviations, K x F;
   // 0 when the file has none, e.g. one written before the ensemble existed)
   int64_t ensemble_size = 0;
+  // the file has evaluate() (forward() without per-atom sigma/lpr), which compute() then uses
+  bool has_evaluate = false;
 };
 
 // Host-side inputs of one evaluation (see ExportedLLPRModel.forward).
