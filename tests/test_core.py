@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lammps_helpers import make_model, reference, sic_triclinic, sic_zincblende, si_diamond
+from lammps_helpers import make_model, reference, si_and_sic_models, sic_cluster, sic_triclinic, si_diamond
 
 core = pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
 pytestmark = [
@@ -26,24 +26,16 @@ KEYS = ("energies", "forces", "virial", "virial_atom", "features", "sigma", "lpr
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("core_models")
     return {
-        "si": make_model(d / "si.pt", species=(14,), seed=0),
-        "sic": make_model(d / "sic.pt", species=(6, 14), seed=1),
+        **si_and_sic_models(d),
         "sic32": make_model(d / "sic32.pt", species=(6, 14), seed=1, dtype=torch.float32),
         "dir": d,
     }
 
 
-def _cluster():
-    atoms = sic_zincblende(rattle=0.1, seed=3)
-    atoms.pbc = False
-    atoms.cell = [0, 0, 0]
-    return atoms
-
-
 STRUCTURES = {
     "si_small_periodic_box": lambda: si_diamond(rattle=0.1, seed=1),
     "sic_triclinic": sic_triclinic,
-    "sic_cluster": _cluster,
+    "sic_cluster": sic_cluster,
 }
 
 

@@ -16,6 +16,8 @@ from llpr.data import (
     write_dataset,
 )
 
+from lammps_helpers import strained
+
 
 @pytest.fixture(scope="module")
 def small_set():
@@ -86,14 +88,8 @@ def test_stress_is_strain_derivative(shear):
     volume = atoms.get_volume()
     for a in range(3):
         for b in range(a, 3):
-            strained = []
-            for sign in (1, -1):
-                eps = np.zeros((3, 3))
-                eps[a, b] = eps[b, a] = sign * h / (1 if a == b else 2)
-                s = atoms.copy()
-                s.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
-                strained.append(s)
-            ep, em = (x.info["energy"] for x in label_structures(strained))
+            pair = [strained(atoms, a, b, sign * h) for sign in (1, -1)]
+            ep, em = (x.info["energy"] for x in label_structures(pair))
             numeric[a, b] = numeric[b, a] = (ep - em) / (2 * h) / volume
     voigt = numeric[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
     np.testing.assert_allclose(atoms.info["stress"], voigt, atol=2e-7)

@@ -245,6 +245,22 @@ class PageRunner:
         self.namespace = {"__name__": "__main__"}
         self.state = os.path.join(self.cwd, ".docs_state")
 
+    def run_blocks(self, blocks):
+        """Run the runnable blocks of `blocks` in order; an expect-error block's message and a
+        ```` ```text output ```` block are checked against the output of the block before
+        them. Return the outputs."""
+        outputs = []
+        for k, block in enumerate(blocks):
+            if block.lang not in RUN_LANGS:
+                continue
+            expect_error = "expect-error" in block.attrs
+            output = self.run(block, expect_error)
+            follower = blocks[k + 1] if k + 1 < len(blocks) else None
+            if expect_error or (follower is not None and follower.lang == "text" and "output" in follower.attrs):
+                assert_message(output, follower.body, str(block))
+            outputs.append(output)
+        return outputs
+
     def run(self, block, expect_error):
         if "file" in block.attrs:
             with open(os.path.join(self.cwd, block.attrs["file"]), "w") as fh:
@@ -322,13 +338,4 @@ RUN_PAGES = [p for p in PAGES if any(b.lang in RUN_LANGS for b in page_blocks(p)
 @pytest.mark.parametrize("page", RUN_PAGES)
 def test_page_runs(page, fixture_models, tmp_path):
     pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-    runner = PageRunner(page, tmp_path, fixture_models)
-    blocks = page_blocks(page)
-    for k, block in enumerate(blocks):
-        if block.lang not in RUN_LANGS:
-            continue
-        expect_error = "expect-error" in block.attrs
-        output = runner.run(block, expect_error)
-        follower = blocks[k + 1] if k + 1 < len(blocks) else None
-        if expect_error or (follower is not None and follower.lang == "text" and "output" in follower.attrs):
-            assert_message(output, follower.body, str(block))
+    PageRunner(page, tmp_path, fixture_models).run_blocks(page_blocks(page))

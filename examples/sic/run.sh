@@ -8,8 +8,7 @@
 # Sizes (environment): N_PER_TYPE (40 structures per configuration type), EPOCHS (400),
 # TIME_LIMIT (480 s of training), NSTEPS (2000 MD steps of 0.5 fs), SEED (2).
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+. "$(dirname "$0")/../_env.sh"  # here, root, and the environment
 out="${1:-$root/runs/sic}"
 N_PER_TYPE=${N_PER_TYPE:-40}
 EPOCHS=${EPOCHS:-400}
@@ -18,9 +17,6 @@ NSTEPS=${NSTEPS:-2000}
 # seed 2: `llpr data --potential sic` stops with "interstitial too close to a lattice atom"
 # for some seeds (seed 0 among them) in this version of llpr
 SEED=${SEED:-2}
-if ! command -v llpr >/dev/null 2>&1; then
-  . "$root/.venv/bin/activate"
-fi
 mkdir -p "$out"
 cd "$out"
 start=$(date +%s)

@@ -5,12 +5,8 @@
 # Usage: bash examples/silicon/run.sh [output folder]   (default: demo_output/)
 # Run from a shell where the project's environment is active, or let the script find .venv.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+. "$(dirname "$0")/../_env.sh"  # here, root, and the environment
 out="${1:-$root/demo_output}"
-if ! command -v llpr >/dev/null 2>&1; then
-  . "$root/.venv/bin/activate"
-fi
 mkdir -p "$out"
 cd "$out"
 start=$(date +%s)

@@ -1,0 +1,15 @@
+# Sourced by the examples' run.sh scripts (bash), right after `set -euo pipefail`:
+#   . "$(dirname "$0")/../_env.sh"
+# Sets `here` (the folder of the running script) and `root` (the folder examples/ is in: the
+# repository root), as given, without resolving symbolic links; and when `llpr` is not on
+# PATH, activates $root/.venv (which `bash scripts/setup.sh` makes).
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+if ! command -v llpr >/dev/null 2>&1; then
+  if [ ! -f "$root/.venv/bin/activate" ]; then
+    echo "error: llpr is not on PATH and $root/.venv does not exist: run bash scripts/setup.sh first," \
+      "or activate the environment llpr is installed in" >&2
+    exit 1
+  fi
+  . "$root/.venv/bin/activate"
+fi
