@@ -1,0 +1,43 @@
+"""The performance benchmark harness runs end to end (tiny sizes): every section produces
+finite numbers and the report lists each target with its measured value. Timings themselves
+are not asserted (performance claims come from the committed benchmark output)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_lammps_performance_quick(tmp_path):
+    out = tmp_path / "perf"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "perf.json").read_text())
+    for key in ("overhead", "integration", "ase_vs_lammps", "scaling", "mpi", "committee", "references", "force_sigma"):
+        assert key in r, key
+
+    def finite(x):
+        if isinstance(x, dict):
+            return all(finite(v) for v in x.values())
+        if isinstance(x, list):
+            return all(finite(v) for v in x)
+        return not isinstance(x, float) or math.isfinite(x)
+
+    assert finite(r)
+    assert r["mpi"]["two_ranks_one_thread_s_per_step"] > 0
+    assert r["scaling"][0]["atoms"] == 64 and r["scaling"][-1]["atoms"] == 512
+    assert set(r["references"]) == {"llpr float64", "llpr float32", "sw (Si.sw)", "mliap nn (Si.nn.mliap)"}
+    assert [(x["members"], x["every"]) for x in r["force_sigma"]["rows"]] == [(8, 1), (8, 100), (32, 1), (32, 100)]
+    md = (tmp_path / "perf.md").read_text()
+    for target in ("<= 3% over the pair style", "within 15% of bare libtorch", ">= 5x the steps/s of ASE",
+                   "flat within 20%", "2 ranks >= 1.6x"):
+        assert target in md
