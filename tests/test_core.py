@@ -135,19 +135,62 @@ def test_torchscript_without_llpr_data(models):
         assert name in msg
 
 
-def _export_modified(llpr_module_path, out_path, **changes):
-    """Re-script an exported model with some contract items changed."""
+def _export_modified(llpr_module_path, out_path, wrapper_class=None, **changes):
+    """Re-script an exported model with some contract items changed (or another wrapper class)."""
     from llpr.export import ExportedLLPRModel
     from llpr.model import LocalPotential
 
     src = torch.jit.load(llpr_module_path)
     model = LocalPotential([6, 14], cutoff=4.0, n_basis=6, n_channels=4, l_max=2, hidden=(16, 16)).double()
-    model.load_state_dict({k[len("model."):]: v for k, v in src.state_dict().items() if k.startswith("model.")})
-    wrapper = ExportedLLPRModel(model, src.llpr_cholesky, float(src.llpr_alpha), float(src.llpr_varsigma), {}, "test")
+    # a scripted module also lists the model's non-persistent (derived) buffers: keep the saved ones
+    saved = model.state_dict().keys()
+    model.load_state_dict({k[6:]: v for k, v in src.state_dict().items() if k.startswith("model.") and k[6:] in saved})
+    wrapper = (wrapper_class or ExportedLLPRModel)(model, src.llpr_cholesky, float(src.llpr_alpha), float(src.llpr_varsigma), {}, "test")
     for name, value in changes.items():
         setattr(wrapper, name, value)  # attributes, or buffers when given a tensor
     torch.jit.save(torch.jit.script(wrapper), out_path)
     return out_path
+
+
+def _forward_only_class():
+    from llpr.export import ExportedLLPRModel
+
+    class ForwardOnly(ExportedLLPRModel):
+        """A file as exported before evaluate() existed: forward() only."""
+
+        _everything = ExportedLLPRModel.evaluate  # compiled under this name, as forward calls it
+
+        def evaluate(self, *args):  # noqa: D102 - not exported: the file has no evaluate()
+            raise NotImplementedError
+
+        def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, edge_index: torch.Tensor,
+                    edge_shifts: torch.Tensor, n_centers: int, compute_forces: bool = True,
+                    compute_virial: bool = False):
+            out = self._everything(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces,
+                                   compute_virial)
+            sigma, lpr = self.local_uncertainty(out["features"])
+            out["sigma"] = sigma
+            out["lpr"] = lpr
+            return out
+
+    return ForwardOnly
+
+
+def test_pair_style_path_skips_sigma_and_files_without_it_still_work(models):
+    """compute() runs evaluate() (forward() without the per-atom sigma, which the computes derive
+    from the cached features only when invoked); a file without evaluate() goes through forward()
+    with the same results."""
+    atoms = sic_triclinic()
+    ref = reference(models["sic"], atoms)
+    old = _export_modified(models["sic"], str(models["dir"] / "forward_only.pt"), _forward_only_class())
+    assert not hasattr(torch.jit.load(old), "evaluate")
+    assert core.Model(models["sic"], "cpu").metadata["has_evaluate"] is True
+    assert core.Model(old, "cpu").metadata["has_evaluate"] is False
+    for path in (models["sic"], old):
+        out = _run_core(path, ref)
+        for key in KEYS:
+            np.testing.assert_allclose(out[key], ref[key], rtol=0, atol=TOL * max(1.0, np.abs(ref[key]).max()),
+                                       err_msg=key)
 
 
 def test_each_contract_mismatch_is_named(models):
