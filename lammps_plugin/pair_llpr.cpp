@@ -358,14 +358,7 @@ void PairLLPR::compute(int eflag, int vflag)
     tags_[a] = tag ? tag[i] : 0;
   }
 
-  llpr::Inputs in;
-  in.n_atoms = n_atoms;
-  in.n_centers = n_centers_;
-  in.n_edges = n_edges;
-  in.positions = positions_.data();
-  in.atomic_numbers = numbers_.data();
-  in.edge_index = edges_.data();
-  in.edge_shifts = nullptr;  // ghost atoms are explicit periodic images
+  const llpr::Inputs in = cached_inputs();
   llpr::Request request;
   request.forces = true;
   request.virial = vflag_global || vflag_atom;
@@ -476,6 +469,21 @@ int PairLLPR::n_features() const
   return model_ ? static_cast<int>(model_->metadata().n_features) : 0;
 }
 
+// the model inputs of the latest force evaluation (ghost atoms are explicit periodic images:
+// no edge shifts)
+llpr::Inputs PairLLPR::cached_inputs() const
+{
+  llpr::Inputs in;
+  in.n_atoms = static_cast<int64_t>(lammps_index_.size());
+  in.n_centers = n_centers_;
+  in.n_edges = n_edges_;
+  in.positions = positions_.data();
+  in.atomic_numbers = numbers_.data();
+  in.edge_index = edges_.data();
+  in.edge_shifts = nullptr;
+  return in;
+}
+
 int PairLLPR::ensemble_size() const
 {
   return model_ ? static_cast<int>(model_->metadata().ensemble_size) : 0;
@@ -504,14 +512,7 @@ void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &o
                "evaluated forces on timestep {}; evaluate the step again (e.g. `run 0`) first",
                who, update->ntimestep);
 
-  llpr::Inputs in;
-  in.n_atoms = n_atoms;
-  in.n_centers = n_centers_;
-  in.n_edges = n_edges_;
-  in.positions = positions_.data();
-  in.atomic_numbers = numbers_.data();
-  in.edge_index = edges_.data();
-  in.edge_shifts = nullptr;
+  const llpr::Inputs in = cached_inputs();
   llpr::Request request;
   request.forces = true;
   request.virial = false;

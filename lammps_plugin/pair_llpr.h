@@ -55,6 +55,7 @@ class PairLLPR : public Pair {
 
  protected:
   void allocate();
+  llpr::Inputs cached_inputs() const;
   void load_model();
   std::string resolve_device();
   void grow_peratom(int n);

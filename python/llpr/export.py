@@ -134,6 +134,23 @@ class ExportedLLPRModel(nn.Module):
             feature_sums = feature_sums.unsqueeze(0)
         return self.llpr_alpha * self.llpr_alpha * self.quadratic_form(feature_sums)
 
+    def _run_model(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_shifts: torch.Tensor,
+        n_centers: int,
+        need_grad: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edge vectors (a leaf requiring grad when ``need_grad``), per-atom energies and
+        last-layer features of the centres."""
+        edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
+        if need_grad:
+            edge_vectors = edge_vectors.detach().requires_grad_(True)
+        energies, features = self.model(atomic_numbers, edge_index, edge_vectors, n_centers)
+        return edge_vectors, energies, features
+
     @torch.jit.export
     def ensemble_size(self) -> int:
         """Number K of last-layer ensemble members (0: the file has no ensemble)."""
@@ -162,11 +179,9 @@ class ExportedLLPRModel(nn.Module):
             raise RuntimeError(
                 "this model file has no last-layer ensemble; export it with `llpr export --ensemble K`"
             )
-        edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
         need_grad = compute_forces or compute_virial
-        if need_grad:
-            edge_vectors = edge_vectors.detach().requires_grad_(True)
-        energies, features = self.model(atomic_numbers, edge_index, edge_vectors, n_centers)
+        edge_vectors, energies, features = self._run_model(positions, atomic_numbers, edge_index, edge_shifts,
+                                                           n_centers, need_grad)
         feature_sum = features.sum(dim=0)
         out: Dict[str, torch.Tensor] = {
             "energy": energies.sum().detach(),
@@ -198,11 +213,9 @@ class ExportedLLPRModel(nn.Module):
         """``forward`` without the per-atom ``sigma`` and ``lpr`` (what the LAMMPS pair style
         calls every step: the computes derive sigma from the cached ``features`` only on the
         steps they are invoked)."""
-        edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
         need_grad = compute_forces or compute_virial
-        if need_grad:
-            edge_vectors = edge_vectors.detach().requires_grad_(True)
-        energies, features = self.model(atomic_numbers, edge_index, edge_vectors, n_centers)
+        edge_vectors, energies, features = self._run_model(positions, atomic_numbers, edge_index, edge_shifts,
+                                                           n_centers, need_grad)
         energy = energies.sum()
         out: Dict[str, torch.Tensor] = {"energy": energy.detach(), "energies": energies.detach()}
         if need_grad:
