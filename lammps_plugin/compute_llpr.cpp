@@ -82,6 +82,7 @@ void ComputeLLPRAtom::compute_peratom()
     memory->destroy(values_);
     nmax_ = atom->nmax > 1 ? atom->nmax : 1;
     memory->create(values_, nmax_, ncols_, "llpr/atom:values");
+    forces_evaluation_ = -1;  // column [3] is gone with the old array
   }
   array_atom = values_;
   const int nlocal = atom->nlocal;
@@ -98,6 +99,12 @@ void ComputeLLPRAtom::compute_peratom()
     }
   }
   if (!forces_) return;
+  // several outputs on one step (each dump, the thermo output) call this compute again: the
+  // force sigma of the same force evaluation is still in column [3]
+  // (decided together: the recomputation communicates)
+  int fresh = (forces_evaluation_ == pair->evaluations() && forces_nlocal_ == nlocal) ? 1 : 0, all_fresh = 0;
+  MPI_Allreduce(&fresh, &all_fresh, 1, MPI_INT, MPI_MIN, world);
+  if (all_fresh) return;
 
   // force sigma_i = sqrt(sum_k |F_k,i - F_i|^2 / (3 (K - 1))): member force deviations on local
   // and ghost atoms, the ghosts' parts summed onto their owners (reverse communication, one
@@ -118,6 +125,8 @@ void ComputeLLPRAtom::compute_peratom()
     }
     values_[i][2] = std::sqrt(acc / (3.0 * (K - 1)));
   }
+  forces_evaluation_ = pair->evaluations();
+  forces_nlocal_ = nlocal;
 }
 
 int ComputeLLPRAtom::pack_reverse_comm(int n, int first, double *buf)

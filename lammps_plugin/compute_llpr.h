@@ -38,6 +38,9 @@ class ComputeLLPRAtom : public Compute {
   std::vector<double> dforce_;
   int nall_ = 0;
   int member_ = 0;
+  // the force evaluation (PairLLPR::evaluations()) and nlocal column [3] was computed for
+  bigint forces_evaluation_ = -1;
+  int forces_nlocal_ = -1;
 };
 
 class ComputeLLPR : public Compute {

@@ -371,6 +371,7 @@ void PairLLPR::compute(int eflag, int vflag)
   }
   if (!message.empty()) error->one(FLERR, message);
   features_step_ = update->ntimestep;
+  evaluations_++;
   uncertainty_step_ = -1;
 
   const double conv = energy_conversion_;

@@ -45,6 +45,9 @@ class PairLLPR : public Pair {
   double energy_conversion() const { return energy_conversion_; }
   // members K of the model file's last-layer ensemble (0: none) and the file's path
   int ensemble_size() const;
+  // counts force evaluations: equal values mean the same cached inputs and features (even
+  // when the timestep number repeats, e.g. `run 0` after `displace_atoms`)
+  bigint evaluations() const { return evaluations_; }
   const std::string &model_path() const { return model_path_; }
   // Member force deviations dF_k = F_k - F (LAMMPS force units) of the current step, on local
   // and ghost atoms before reverse communication: out[(k * nall + i) * 3 + c] for LAMMPS index
@@ -83,6 +86,7 @@ class PairLLPR : public Pair {
 
   // features cache bookkeeping
   bigint features_step_ = -1;       // timestep of the cached features (-1: none)
+  bigint evaluations_ = 0;          // number of force evaluations so far (identifies the cache)
   bigint uncertainty_step_ = -1;    // timestep of sigma_atom_/lpr_atom_
   int nmax_peratom_ = 0;
   double *sigma_atom_ = nullptr;

@@ -171,6 +171,49 @@ run 20
     np.testing.assert_allclose(fs, METAL2REAL * ensemble_reference(models["si"], still)["force_sigma"], rtol=1e-10)
 
 
+def _last_frame(path):
+    lines = path.read_text().splitlines()
+    start = [k for k, ln in enumerate(lines) if ln.startswith("ITEM: ATOMS")][-1] + 1
+    return np.array([[float(x) for x in ln.split()] for ln in lines[start:]])
+
+
+def test_several_outputs_on_one_step_and_a_repeated_timestep(models, tmp_path):
+    """Two dumps and a thermo reduction read column [3] on the same step (the compute reuses the
+    force sigma of that force evaluation); after displace_atoms, `run 0` at the same timestep
+    number re-evaluates, and the force sigma follows the new positions, not the cached ones."""
+    atoms = si_diamond((2, 2, 2), rattle=0.05, seed=6)
+    dumps = [tmp_path / f"d{k}.dump" for k in range(4)]
+    fmt = "dump_modify {} sort id format float %.17g"
+    u = _lammps_force_sigma(tmp_path, models["si"], atoms, ["Si"], post=f"""
+compute fmax all reduce max c_uf[3]
+thermo_style custom step pe c_fmax
+dump a all custom 1 {dumps[0]} id x y z c_uf[3]
+dump b all custom 1 {dumps[1]} id c_uf[3]
+{fmt.format("a")}
+{fmt.format("b")}
+run 0
+undump a
+undump b
+displace_atoms all random 0.08 0.08 0.08 1234 units box
+dump c all custom 1 {dumps[2]} id x y z c_uf[3]
+dump d all custom 1 {dumps[3]} id c_uf[3]
+{fmt.format("c")}
+{fmt.format("d")}
+run 0
+""")
+    first, second = _last_frame(dumps[0]), _last_frame(dumps[2])
+    np.testing.assert_array_equal(_last_frame(dumps[1])[:, 1], first[:, 4])
+    np.testing.assert_array_equal(_last_frame(dumps[3])[:, 1], second[:, 4])
+    before = ensemble_reference(models["si"], atoms)["force_sigma"]
+    moved = atoms.copy()
+    moved.positions = second[:, 1:4]
+    after = ensemble_reference(models["si"], moved)["force_sigma"]
+    assert np.abs(after - before).max() > 1e-4  # the displacement changes the force sigma
+    np.testing.assert_allclose(first[:, 4], before, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(second[:, 4], after, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(u[:, 2], after, rtol=0, atol=1e-9)
+
+
 # the MPI cases of tests/test_lammps_mpi.py but the small periodic box
 TWO_RANK_CASES = ["si_orthogonal_64", "sic_triclinic_shuffled_types", "rank_without_atoms_and_isolated_atom"]
 
