@@ -13,3 +13,8 @@ if ! command -v llpr >/dev/null 2>&1; then
   fi
   . "$root/.venv/bin/activate"
 fi
+# One thread per process unless you say otherwise: on this model, a second OpenMP thread
+# speeds a step up by ~1.1-1.3x on an idle machine, but as soon as another process competes
+# for the cores, spinning OpenMP threads make training and MD steps 5-50x slower
+# (docs/performance.md). Export OMP_NUM_THREADS before running to choose.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

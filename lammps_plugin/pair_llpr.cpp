@@ -456,7 +456,10 @@ void PairLLPR::group_feature_sum(int groupbit, std::vector<double> &sum)
   for (int c = 0; c < n_centers_; c++)
     if (mask[lammps_index_[c]] & groupbit) rows_tmp_.push_back(c);
   sum.assign(n_features(), 0.0);
-  model_->cached_feature_sum(rows_tmp_.data(), static_cast<int64_t>(rows_tmp_.size()), sum.data());
+  // every centre in the group (e.g. group all): sum in place, without gathering the rows
+  const bool all_rows = static_cast<int>(rows_tmp_.size()) == n_centers_;
+  model_->cached_feature_sum(all_rows ? nullptr : rows_tmp_.data(), static_cast<int64_t>(rows_tmp_.size()),
+                             sum.data());
 }
 
 double PairLLPR::energy_sigma(const std::vector<double> &sum)

@@ -20,8 +20,8 @@ llpr train --train data/train.xyz --val data/val.xyz -o model.ckpt --time-limit 
 echo "== 3. LLPR: covariance on the training set, alpha and varsigma on the validation set"
 llpr calibrate --model model.ckpt --train data/train.xyz --val data/val.xyz -o llpr.ckpt
 
-echo "== 4. export one TorchScript file (model + covariance factor + metadata)"
-llpr export llpr.ckpt -o model.pt --dtype float64
+echo "== 4. export one TorchScript file (model + covariance factor + metadata + a 32-member last-layer ensemble)"
+llpr export llpr.ckpt -o model.pt --dtype float64 --ensemble 32
 
 echo "== 5. evaluate on the held-out test set"
 llpr evaluate model.pt --data data/test.xyz --plots plots --json metrics.json
