@@ -13,8 +13,8 @@ if ! command -v llpr >/dev/null 2>&1; then
   fi
   . "$root/.venv/bin/activate"
 fi
-# One thread per process unless you say otherwise: on this model, a second OpenMP thread
-# speeds a step up by ~1.1-1.3x on an idle machine, but as soon as another process competes
-# for the cores, spinning OpenMP threads make training and MD steps 5-50x slower
+# One thread per process unless you say otherwise: a second OpenMP thread speeds a training
+# step up by ~1.1x and an MD step by ~1.7x on an idle 2-core machine, but as soon as another
+# process competes for the cores, spinning OpenMP threads make steps 3-60x slower
 # (docs/performance.md). Export OMP_NUM_THREADS before running to choose.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
