@@ -193,6 +193,27 @@ def test_pair_style_path_skips_sigma_and_files_without_it_still_work(models):
                                        err_msg=key)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 13])
+def test_force_evaluation_in_blocks_of_centres(models, chunk):
+    """evaluate() runs the centres in blocks (4096 by default, for the CPU caches); blocks of a few
+    centres give the same energies, forces, virials and features as one block, from Python
+    (unsorted vesin edges) and from C++ (centre-sorted edges), within round-off."""
+    atoms = sic_triclinic()
+    ref = reference(models["sic"], atoms)
+    path = _export_modified(models["sic"], str(models["dir"] / f"chunk{chunk}.pt"), chunk_centers=chunk)
+    assert torch.jit.load(path).chunk_centers == chunk and len(atoms) > chunk
+    python = reference(path, atoms)
+    g = ref["graph"]
+    order = np.argsort(g["edge_index"][0], kind="stable")
+    core_out = core.Model(path, "cpu").compute(g["positions"], g["atomic_numbers"], g["edge_index"][:, order],
+                                               g["edge_shifts"][order])
+    for out in (python, core_out):
+        assert abs(out["energy"] - ref["energy"]) < 1e-12
+        for key in KEYS:
+            np.testing.assert_allclose(out[key], ref[key], rtol=0, atol=1e-12 * max(1.0, np.abs(ref[key]).max()),
+                                       err_msg=key)
+
+
 def test_each_contract_mismatch_is_named(models):
     from llpr.plugin import check_model
 

@@ -75,6 +75,7 @@ class ExportedLLPRModel(nn.Module):
     calibration: str
     llpr_package_version: str
     ensemble_info: str
+    chunk_centers: int
 
     def __init__(
         self,
@@ -112,6 +113,8 @@ class ExportedLLPRModel(nn.Module):
             )
         self.register_buffer(ENSEMBLE_BUFFER, ensemble_deviations.detach().to(torch.float64).clone())
         self.ensemble_info = json.dumps(ensemble_info or {}, sort_keys=True)
+        # centres per block of the force evaluation on a CPU (see evaluate)
+        self.chunk_centers = 4096
 
     @torch.jit.export
     def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
@@ -142,13 +145,21 @@ class ExportedLLPRModel(nn.Module):
         edge_shifts: torch.Tensor,
         n_centers: int,
         need_grad: bool,
+        first_center: int = 0,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Edge vectors (a leaf requiring grad when ``need_grad``), per-atom energies and
-        last-layer features of the centres."""
+        last-layer features of the centres ``first_center .. first_center + n_centers - 1``,
+        given only their edges (``edge_index`` in the caller's atom numbering)."""
         edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
         if need_grad:
             edge_vectors = edge_vectors.detach().requires_grad_(True)
-        energies, features = self.model(atomic_numbers, edge_index, edge_vectors, n_centers)
+        numbers = atomic_numbers
+        local = edge_index
+        if first_center > 0:
+            # the model wants its centres first: put a copy of this block's centres in front
+            numbers = torch.cat([atomic_numbers[first_center : first_center + n_centers], atomic_numbers])
+            local = torch.stack([edge_index[0] - first_center, edge_index[1] + n_centers])
+        energies, features = self.model(numbers, local, edge_vectors, n_centers)
         return edge_vectors, energies, features
 
     @torch.jit.export
@@ -214,28 +225,60 @@ class ExportedLLPRModel(nn.Module):
         calls every step: the computes derive sigma from the cached ``features`` only on the
         steps they are invoked)."""
         need_grad = compute_forces or compute_virial
-        edge_vectors, energies, features = self._run_model(positions, atomic_numbers, edge_index, edge_shifts,
-                                                           n_centers, need_grad)
-        energy = energies.sum()
-        out: Dict[str, torch.Tensor] = {"energy": energy.detach(), "energies": energies.detach()}
-        if need_grad:
-            grads = torch.autograd.grad([energy], [edge_vectors], allow_unused=True)
-            g = grads[0]
-            if g is None:
-                g = torch.zeros_like(edge_vectors)
-            n_all = positions.shape[0]
-            if compute_forces:
-                forces = torch.zeros((n_all, 3), dtype=positions.dtype, device=positions.device)
-                forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
-                out["forces"] = forces
-            if compute_virial:
-                w_edge = -(edge_vectors.detach().unsqueeze(2) * g.unsqueeze(1))  # (E, 3, 3)
-                out["virial"] = w_edge.sum(dim=0)
-                half = 0.5 * w_edge
-                v_atom = torch.zeros((n_all, 3, 3), dtype=positions.dtype, device=positions.device)
-                v_atom = v_atom.index_add(0, edge_index[0], half).index_add(0, edge_index[1], half)
-                out["virial_atom"] = v_atom
-        out["features"] = features.detach()
+        n_all = positions.shape[0]
+        # The model is strictly local: with forces, evaluate the centres in blocks, so that the
+        # edge-sized tensors of the forward and backward pass stay in the CPU caches (at 32768
+        # atoms: 19 instead of 33 us per atom); one block on a GPU unless the system is large.
+        block = self.chunk_centers if positions.device.type == "cpu" else 16 * self.chunk_centers
+        starts: List[int] = [0]
+        bounds: List[int] = [0, edge_index.shape[1]]
+        if need_grad and n_centers > block and edge_index.shape[1] > 0:
+            centers = edge_index[0]
+            if not bool((centers[1:] >= centers[:-1]).all()):
+                order = torch.argsort(centers, stable=True)
+                edge_index = edge_index[:, order]
+                edge_shifts = edge_shifts[order]
+                centers = edge_index[0]
+            starts = list(range(0, n_centers, block))
+            limits = torch.tensor(starts + [n_centers], dtype=centers.dtype, device=centers.device)
+            found: List[int] = torch.searchsorted(centers, limits).tolist()
+            bounds = found
+        else:
+            block = n_centers
+        energy_blocks: List[torch.Tensor] = []
+        feature_blocks: List[torch.Tensor] = []
+        forces = torch.zeros((n_all, 3), dtype=positions.dtype, device=positions.device)
+        virial = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
+        v_atom = torch.zeros((n_all, 3, 3), dtype=positions.dtype, device=positions.device)
+        for k in range(len(starts)):
+            c0 = starts[k]
+            n = min(c0 + block, n_centers) - c0
+            edges = edge_index[:, bounds[k] : bounds[k + 1]]
+            edge_vectors, energies, features = self._run_model(
+                positions, atomic_numbers, edges, edge_shifts[bounds[k] : bounds[k + 1]], n, need_grad, c0
+            )
+            energy_blocks.append(energies.detach())
+            feature_blocks.append(features.detach())
+            if need_grad:
+                grads = torch.autograd.grad([energies.sum()], [edge_vectors], allow_unused=True)
+                g = grads[0]
+                if g is None:
+                    g = torch.zeros_like(edge_vectors)
+                if compute_forces:
+                    forces = forces.index_add(0, edges[0], g).index_add(0, edges[1], -g)
+                if compute_virial:
+                    w_edge = -(edge_vectors.detach().unsqueeze(2) * g.unsqueeze(1))  # (E, 3, 3)
+                    virial = virial + w_edge.sum(dim=0)
+                    half = 0.5 * w_edge  # each edge's share, half to each of its atoms
+                    v_atom = v_atom.index_add(0, edges[0], half).index_add(0, edges[1], half)
+        energies = energy_blocks[0] if len(energy_blocks) == 1 else torch.cat(energy_blocks)
+        out: Dict[str, torch.Tensor] = {"energy": energies.sum(), "energies": energies}
+        if compute_forces:
+            out["forces"] = forces
+        if compute_virial:
+            out["virial"] = virial
+            out["virial_atom"] = v_atom
+        out["features"] = feature_blocks[0] if len(feature_blocks) == 1 else torch.cat(feature_blocks)
         return out
 
     def forward(
