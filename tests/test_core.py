@@ -69,13 +69,15 @@ def test_float32_model_matches_python(models):
     assert abs(out["energy"] - ref["energy"]) < 1e-4 * max(1, abs(ref["energy"]))
 
 
-def test_uncertainty_methods_match_exported_methods(models):
+@pytest.mark.parametrize("rows", [7, 9000])
+def test_uncertainty_methods_match_exported_methods(models, rows):
+    """Also above 4096 rows, where the C++ side solves in blocks of rows."""
     from llpr.export import load_exported
 
     module = load_exported(models["sic"])
     model = core.Model(models["sic"])
     rng = np.random.default_rng(0)
-    feats = rng.normal(size=(7, model.metadata["n_features"]))
+    feats = rng.normal(size=(rows, model.metadata["n_features"]))
     t = torch.tensor(feats)
     np.testing.assert_allclose(model.quadratic_form(feats), module.quadratic_form(t).numpy(), rtol=TOL)
     sigma, lpr = model.local_uncertainty(feats)

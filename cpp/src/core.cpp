@@ -10,11 +10,13 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <vector>
 
 namespace llpr {
 
@@ -317,8 +319,17 @@ struct Model::Impl {
   torch::Tensor cholesky;  // float64, on device
   torch::Tensor features;  // cached (n_centers, F), model dtype, on device
 
+  // f^T C^-1 f per row of f, by triangular solves with L; on a CPU in blocks of rows that stay in
+  // the caches (a 32768 x 64 solve in one piece cost ~1.7x as much per row)
   torch::Tensor qform(const torch::Tensor &f) const
   {
+    const int64_t n = f.size(0), block = 4096;
+    if (!f.is_cuda() && n > block) {
+      std::vector<torch::Tensor> parts;
+      for (int64_t start = 0; start < n; start += block)
+        parts.push_back(qform(f.narrow(0, start, std::min(block, n - start))));
+      return torch::cat(parts);
+    }
     auto z = at::linalg_solve_triangular(cholesky, f.to(torch::kFloat64).t(), /*upper=*/false);
     return (z * z).sum(0);
   }
