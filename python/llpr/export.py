@@ -247,9 +247,12 @@ class ExportedLLPRModel(nn.Module):
             block = n_centers
         energy_blocks: List[torch.Tensor] = []
         feature_blocks: List[torch.Tensor] = []
-        forces = torch.zeros((n_all, 3), dtype=positions.dtype, device=positions.device)
+        # accumulators only for what is asked (the pair style asks for virials on few steps)
+        n_forces = n_all if compute_forces else 0
+        n_virial = n_all if compute_virial else 0
+        forces = torch.zeros((n_forces, 3), dtype=positions.dtype, device=positions.device)
         virial = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
-        v_atom = torch.zeros((n_all, 3, 3), dtype=positions.dtype, device=positions.device)
+        v_atom = torch.zeros((n_virial, 3, 3), dtype=positions.dtype, device=positions.device)
         for k in range(len(starts)):
             c0 = starts[k]
             n = min(c0 + block, n_centers) - c0
