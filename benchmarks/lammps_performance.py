@@ -30,6 +30,10 @@ f) reference points in the same LAMMPS: ``pair_style sw`` (Si.sw) and ML-IAP's n
    float32 export of the llpr model.
 g) force uncertainty: ``compute llpr/atom forces yes`` (last-layer ensemble of K = 8 and 32
    members) every step and every 100 steps, relative to the pair style alone.
+h) force uncertainty of large systems: a step with ``compute llpr/atom forces yes`` (K = 32)
+   at ~8k and ~32k atoms with the file's blocks of centres (``chunk_centers``, the default)
+   vs the same file evaluating all centres in one block; time per step and the peak memory
+   (resident set) of the `lmp` process.
 
 The llpr models have the architecture ``llpr train`` uses by default (cutoff 4 A, 8 radial
 functions, 8 channels, l_max 3, MLP 64-64); their weights are untrained (run time does not
@@ -172,10 +176,14 @@ def run_lammps(script: str, workdir: str, ranks: int = 1, threads: int = 1, time
     cmd = [LMP, "-in", path, "-log", "none", "-nocite"]
     if ranks > 1:
         cmd = [MPIRUN, "-np", str(ranks)] + cmd
+    # GNU time reports the peak resident set of the process (of the largest rank under mpirun)
+    if os.path.exists("/usr/bin/time"):
+        cmd = ["/usr/bin/time", "-f", "PEAK_RSS_KB %M"] + cmd
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"LAMMPS failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     out = proc.stdout
+    peak = re.search(r"PEAK_RSS_KB (\d+)", proc.stderr)
     last = out[out.rfind("Loop time of") :]
     m = LOOP.search(last)
     loop, procs, steps, atoms = float(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4))
@@ -189,6 +197,7 @@ def run_lammps(script: str, workdir: str, ranks: int = 1, threads: int = 1, time
         "s_per_step": loop / steps,
         "us_per_atom_step": 1e6 * loop / steps / atoms,
         "sections_s": sections,
+        "peak_rss_mb": int(peak.group(1)) / 1024 if peak else None,  # None: no GNU time here
     }
 
 
@@ -256,7 +265,7 @@ def main(argv=None) -> dict:
                         help="output path without extension (.md and .json are written)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of each overhead variant")
     parser.add_argument("--threads", type=int, default=1, help="threads per rank for the main runs (default 1)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=list("abcdefg"), help="sections to skip")
+    parser.add_argument("--skip", nargs="*", default=[], choices=list("abcdefgh"), help="sections to skip")
     args = parser.parse_args(argv)
     quick = args.quick
     T = args.threads
@@ -281,7 +290,7 @@ def main(argv=None) -> dict:
             "llpr32": build_model(os.path.join(work, "m32.pt"), seed=0, dtype=torch.float32),
             "committee": [build_model(os.path.join(work, f"c{k}.pt"), seed=k + 1) for k in range(4)],
         }
-        if "g" not in args.skip:
+        if "g" not in args.skip or "h" not in args.skip:
             for k in (8, 32):
                 models[f"ensemble{k}"] = build_model(os.path.join(work, f"e{k}.pt"), seed=0, ensemble=k)
 
@@ -423,6 +432,30 @@ def main(argv=None) -> dict:
                     print(f"force sigma K={k} every {every}: {rows[-1]['relative']:.2f}x a plain step", flush=True)
             results["force_sigma"] = {"atoms": base["atoms"], "plain_s_per_step": base["s_per_step"], "rows": rows}
 
+        # h) force sigma of large systems: blocks of centres (the file's default) vs one block
+        if "h" not in args.skip:
+            one_block = torch.jit.load(models["ensemble32"])
+            default_chunk = int(one_block.chunk_centers)
+            one_block.chunk_centers = 1 << 30
+            models["ensemble32_one_block"] = os.path.join(work, "e32_one_block.pt")
+            torch.jit.save(one_block, models["ensemble32_one_block"])
+            rows = []
+            for label, n in ({"~500": 4} if quick else {"~8k": 10, "~32k": 16}).items():
+                plain = lmp(n, pair="ensemble32", steps=2, warmup=0)
+                row = {"atoms": plain["atoms"], "plain_s_per_step": plain["s_per_step"],
+                       "plain_peak_rss_mb": plain["peak_rss_mb"]}
+                for variant in ("ensemble32", "ensemble32_one_block"):
+                    r = lmp(n, pair=variant, steps=2, warmup=0, every=1, forces=True)
+                    key = "blocks" if variant == "ensemble32" else "one_block"
+                    row[key] = {"s_per_step": r["s_per_step"], "peak_rss_mb": r["peak_rss_mb"]}
+                row["speedup"] = row["one_block"]["s_per_step"] / row["blocks"]["s_per_step"]
+                rows.append(row)
+                print(f"force sigma K=32 at {row['atoms']} atoms: blocks {row['blocks']['s_per_step']:.2f} s, "
+                      f"one block {row['one_block']['s_per_step']:.2f} s (peak MB {row['blocks']['peak_rss_mb']} vs "
+                      f"{row['one_block']['peak_rss_mb']})", flush=True)
+            results["force_sigma_large"] = {"members": 32, "chunk_centers": default_chunk,
+                                            "rows": rows}
+
     results["elapsed_s"] = time.time() - started
     results["machine"] = {
         "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -541,6 +574,23 @@ def format_report(r: dict, command: str) -> str:
                   "| members K | invoked every | time per step / plain step |", "|---|---|---|"]
         for row in x["rows"]:
             lines.append(f"| {row['members']} | {row['every']} | {row['relative']:.2f} |")
+        lines.append("")
+    if "force_sigma_large" in r:
+        x = r["force_sigma_large"]
+        lines += ["## h) Force uncertainty of large systems: blocks of centres", "",
+                  f"A step with `compute llpr/atom forces yes` (K = {x['members']}) invoked, with the file's default "
+                  f"blocks of {x['chunk_centers']} centres vs all centres in one block (the same file with "
+                  "`chunk_centers` raised, which puts the pair style's own evaluation in one block too: a small "
+                  "part of such a step); time per step and peak resident memory of the `lmp` process; the plain "
+                  "step is the pair style alone with blocks.", "",
+                  "| atoms | plain step (s) | blocks: s/step | one block: s/step | speed-up | blocks: peak MB "
+                  "| one block: peak MB | plain run: peak MB |", "|---|---|---|---|---|---|---|---|"]
+        for row in x["rows"]:
+            b, o = row["blocks"], row["one_block"]
+            mb = [f"{v:.0f}" if v is not None else "n/a"
+                  for v in (b["peak_rss_mb"], o["peak_rss_mb"], row["plain_peak_rss_mb"])]
+            lines.append(f"| {row['atoms']} | {_fmt(row['plain_s_per_step'])} | {_fmt(b['s_per_step'])} | "
+                         f"{_fmt(o['s_per_step'])} | {row['speedup']:.2f}x | {' | '.join(mb)} |")
         lines.append("")
     if targets:
         lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]

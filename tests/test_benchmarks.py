@@ -22,7 +22,8 @@ def test_lammps_performance_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((tmp_path / "perf.json").read_text())
-    for key in ("overhead", "integration", "ase_vs_lammps", "scaling", "mpi", "committee", "references", "force_sigma"):
+    for key in ("overhead", "integration", "ase_vs_lammps", "scaling", "mpi", "committee", "references", "force_sigma",
+                "force_sigma_large"):
         assert key in r, key
 
     def finite(x):
@@ -37,6 +38,9 @@ def test_lammps_performance_quick(tmp_path):
     assert r["scaling"][0]["atoms"] == 64 and r["scaling"][-1]["atoms"] == 512
     assert set(r["references"]) == {"llpr float64", "llpr float32", "sw (Si.sw)", "mliap nn (Si.nn.mliap)"}
     assert [(x["members"], x["every"]) for x in r["force_sigma"]["rows"]] == [(8, 1), (8, 100), (32, 1), (32, 100)]
+    large = r["force_sigma_large"]
+    assert large["members"] == 32 and large["chunk_centers"] == 4096 and large["rows"][0]["atoms"] == 512
+    assert all(row[v]["s_per_step"] > 0 for row in large["rows"] for v in ("blocks", "one_block"))
     md = (tmp_path / "perf.md").read_text()
     for target in ("<= 3% over the pair style", "within 15% of bare libtorch", ">= 5x the steps/s of ASE",
                    "flat within 20%", "2 ranks >= 1.6x"):

@@ -85,6 +85,30 @@ def test_core_ensemble_matches_python(models, name, make):
                                    err_msg=key)
 
 
+@pytest.mark.parametrize("name, chunk", [("si", 3), ("sic", 1), ("sic", 7)])
+def test_ensemble_in_blocks_of_centres(models, tmp_path, name, chunk):
+    """ensemble_forward runs the centres in blocks of `chunk_centers` like evaluate() (4096 on a
+    CPU: 1.8x faster and a third of the memory at 32768 atoms); blocks of a few centres give the
+    members' energy, force and virial deviations of one block, per member and through the feature
+    Jacobian (K > F), from Python (unsorted edges) and C++ (centre-sorted edges)."""
+    atoms = sic_triclinic() if name == "sic" else si_diamond(rattle=0.1, seed=3)
+    ref = ensemble_reference(models[name], atoms)
+    module = torch.jit.load(models[name])
+    assert len(atoms) > chunk and module.chunk_centers >= len(atoms)  # the reference: one block
+    module.chunk_centers = chunk
+    path = str(tmp_path / f"chunk{chunk}.pt")
+    torch.jit.save(module, path)
+    python = ensemble_reference(path, atoms)
+    g = ref["graph"]
+    order = np.argsort(g["edge_index"][0], kind="stable")
+    core_out = core.Model(path).compute_ensemble(g["positions"], g["atomic_numbers"], g["edge_index"][:, order],
+                                                 g["edge_shifts"][order], virial=True)
+    for out in (python, core_out):
+        for key in ("energy_deviations", "force_deviations", "force_sigma", "virial_deviations"):
+            np.testing.assert_allclose(out[key], ref[key], rtol=0, atol=1e-12 * max(1.0, np.abs(ref[key]).max()),
+                                       err_msg=key)
+
+
 def test_core_without_ensemble(models):
     from llpr.plugin import check_model
 

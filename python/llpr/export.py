@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .propagation import ensemble_force_virial_deviations, force_sigma
+from .propagation import accumulate_pass_rows, combine_passes, force_sigma, pass_plan
 
 FORMAT_VERSION = 1
 ENERGY_UNIT = "eV"
@@ -162,6 +162,28 @@ class ExportedLLPRModel(nn.Module):
         energies, features = self.model(numbers, local, edge_vectors, n_centers)
         return edge_vectors, energies, features
 
+    def _center_blocks(
+        self, edge_index: torch.Tensor, edge_shifts: torch.Tensor, n_centers: int, split: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[int], List[int], int]:
+        """The model is strictly local: the centres may be evaluated in blocks, so that the
+        edge-sized tensors of the forward and backward passes stay in the CPU caches (at 32768
+        atoms: 19 instead of 33 us per atom for forces); one block on a GPU unless the system is
+        large. Returns the edges sorted by centre when ``split`` asks for several blocks, their
+        shifts, each block's first centre, the edge bounds of the blocks and the block size."""
+        block = self.chunk_centers if edge_index.device.type == "cpu" else 16 * self.chunk_centers
+        if not (split and n_centers > block and edge_index.shape[1] > 0):
+            return edge_index, edge_shifts, [0], [0, edge_index.shape[1]], n_centers
+        centers = edge_index[0]
+        if not bool((centers[1:] >= centers[:-1]).all()):
+            order = torch.argsort(centers, stable=True)
+            edge_index = edge_index[:, order]
+            edge_shifts = edge_shifts[order]
+            centers = edge_index[0]
+        starts = list(range(0, n_centers, block))
+        limits = torch.tensor(starts + [n_centers], dtype=centers.dtype, device=centers.device)
+        bounds: List[int] = torch.searchsorted(centers, limits).tolist()
+        return edge_index, edge_shifts, starts, bounds, block
+
     @torch.jit.export
     def ensemble_size(self) -> int:
         """Number K of last-layer ensemble members (0: the file has no ensemble)."""
@@ -191,23 +213,42 @@ class ExportedLLPRModel(nn.Module):
                 "this model file has no last-layer ensemble; export it with `llpr export --ensemble K`"
             )
         need_grad = compute_forces or compute_virial
-        edge_vectors, energies, features = self._run_model(positions, atomic_numbers, edge_index, edge_shifts,
-                                                           n_centers, need_grad)
-        feature_sum = features.sum(dim=0)
-        out: Dict[str, torch.Tensor] = {
-            "energy": energies.sum().detach(),
-            "energy_deviations": dw @ feature_sum.detach().to(torch.float64),
-            "features": features.detach(),
-        }
-        if need_grad:
-            dforces, dvirials = ensemble_force_virial_deviations(
-                feature_sum, edge_vectors, edge_index, positions.shape[0], dw, compute_forces, compute_virial
+        n_all = positions.shape[0]
+        # blocks of centres as in evaluate(): the members' force deviations are linear in the
+        # summed features, so each block's backward passes add up
+        edge_index, edge_shifts, starts, bounds, block = self._center_blocks(edge_index, edge_shifts, n_centers,
+                                                                             need_grad)
+        centred, use_jacobian, n_pass = pass_plan(dw, self.n_features)
+        dev = positions.device
+        f_pass = torch.zeros([n_pass if compute_forces else 0, n_all, 3], dtype=torch.float64, device=dev)
+        v_pass = torch.zeros([n_pass if compute_virial else 0, 3, 3], dtype=torch.float64, device=dev)
+        energy_blocks: List[torch.Tensor] = []
+        feature_blocks: List[torch.Tensor] = []
+        for k in range(len(starts)):
+            c0 = starts[k]
+            n = min(c0 + block, n_centers) - c0
+            edges = edge_index[:, bounds[k] : bounds[k + 1]]
+            edge_vectors, energies, features = self._run_model(
+                positions, atomic_numbers, edges, edge_shifts[bounds[k] : bounds[k + 1]], n, need_grad, c0
             )
-            if compute_forces:
-                out["force_deviations"] = dforces
-                out["force_sigma"] = force_sigma(dforces)
-            if compute_virial:
-                out["virial_deviations"] = dvirials
+            energy_blocks.append(energies.detach())
+            feature_blocks.append(features.detach())
+            if need_grad:
+                accumulate_pass_rows(f_pass, v_pass, features.sum(dim=0), edge_vectors, edges, dw, use_jacobian,
+                                     n_pass)
+        energies = energy_blocks[0] if len(energy_blocks) == 1 else torch.cat(energy_blocks)
+        features = feature_blocks[0] if len(feature_blocks) == 1 else torch.cat(feature_blocks)
+        out: Dict[str, torch.Tensor] = {
+            "energy": energies.sum(),
+            "energy_deviations": dw @ features.sum(dim=0).to(torch.float64),
+            "features": features,
+        }
+        if compute_forces:
+            dforces = combine_passes(f_pass, dw, centred, use_jacobian)
+            out["force_deviations"] = dforces
+            out["force_sigma"] = force_sigma(dforces)
+        if compute_virial:
+            out["virial_deviations"] = combine_passes(v_pass, dw, centred, use_jacobian)
         return out
 
     @torch.jit.export
@@ -226,25 +267,8 @@ class ExportedLLPRModel(nn.Module):
         steps they are invoked)."""
         need_grad = compute_forces or compute_virial
         n_all = positions.shape[0]
-        # The model is strictly local: with forces, evaluate the centres in blocks, so that the
-        # edge-sized tensors of the forward and backward pass stay in the CPU caches (at 32768
-        # atoms: 19 instead of 33 us per atom); one block on a GPU unless the system is large.
-        block = self.chunk_centers if positions.device.type == "cpu" else 16 * self.chunk_centers
-        starts: List[int] = [0]
-        bounds: List[int] = [0, edge_index.shape[1]]
-        if need_grad and n_centers > block and edge_index.shape[1] > 0:
-            centers = edge_index[0]
-            if not bool((centers[1:] >= centers[:-1]).all()):
-                order = torch.argsort(centers, stable=True)
-                edge_index = edge_index[:, order]
-                edge_shifts = edge_shifts[order]
-                centers = edge_index[0]
-            starts = list(range(0, n_centers, block))
-            limits = torch.tensor(starts + [n_centers], dtype=centers.dtype, device=centers.device)
-            found: List[int] = torch.searchsorted(centers, limits).tolist()
-            bounds = found
-        else:
-            block = n_centers
+        edge_index, edge_shifts, starts, bounds, block = self._center_blocks(edge_index, edge_shifts, n_centers,
+                                                                             need_grad)
         energy_blocks: List[torch.Tensor] = []
         feature_blocks: List[torch.Tensor] = []
         # accumulators only for what is asked (the pair style asks for virials on few steps)

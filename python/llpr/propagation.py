@@ -41,7 +41,7 @@ def sample_deviations(cholesky: torch.Tensor, alpha: float, k: int, seed: int) -
     return dw - dw.mean(dim=0, keepdim=True)
 
 
-def _pass_plan(deviations: torch.Tensor, n_features: int) -> Tuple[bool, bool, int]:
+def pass_plan(deviations: torch.Tensor, n_features: int) -> Tuple[bool, bool, int]:
     """(centred, use_jacobian, number of backward passes) for these member deviations."""
     K = deviations.shape[0]
     centred = False
@@ -78,7 +78,7 @@ def _backward_rows(
     return rows
 
 
-def _combine(rows: torch.Tensor, deviations: torch.Tensor, centred: bool, use_jacobian: bool) -> torch.Tensor:
+def combine_passes(rows: torch.Tensor, deviations: torch.Tensor, centred: bool, use_jacobian: bool) -> torch.Tensor:
     """Per-member quantities (K, ...) from the per-pass ones (n_pass, ...) by linearity."""
     K = deviations.shape[0]
     if use_jacobian:
@@ -108,9 +108,38 @@ def ensemble_edge_gradients(
     E = edge_vectors.shape[0]
     if K == 0:
         return torch.zeros([0, E, 3], dtype=torch.float64, device=edge_vectors.device)
-    centred, use_jacobian, n_pass = _pass_plan(deviations, feature_sum.shape[0])
+    centred, use_jacobian, n_pass = pass_plan(deviations, feature_sum.shape[0])
     rows = _backward_rows(feature_sum, edge_vectors, deviations, use_jacobian, n_pass)
-    return _combine(torch.stack(rows), deviations, centred, use_jacobian)
+    return combine_passes(torch.stack(rows), deviations, centred, use_jacobian)
+
+
+def accumulate_pass_rows(
+    forces: torch.Tensor,
+    virials: torch.Tensor,
+    feature_sum: torch.Tensor,
+    edge_vectors: torch.Tensor,
+    edge_index: torch.Tensor,
+    deviations: torch.Tensor,
+    use_jacobian: bool,
+    n_pass: int,
+) -> None:
+    """Add the backward passes of the plan, for the features summed in ``feature_sum`` (a part
+    of the centres, differentiable with respect to ``edge_vectors``, their edges), reduced to
+    atoms into ``forces`` (n_pass, n_atoms, 3) and to virials into ``virials`` (n_pass, 3, 3),
+    in place, float64; an accumulator with a leading size 0 is skipped. Linear in the
+    features, so the centres may come in blocks: ``combine_passes`` turns the sums into
+    members."""
+    if n_pass == 0 or (forces.shape[0] == 0 and virials.shape[0] == 0):
+        return
+    rows = _backward_rows(feature_sum, edge_vectors, deviations, use_jacobian, n_pass)
+    r = edge_vectors.detach().to(torch.float64)
+    for a in range(n_pass):
+        g = rows[a]
+        if forces.shape[0] > 0:
+            forces[a].index_add_(0, edge_index[0], g)
+            forces[a].index_add_(0, edge_index[1], -g)
+        if virials.shape[0] > 0:
+            virials[a].sub_(r.t() @ g)
 
 
 def ensemble_force_virial_deviations(
@@ -132,21 +161,14 @@ def ensemble_force_virial_deviations(
     virials = torch.zeros([0, 3, 3], dtype=torch.float64, device=device)
     if K == 0 or not (compute_forces or compute_virial):
         return forces, virials
-    centred, use_jacobian, n_pass = _pass_plan(deviations, feature_sum.shape[0])
-    rows = _backward_rows(feature_sum, edge_vectors, deviations, use_jacobian, n_pass)
-    r = edge_vectors.detach().to(torch.float64)
-    f_rows: List[torch.Tensor] = []
-    v_rows: List[torch.Tensor] = []
-    for g in rows:
-        if compute_forces:
-            f = torch.zeros([n_atoms, 3], dtype=torch.float64, device=device)
-            f_rows.append(f.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g))
-        if compute_virial:
-            v_rows.append(-(r.t() @ g))
+    centred, use_jacobian, n_pass = pass_plan(deviations, feature_sum.shape[0])
+    f_pass = torch.zeros([n_pass if compute_forces else 0, n_atoms, 3], dtype=torch.float64, device=device)
+    v_pass = torch.zeros([n_pass if compute_virial else 0, 3, 3], dtype=torch.float64, device=device)
+    accumulate_pass_rows(f_pass, v_pass, feature_sum, edge_vectors, edge_index, deviations, use_jacobian, n_pass)
     if compute_forces:
-        forces = _combine(torch.stack(f_rows), deviations, centred, use_jacobian)
+        forces = combine_passes(f_pass, deviations, centred, use_jacobian)
     if compute_virial:
-        virials = _combine(torch.stack(v_rows), deviations, centred, use_jacobian)
+        virials = combine_passes(v_pass, deviations, centred, use_jacobian)
     return forces, virials
 
 
