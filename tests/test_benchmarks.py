@@ -38,6 +38,7 @@ def test_lammps_performance_quick(tmp_path):
     assert r["scaling"][0]["atoms"] == 64 and r["scaling"][-1]["atoms"] == 512
     assert set(r["references"]) == {"llpr float64", "llpr float32", "sw (Si.sw)", "mliap nn (Si.nn.mliap)"}
     assert [(x["members"], x["every"]) for x in r["force_sigma"]["rows"]] == [(8, 1), (8, 100), (32, 1), (32, 100)]
+    assert [x["atoms"] for x in r["ase_vs_lammps"]["sizes"]] == [64, 216]
     large = r["force_sigma_large"]
     assert large["members"] == 32 and large["chunk_centers"] == 4096 and large["rows"][0]["atoms"] == 512
     assert all(row[v]["s_per_step"] > 0 for row in large["rows"] for v in ("blocks", "one_block"))
