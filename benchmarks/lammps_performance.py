@@ -3,6 +3,7 @@ scaling with size and MPI ranks, the committee alternative and reference potenti
 
     python benchmarks/lammps_performance.py            # full run (~15-25 min on 2 cores)
     python benchmarks/lammps_performance.py --quick    # tiny sizes, a smoke test (~1 min)
+    python benchmarks/lammps_performance.py --device cuda   # the model on a GPU (not yet run on one)
 
 Prints a markdown report and writes it with the raw numbers to
 ``benchmarks/results/lammps_performance.{md,json}`` (``--out`` to change). Every figure is
@@ -98,14 +99,11 @@ def build_model(path: str, seed: int = 0, dtype: torch.dtype = torch.float64, en
 # ----------------------------------------------------------------------------------- LAMMPS
 def _pair_lines(kind: str, models: dict) -> str:
     potentials = os.path.join(os.path.dirname(__import__("lammps").__file__), "share", "lammps", "potentials")
-    if kind == "llpr":
-        return f"pair_style llpr {models['llpr']}\npair_coeff * * Si"
-    if kind.startswith("ensemble"):
-        return f"pair_style llpr {models[kind]}\npair_coeff * * Si"
-    if kind == "llpr32":
-        return f"pair_style llpr {models['llpr32']}\npair_coeff * * Si"
+    device = f"device {models.get('device', 'cpu')}"  # explicit: `auto` would take a GPU when there is one
+    if kind in ("llpr", "llpr32") or kind.startswith("ensemble"):
+        return f"pair_style llpr {models[kind]} {device}\npair_coeff * * Si"
     if kind == "committee4":
-        styles = " ".join(f"0.25 llpr {m}" for m in models["committee"])
+        styles = " ".join(f"0.25 llpr {m} {device}" for m in models["committee"])
         coeffs = "\n".join(f"pair_coeff * * llpr {k + 1} Si" for k in range(len(models["committee"])))
         return f"pair_style hybrid/scaled {styles}\n{coeffs}"
     if kind == "sw":
@@ -207,7 +205,7 @@ def steps_for(n_atoms: int, us_per_atom_step: float, target_s: float, minimum: i
 
 
 # ---------------------------------------------------------------------------------- bare torch
-def bare_libtorch(model_path: str, n: int, threads: int, repeats: int) -> dict:
+def bare_libtorch(model_path: str, n: int, threads: int, repeats: int, device: str = "cpu") -> dict:
     """The exported model's ``evaluate`` (forward + backward for forces) on the same atoms,
     directly through libtorch (no LAMMPS); the edge list is built once, outside the timing."""
     from ase.build import bulk
@@ -215,24 +213,27 @@ def bare_libtorch(model_path: str, n: int, threads: int, repeats: int) -> dict:
     from llpr.graphs import graph_tensors
 
     torch.set_num_threads(threads)
-    module = torch.jit.load(model_path)
+    module = torch.jit.load(model_path, map_location=device)
     dtype = torch.float64 if module.dtype == "float64" else torch.float32
     atoms = bulk("Si", "diamond", LATTICE, cubic=True) * (n, n, n)
     atoms.rattle(0.02, seed=1)
-    g = graph_tensors(atoms, module.cutoff, dtype)
+    g = {k: v.to(device) for k, v in graph_tensors(atoms, module.cutoff, dtype).items()}
     args = (g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], len(atoms), True, False)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):  # TorchScript's profiling executor optimises over the first calls
         module.evaluate(*args)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         module.evaluate(*args)
+        sync()
         times.append(time.perf_counter() - t0)
     return {"atoms": len(atoms), "s_per_step": min(times), "us_per_atom_step": 1e6 * min(times) / len(atoms)}
 
 
 # ----------------------------------------------------------------------------------------- ASE
-def ase_md(model_path: str, n: int, steps: int, threads: int) -> dict:
+def ase_md(model_path: str, n: int, steps: int, threads: int, device: str = "cpu") -> dict:
     from ase import units
     from ase.build import bulk
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -243,7 +244,7 @@ def ase_md(model_path: str, n: int, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     atoms = bulk("Si", "diamond", LATTICE, cubic=True) * (n, n, n)
     MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(0))
-    atoms.calc = LLPRCalculator(model_path)
+    atoms.calc = LLPRCalculator(model_path, device=device)
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     dyn.run(3)  # warm-up (first force call + TorchScript optimisation)
     t0 = time.perf_counter()
@@ -266,12 +267,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of each overhead variant")
     parser.add_argument("--threads", type=int, default=1, help="threads per rank for the main runs (default 1)")
     parser.add_argument("--skip", nargs="*", default=[], choices=list("abcdefgh"), help="sections to skip")
+    parser.add_argument("--device", default="cpu",
+                        help="where the llpr model runs: cpu (default) or cuda / cuda:N, in LAMMPS "
+                             "(pair_style llpr ... device D), in the bare libtorch call and in ASE")
     args = parser.parse_args(argv)
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU here; "
+                     "use --device cpu, or run on a machine with a GPU and a CUDA build of torch")
     quick = args.quick
     T = args.threads
     repeats = args.repeats or (1 if quick else 3)
     started = time.time()
-    results: dict = {"quick": quick, "threads": T, "repeats": repeats}
+    results: dict = {"quick": quick, "threads": T, "repeats": repeats, "device": args.device}
 
     if quick:
         overhead_sizes = {"~500": 4}
@@ -286,6 +293,7 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="llpr_bench_") as work:
         models = {
+            "device": args.device,
             "llpr": build_model(os.path.join(work, "m64.pt"), seed=0),
             "llpr32": build_model(os.path.join(work, "m32.pt"), seed=0, dtype=torch.float32),
             "committee": [build_model(os.path.join(work, f"c{k}.pt"), seed=k + 1) for k in range(4)],
@@ -350,7 +358,7 @@ def main(argv=None) -> dict:
         if "b" not in args.skip:
             integ = []
             for label, n in overhead_sizes.items():
-                bare = bare_libtorch(models["llpr"], n, T, repeats=3 if quick else 5)
+                bare = bare_libtorch(models["llpr"], n, T, repeats=3 if quick else 5, device=args.device)
                 plugin = lmp(n, steps=steps_for(8 * n**3, cost, target_s / 2, min_steps))
                 integ.append({
                     "atoms": bare["atoms"],
@@ -368,7 +376,7 @@ def main(argv=None) -> dict:
             for n in ([2, ase_n] if quick else [2, 5, ase_n]):
                 n_atoms = 8 * n**3
                 ase_steps = 3 if quick else steps_for(n_atoms, 1.5 * cost, target_s / 4, 10)
-                ase = ase_md(models["llpr"], n, ase_steps, T)
+                ase = ase_md(models["llpr"], n, ase_steps, T, args.device)
                 lam = lmp(n, steps=steps_for(n_atoms, cost, target_s / 2, min_steps), every=1)
                 rows.append({"atoms": ase["atoms"], "ase_steps": ase_steps,
                              "ase_steps_per_s": 1.0 / ase["s_per_step"],
@@ -464,6 +472,7 @@ def main(argv=None) -> dict:
     results["machine"] = {
         "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
         "lammps": __import__("lammps").__version__, "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
     }
     results["date"] = date.today().isoformat()
     report = format_report(results, " ".join(["python benchmarks/lammps_performance.py"] + (argv or sys.argv[1:])))
@@ -487,6 +496,10 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _gpu_name(machine: dict) -> str:
+    return f" ({machine['gpu']})" if machine.get("gpu") else ""
+
+
 def _check(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
@@ -497,7 +510,8 @@ def format_report(r: dict, command: str) -> str:
         "# LAMMPS path performance",
         "",
         f"`{command}`, {r['date']}, {m['cpu']} ({m['cores']} cores), torch {m['torch']}, "
-        f"LAMMPS {m['lammps']}; {r['threads']} thread(s) per rank unless stated; "
+        f"LAMMPS {m['lammps']}; model on {r.get('device', 'cpu')}{_gpu_name(m)}; "
+        f"{r['threads']} thread(s) per rank unless stated; "
         f"{r['elapsed_s'] / 60:.1f} min in all.",
         "",
         "Default-architecture llpr model (float64 unless stated), diamond Si at 600 K, NVE, LAMMPS loop time.",

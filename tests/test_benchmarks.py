@@ -46,3 +46,19 @@ def test_lammps_performance_quick(tmp_path):
     for target in ("<= 3% over the pair style", "within 15% of bare libtorch", ">= 5x the steps/s of ASE",
                    "flat within 20%", "2 ranks >= 1.6x"):
         assert target in md
+
+
+def test_lammps_performance_device_without_gpu_is_refused():
+    """--device cuda on a machine where torch sees no GPU stops at once with a message naming
+    the device and the way out (this test machine has no GPU; skipped where one is visible)."""
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--device", "cuda"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--device cuda: torch" in proc.stderr and "sees no CUDA GPU here" in proc.stderr
