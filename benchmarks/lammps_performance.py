@@ -456,9 +456,8 @@ def main(argv=None) -> dict:
                 plain = lmp(n, pair="ensemble32", steps=2, warmup=0)
                 row = {"atoms": plain["atoms"], "plain_s_per_step": plain["s_per_step"],
                        "plain_peak_rss_mb": plain["peak_rss_mb"]}
-                for variant in ("ensemble32", "ensemble32_one_block"):
+                for key, variant in (("blocks", "ensemble32"), ("one_block", "ensemble32_one_block")):
                     r = lmp(n, pair=variant, steps=2, warmup=0, every=1, forces=True)
-                    key = "blocks" if variant == "ensemble32" else "one_block"
                     row[key] = {"s_per_step": r["s_per_step"], "peak_rss_mb": r["peak_rss_mb"]}
                 row["speedup"] = row["one_block"]["s_per_step"] / row["blocks"]["s_per_step"]
                 rows.append(row)

@@ -10,6 +10,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -51,9 +54,6 @@ def test_lammps_performance_quick(tmp_path):
 def test_lammps_performance_device_without_gpu_is_refused():
     """--device cuda on a machine where torch sees no GPU stops at once with a message naming
     the device and the way out (this test machine has no GPU; skipped where one is visible)."""
-    import pytest
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible here")
     proc = subprocess.run(

@@ -36,6 +36,11 @@ REQUIRED_BUFFERS = ("llpr_cholesky", "llpr_alpha", "llpr_varsigma")
 ENSEMBLE_BUFFER = "llpr_ensemble_deviations"
 
 
+def _joined(blocks: List[torch.Tensor]) -> torch.Tensor:
+    """The per-block results in one tensor (no copy for a single block)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+
 class ExportedLLPRModel(nn.Module):
     """TorchScript-able wrapper: potential + LLPR state + metadata (format version 1).
 
@@ -164,15 +169,15 @@ class ExportedLLPRModel(nn.Module):
 
     def _center_blocks(
         self, edge_index: torch.Tensor, edge_shifts: torch.Tensor, n_centers: int, split: bool
-    ) -> Tuple[torch.Tensor, torch.Tensor, List[int], List[int], int]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, int, int, int]]]:
         """The model is strictly local: the centres may be evaluated in blocks, so that the
         edge-sized tensors of the forward and backward passes stay in the CPU caches (at 32768
         atoms: 19 instead of 33 us per atom for forces); one block on a GPU unless the system is
-        large. Returns the edges sorted by centre when ``split`` asks for several blocks, their
-        shifts, each block's first centre, the edge bounds of the blocks and the block size."""
+        large. Returns the edges (sorted by centre when ``split`` asks for several blocks), their
+        shifts, and per block (first centre, number of centres, first edge, end of its edges)."""
         block = self.chunk_centers if edge_index.device.type == "cpu" else 16 * self.chunk_centers
         if not (split and n_centers > block and edge_index.shape[1] > 0):
-            return edge_index, edge_shifts, [0], [0, edge_index.shape[1]], n_centers
+            return edge_index, edge_shifts, [(0, n_centers, 0, edge_index.shape[1])]
         centers = edge_index[0]
         if not bool((centers[1:] >= centers[:-1]).all()):
             order = torch.argsort(centers, stable=True)
@@ -182,7 +187,10 @@ class ExportedLLPRModel(nn.Module):
         starts = list(range(0, n_centers, block))
         limits = torch.tensor(starts + [n_centers], dtype=centers.dtype, device=centers.device)
         bounds: List[int] = torch.searchsorted(centers, limits).tolist()
-        return edge_index, edge_shifts, starts, bounds, block
+        blocks: List[Tuple[int, int, int, int]] = []
+        for k in range(len(starts)):
+            blocks.append((starts[k], min(starts[k] + block, n_centers) - starts[k], bounds[k], bounds[k + 1]))
+        return edge_index, edge_shifts, blocks
 
     @torch.jit.export
     def ensemble_size(self) -> int:
@@ -216,28 +224,25 @@ class ExportedLLPRModel(nn.Module):
         n_all = positions.shape[0]
         # blocks of centres as in evaluate(): the members' force deviations are linear in the
         # summed features, so each block's backward passes add up
-        edge_index, edge_shifts, starts, bounds, block = self._center_blocks(edge_index, edge_shifts, n_centers,
-                                                                             need_grad)
+        edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
         centred, use_jacobian, n_pass = pass_plan(dw, self.n_features)
         dev = positions.device
         f_pass = torch.zeros([n_pass if compute_forces else 0, n_all, 3], dtype=torch.float64, device=dev)
         v_pass = torch.zeros([n_pass if compute_virial else 0, 3, 3], dtype=torch.float64, device=dev)
         energy_blocks: List[torch.Tensor] = []
         feature_blocks: List[torch.Tensor] = []
-        for k in range(len(starts)):
-            c0 = starts[k]
-            n = min(c0 + block, n_centers) - c0
-            edges = edge_index[:, bounds[k] : bounds[k + 1]]
+        for c0, n, e0, e1 in blocks:
+            edges = edge_index[:, e0:e1]
             edge_vectors, energies, features = self._run_model(
-                positions, atomic_numbers, edges, edge_shifts[bounds[k] : bounds[k + 1]], n, need_grad, c0
+                positions, atomic_numbers, edges, edge_shifts[e0:e1], n, need_grad, c0
             )
             energy_blocks.append(energies.detach())
             feature_blocks.append(features.detach())
             if need_grad:
                 accumulate_pass_rows(f_pass, v_pass, features.sum(dim=0), edge_vectors, edges, dw, use_jacobian,
                                      n_pass)
-        energies = energy_blocks[0] if len(energy_blocks) == 1 else torch.cat(energy_blocks)
-        features = feature_blocks[0] if len(feature_blocks) == 1 else torch.cat(feature_blocks)
+        energies = _joined(energy_blocks)
+        features = _joined(feature_blocks)
         out: Dict[str, torch.Tensor] = {
             "energy": energies.sum(),
             "energy_deviations": dw @ features.sum(dim=0).to(torch.float64),
@@ -267,8 +272,7 @@ class ExportedLLPRModel(nn.Module):
         steps they are invoked)."""
         need_grad = compute_forces or compute_virial
         n_all = positions.shape[0]
-        edge_index, edge_shifts, starts, bounds, block = self._center_blocks(edge_index, edge_shifts, n_centers,
-                                                                             need_grad)
+        edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
         energy_blocks: List[torch.Tensor] = []
         feature_blocks: List[torch.Tensor] = []
         # accumulators only for what is asked (the pair style asks for virials on few steps)
@@ -277,12 +281,10 @@ class ExportedLLPRModel(nn.Module):
         forces = torch.zeros((n_forces, 3), dtype=positions.dtype, device=positions.device)
         virial = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
         v_atom = torch.zeros((n_virial, 3, 3), dtype=positions.dtype, device=positions.device)
-        for k in range(len(starts)):
-            c0 = starts[k]
-            n = min(c0 + block, n_centers) - c0
-            edges = edge_index[:, bounds[k] : bounds[k + 1]]
+        for c0, n, e0, e1 in blocks:
+            edges = edge_index[:, e0:e1]
             edge_vectors, energies, features = self._run_model(
-                positions, atomic_numbers, edges, edge_shifts[bounds[k] : bounds[k + 1]], n, need_grad, c0
+                positions, atomic_numbers, edges, edge_shifts[e0:e1], n, need_grad, c0
             )
             energy_blocks.append(energies.detach())
             feature_blocks.append(features.detach())
@@ -298,14 +300,14 @@ class ExportedLLPRModel(nn.Module):
                     virial = virial + w_edge.sum(dim=0)
                     half = 0.5 * w_edge  # each edge's share, half to each of its atoms
                     v_atom = v_atom.index_add(0, edges[0], half).index_add(0, edges[1], half)
-        energies = energy_blocks[0] if len(energy_blocks) == 1 else torch.cat(energy_blocks)
+        energies = _joined(energy_blocks)
         out: Dict[str, torch.Tensor] = {"energy": energies.sum(), "energies": energies}
         if compute_forces:
             out["forces"] = forces
         if compute_virial:
             out["virial"] = virial
             out["virial_atom"] = v_atom
-        out["features"] = feature_blocks[0] if len(feature_blocks) == 1 else torch.cat(feature_blocks)
+        out["features"] = _joined(feature_blocks)
         return out
 
     def forward(
