@@ -271,7 +271,9 @@ def main(argv=None) -> dict:
                         help="where the llpr model runs: cpu (default) or cuda / cuda:N, in LAMMPS "
                              "(pair_style llpr ... device D), in the bare libtorch call and in ASE")
     args = parser.parse_args(argv)
-    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        parser.error(f"--device {args.device}: unknown device; use cpu, cuda or cuda:N")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU here; "
                      "use --device cpu, or run on a machine with a GPU and a CUDA build of torch")
     quick = args.quick

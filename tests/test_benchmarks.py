@@ -62,3 +62,12 @@ def test_lammps_performance_device_without_gpu_is_refused():
     )
     assert proc.returncode == 2
     assert "--device cuda: torch" in proc.stderr and "sees no CUDA GPU here" in proc.stderr
+
+
+def test_lammps_performance_unknown_device_is_refused():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--device", "gpu"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--device gpu: unknown device; use cpu, cuda or cuda:N" in proc.stderr
