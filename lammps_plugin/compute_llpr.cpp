@@ -12,6 +12,7 @@
 #include "update.h"
 #include "utils.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -82,6 +83,8 @@ void ComputeLLPRAtom::compute_peratom()
     memory->destroy(values_);
     nmax_ = atom->nmax > 1 ? atom->nmax : 1;
     memory->create(values_, nmax_, ncols_, "llpr/atom:values");
+    // rows of atoms that appear later (create_atoms) must never show uninitialised memory
+    std::fill(&values_[0][0], &values_[0][0] + static_cast<size_t>(nmax_) * ncols_, 0.0);
     forces_evaluation_ = -1;  // column [3] is gone with the old array
   }
   array_atom = values_;

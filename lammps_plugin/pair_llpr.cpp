@@ -6,6 +6,7 @@
 
 #include "atom.h"
 #include "comm.h"
+#include "domain.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
@@ -41,6 +42,25 @@ void collective_check(LAMMPS *lmp, MPI_Comm world, bool ok, const std::string &m
   std::string text = (me == first) ? message : std::string(length, ' ');
   MPI_Bcast(&text[0], length, MPI_CHAR, first, world);
   lmp->error->all(FLERR, text);
+}
+
+// auto, cpu, cuda or cuda:N with N a non-negative integer
+bool valid_device(const std::string &d)
+{
+  if (d == "auto" || d == "cpu" || d == "cuda") return true;
+  if (d.rfind("cuda:", 0) != 0 || d.size() == 5 || d.size() > 9) return false;
+  for (size_t k = 5; k < d.size(); k++)
+    if (d[k] < '0' || d[k] > '9') return false;
+  return true;
+}
+
+// at most `limit` atom IDs, space-separated, with "..." when there are more
+std::string id_list(const std::vector<tagint> &ids, size_t limit = 10)
+{
+  std::string out;
+  for (size_t k = 0; k < ids.size() && k < limit; k++) out += (k ? " " : "") + std::to_string(ids[k]);
+  if (ids.size() > limit) out += " ...";
+  return out;
 }
 
 std::string symbols_of(const std::vector<int64_t> &species)
@@ -115,9 +135,9 @@ void PairLLPR::settings(int narg, char **arg)
       if (iarg + 1 >= narg)
         error->all(FLERR, "Illegal pair_style llpr command: device needs auto, cpu or cuda");
       device_request_ = arg[iarg + 1];
-      if (device_request_ != "auto" && device_request_ != "cpu" &&
-          device_request_.rfind("cuda", 0) != 0)
-        error->all(FLERR, "Illegal pair_style llpr command: device must be auto, cpu or cuda, got {}",
+      if (!valid_device(device_request_))
+        error->all(FLERR, "Illegal pair_style llpr command: device must be auto, cpu, cuda or cuda:N "
+                          "(N = 0, 1, ...), got {}",
                    device_request_);
     } else {
       error->all(FLERR, "Illegal pair_style llpr command: unknown keyword {} (expected "
@@ -263,6 +283,28 @@ void PairLLPR::init_style()
                "their owners. Use `newton on` (the default) in the input script");
   energy_conversion_ = unit_conversion(lmp);
   neighbor->add_request(this, NeighConst::REQ_FULL);
+  // pairs removed from the neighbor list are invisible to the model (see check_special_neighbors)
+  for (int k = 0; k < neighbor->nex_type; k++) {
+    const int a = neighbor->ex1_type[k], b = neighbor->ex2_type[k];
+    if (a >= 1 && b >= 1 && a <= atom->ntypes && b <= atom->ntypes && type_z_[a] > 0 && type_z_[b] > 0)
+      error->all(FLERR,
+                 "pair_style llpr: `neigh_modify exclude type {} {}` removes pairs of atoms that the "
+                 "model handles from the neighbor list; the model needs every pair within its cutoff: "
+                 "remove the exclusion",
+                 a, b);
+  }
+  if ((neighbor->nex_group > 0 || neighbor->nex_mol > 0) && comm->me == 0)
+    error->warning(FLERR, "pair_style llpr: neigh_modify exclude (group or molecule) removes pairs from "
+                          "the neighbor list; if any of them joins two atoms the model handles, the model "
+                          "sees those atoms without that neighbor");
+  if (atom->molecular == Atom::TEMPLATE) {
+    for (int level = 1; level <= 3; level++)
+      if (force->special_lj[level] == 0.0 && force->special_coul[level] == 0.0)
+        error->all(FLERR,
+                   "pair_style llpr: special_bonds gives weight 0 to bonded pairs, which LAMMPS then "
+                   "removes from the neighbor list; the model needs every pair. Use `special_bonds "
+                   "lj/coul 1 1 1`");
+  }
   // a type whose mass (g/mol in units metal and real) is far from its element's: most likely
   // pair_coeff lists the elements in another order than the atom types
   if (comm->me == 0 && atom->mass != nullptr && atom->mass_setflag != nullptr) {
@@ -358,21 +400,28 @@ void PairLLPR::compute(int eflag, int vflag)
     tags_[a] = tag ? tag[i] : 0;
   }
 
+  if (neighbor->ago == 0) check_special_neighbors();
+
   const llpr::Inputs in = cached_inputs();
   llpr::Request request;
   request.forces = true;
   request.virial = vflag_global || vflag_atom;
 
+  // the cache is invalid until this evaluation has succeeded on every rank
+  features_step_ = -1;
+  uncertainty_step_ = -1;
   std::string message;
   try {
     model_->compute(in, request, out_);
+  } catch (const llpr::NonFiniteOutput &e) {
+    message = non_finite_message(e);
   } catch (const std::exception &e) {
     message = std::string("pair_style llpr: ") + e.what();
   }
-  if (!message.empty()) error->one(FLERR, message);
+  collective_check(lmp, world, message.empty(), message);
   features_step_ = update->ntimestep;
   evaluations_++;
-  uncertainty_step_ = -1;
+  nlocal_evaluated_ = nlocal;
 
   const double conv = energy_conversion_;
   for (int a = 0; a < n_atoms; a++) {
@@ -400,6 +449,86 @@ void PairLLPR::compute(int eflag, int vflag)
   if (sigma_flag_ || lpr_flag_) update_uncertainty();
 }
 
+/* ----------------------------------------------------------------------
+   NaN or inf from the model: name the step, the atoms and their closest pair
+------------------------------------------------------------------------- */
+
+std::string PairLLPR::non_finite_message(const llpr::NonFiniteOutput &e) const
+{
+  const int n_atoms = static_cast<int>(lammps_index_.size());
+  std::vector<char> bad(n_atoms, 0);
+  std::vector<tagint> ids;
+  for (auto a : e.atoms)
+    if (a >= 0 && a < n_atoms && !bad[a]) {
+      bad[a] = 1;
+      ids.push_back(tags_[a]);
+    }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::string text = fmt::format("pair_style llpr: {} on timestep {}", e.what(), update->ntimestep);
+  if (!ids.empty()) text += fmt::format(" for {} atom(s), IDs {}", ids.size(), id_list(ids));
+  // the usual cause: atoms on top of each other (or nearly)
+  double best = -1.0;
+  tagint bi = 0, bj = 0;
+  for (int64_t k = 0; k < n_edges_; k++) {
+    const int64_t c = edges_[k], j = edges_[n_edges_ + k];
+    if (!ids.empty() && !bad[c] && !bad[j]) continue;
+    const double *xc = &positions_[3 * c], *xj = &positions_[3 * j];
+    const double d = std::sqrt((xj[0] - xc[0]) * (xj[0] - xc[0]) + (xj[1] - xc[1]) * (xj[1] - xc[1]) +
+                               (xj[2] - xc[2]) * (xj[2] - xc[2]));
+    if (best < 0.0 || d < best) {
+      best = d;
+      bi = tags_[c];
+      bj = tags_[j];
+    }
+  }
+  if (best >= 0.0)
+    text += fmt::format("; closest pair: atoms {} and {}, {:.4g} A apart", std::min(bi, bj), std::max(bi, bj), best);
+  text += ". No uncertainty is defined for a broken evaluation; check the structure for overlapping "
+          "atoms (e.g. `delete_atoms overlap 0.5 all all`) and the time step";
+  return text;
+}
+
+/* ----------------------------------------------------------------------
+   special_bonds with weight 0 removes bonded pairs from the neighbor list; the model needs them
+------------------------------------------------------------------------- */
+
+void PairLLPR::check_special_neighbors()
+{
+  if (atom->molecular != Atom::MOLECULAR || !atom->nspecial || !atom->special) return;
+  int excluded[4] = {0, 0, 0, 0};
+  bool any = false;
+  for (int level = 1; level <= 3; level++) any |= (excluded[level] = neighbor->special_flag[level] == 0);
+  if (!any) return;
+  double **x = atom->x;
+  const int *type = atom->type;
+  const double cutsq_model = cutoff_ * cutoff_;
+  std::string message;
+  static const char *const kLevel[4] = {"", "1-2", "1-3", "1-4"};
+  for (int c = 0; c < n_centers_ && message.empty(); c++) {
+    const int i = lammps_index_[c];
+    const int *ns = atom->nspecial[i];
+    for (int k = 0; k < ns[2] && message.empty(); k++) {
+      const int level = k < ns[0] ? 1 : (k < ns[1] ? 2 : 3);
+      if (!excluded[level]) continue;
+      int j = atom->map(atom->special[i][k]);
+      if (j < 0) continue;  // farther than the ghost cutoff, so not a pair the model sees
+      j = domain->closest_image(i, j);
+      if (type_z_[type[j]] <= 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      message = fmt::format(
+          "pair_style llpr: atoms {} and {} are {} special neighbors (bonded) within the model's cutoff, "
+          "and special_bonds gives {} pairs weight 0, so LAMMPS removed them from the neighbor list: "
+          "the model would see these atoms without their neighbors and give wrong energies and "
+          "forces. Use `special_bonds lj/coul 1 1 1` (the model needs every pair), or put the bonded "
+          "atoms under another style with pair_style hybrid",
+          atom->tag[i], atom->special[i][k], kLevel[level], kLevel[level]);
+    }
+  }
+  collective_check(lmp, world, message.empty(), message);
+}
+
 /* ---------------------------------------------------------------------- */
 
 void PairLLPR::require_current_features(const char *who)
@@ -416,6 +545,20 @@ void PairLLPR::require_current_features(const char *who)
                "timestep {}; it can only be evaluated on steps where forces were computed",
                who, features_step_, update->ntimestep);
   }
+  // the cached features belong to the atoms of that evaluation: after create_atoms,
+  // delete_atoms or a re-sort without a new evaluation they would land on the wrong atoms
+  int same = atom->nlocal == nlocal_evaluated_ ? 1 : 0;
+  const tagint *tag = atom->tag;
+  for (int c = 0; same && c < n_centers_; c++)
+    same = lammps_index_[c] < atom->nlocal && (!tag || tag[lammps_index_[c]] == tags_[c]);
+  int all_same = 0;
+  MPI_Allreduce(&same, &all_same, 1, MPI_INT, MPI_MIN, world);
+  if (!all_same)
+    error->all(FLERR,
+               "{}: atoms were added, deleted or re-ordered since pair_style llpr evaluated forces "
+               "on timestep {} (e.g. by create_atoms or delete_atoms); evaluate them again with "
+               "`run 0` first",
+               who, features_step_);
 }
 
 void PairLLPR::grow_peratom(int n)
@@ -449,6 +592,14 @@ void PairLLPR::update_uncertainty()
   uncertainty_step_ = features_step_;
 }
 
+void PairLLPR::check_sigma(double value, const char *what) const
+{
+  // finite features give a finite, non-negative quadratic form; anything else is a bug to report
+  if (!std::isfinite(value) || value < 0.0)
+    error->one(FLERR, "pair_style llpr: {} is {} on timestep {}, not a valid uncertainty", what, value,
+               update->ntimestep);
+}
+
 void PairLLPR::group_feature_sum(int groupbit, std::vector<double> &sum)
 {
   const int *mask = atom->mask;
@@ -456,16 +607,17 @@ void PairLLPR::group_feature_sum(int groupbit, std::vector<double> &sum)
   for (int c = 0; c < n_centers_; c++)
     if (mask[lammps_index_[c]] & groupbit) rows_tmp_.push_back(c);
   sum.assign(n_features(), 0.0);
+  if (rows_tmp_.empty()) return;  // no centre of the group on this rank: adds nothing
   // every centre in the group (e.g. group all): sum in place, without gathering the rows
-  const bool all_rows = static_cast<int>(rows_tmp_.size()) == n_centers_;
-  model_->cached_feature_sum(all_rows ? nullptr : rows_tmp_.data(), static_cast<int64_t>(rows_tmp_.size()),
-                             sum.data());
+  if (static_cast<int>(rows_tmp_.size()) == n_centers_) model_->cached_feature_sum_all(sum.data());
+  else model_->cached_feature_sum_rows(rows_tmp_.data(), static_cast<int64_t>(rows_tmp_.size()), sum.data());
 }
 
 double PairLLPR::energy_sigma(const std::vector<double> &sum)
 {
   const double var = model_->energy_variance(sum.data());
-  return energy_conversion_ * std::sqrt(var > 0.0 ? var : 0.0);
+  check_sigma(var, "the variance of a group's energy");
+  return energy_conversion_ * std::sqrt(var);
 }
 
 int PairLLPR::n_features() const

@@ -62,6 +62,14 @@ class PairLLPR : public Pair {
   void load_model();
   std::string resolve_device();
   void grow_peratom(int n);
+  std::string non_finite_message(const llpr::NonFiniteOutput &e) const;
+  void check_special_neighbors();
+
+ public:
+  // LAMMPS error (on the calling rank) unless `value` is a finite, non-negative variance or sigma
+  void check_sigma(double value, const char *what) const;
+
+ protected:
 
   std::string model_path_;
   std::string device_request_ = "auto";
@@ -79,6 +87,7 @@ class PairLLPR : public Pair {
   std::vector<int64_t> neighbors_tmp_;
   std::vector<tagint> tags_;       // atom IDs of lammps_index_ (to detect moved atoms)
   int nall_ = 0;                   // nlocal + nghost at the force evaluation
+  int nlocal_evaluated_ = -1;      // nlocal at the force evaluation
   int64_t n_edges_ = 0;
   llpr::Outputs out_;
   llpr::EnsembleOutputs ensemble_out_;

@@ -1,6 +1,7 @@
 // llpr._core: Python binding of the C++ core (numpy in, numpy out; no torch headers here).
 
 #include "llpr/core.h"
+#include "llpr/integrity.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -37,6 +38,8 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["package_version"] = m.package_version;
   d["ensemble_size"] = m.ensemble_size;
   d["has_evaluate"] = m.has_evaluate;
+  d["integrity"] = m.integrity;
+  d["sealed"] = m.sealed;
   return d;
 }
 
@@ -90,7 +93,7 @@ class PyModel {
     model_.cached_features(feats.mutable_data());
     model_.cached_local_uncertainty(sigma.mutable_data(), lpr.mutable_data());
     std::vector<double> sum(F, 0.0);
-    model_.cached_feature_sum(nullptr, 0, sum.data());
+    model_.cached_feature_sum_all(sum.data());
     d["features"] = feats;
     d["sigma"] = sigma;
     d["lpr"] = lpr;
@@ -207,11 +210,14 @@ PYBIND11_MODULE(_core, m)
   m.doc() = "C++ core of llpr: load, validate and run an exported LLPR model (as LAMMPS does)";
 
   static py::exception<llpr::Error> model_error(m, "ModelError", PyExc_ValueError);
+  static py::exception<llpr::DamagedFile> damaged_error(m, "DamagedFileError", model_error.ptr());
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const llpr::FileNotFound &e) {
       PyErr_SetString(PyExc_FileNotFoundError, e.what());
+    } catch (const llpr::DamagedFile &e) {
+      py::set_error(damaged_error, e.what());
     } catch (const llpr::Error &e) {
       py::set_error(model_error, e.what());
     }
@@ -225,6 +231,28 @@ PYBIND11_MODULE(_core, m)
       py::arg("path"),
       "Load and validate an exported model on the CPU exactly as the LAMMPS plugin does; return "
       "its metadata. Raises FileNotFoundError or ValueError (ModelError) naming each problem.");
+  m.def(
+      "verify_file",
+      [](const std::string &path) {
+        const llpr::IntegrityReport r = llpr::verify_file(path);
+        py::dict d;
+        d["sealed"] = r.sealed;
+        d["bytes"] = r.bytes;
+        d["records"] = r.records;
+        d["summary"] = r.summary;
+        return d;
+      },
+      py::arg("path"),
+      "Verify an exported file's integrity (its whole-file seal, or the CRC-32 of its stored zip "
+      "records when it has none); DamagedFileError (a ValueError) naming what is wrong.");
+  m.def("seal_file", &llpr::seal_file, py::arg("path"),
+        "Write llpr's whole-file checksum into the zip end record of `path` (done by export).");
+  m.def(
+      "crc64", [](py::bytes data) { std::string s = data; return llpr::crc64(s.data(), s.size()); },
+      py::arg("data"), "CRC-64/XZ of `data` (the seal's checksum)");
+  m.def(
+      "crc32", [](py::bytes data) { std::string s = data; return llpr::crc32(s.data(), s.size()); },
+      py::arg("data"), "zip CRC-32 of `data`");
   m.def("torch_version_runtime", &llpr::torch_version_runtime);
   m.def("cuda_available", &llpr::cuda_available);
   m.def("cuda_device_count", &llpr::cuda_device_count);

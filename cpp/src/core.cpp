@@ -1,6 +1,7 @@
 // llpr core: the only translation unit that includes libtorch.
 
 #include "llpr/core.h"
+#include "llpr/integrity.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
@@ -370,6 +371,16 @@ struct Model::Impl {
   }
 };
 
+// The file starts like a zip archive (a local file header). Anything else is not an archive
+// at all and gets torch::jit::load's own message.
+static bool is_zip(const std::string &path)
+{
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {0, 0, 0, 0};
+  in.read(magic, 4);
+  return in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0;
+}
+
 // A torch.save archive (a zip with data.pkl) that is not TorchScript (no constants.pkl): the
 // file names stand in plain text in the zip directory.
 static bool is_torch_checkpoint(const std::string &path)
@@ -380,6 +391,35 @@ static bool is_torch_checkpoint(const std::string &path)
          bytes.find("constants.pkl") == std::string::npos;
 }
 
+// Throws NonFiniteOutput naming the atoms (model indices) with NaN/inf energies, forces or
+// per-atom virials; a non-finite total alone (overflowing sum) names no atom.
+static void check_finite(const Outputs &out, int64_t N, int64_t C, const Request &req)
+{
+  auto finite_rows = [](const std::vector<double> &v, int64_t rows, int64_t width, std::vector<int64_t> &bad) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < width; ++k)
+        if (!std::isfinite(v[static_cast<size_t>(r * width + k)])) {
+          bad.push_back(r);
+          break;
+        }
+  };
+  std::vector<int64_t> bad;
+  finite_rows(out.energies, C, 1, bad);
+  if (!bad.empty() || !std::isfinite(out.energy))
+    throw NonFiniteOutput("the model gave a non-finite energy (NaN or inf)", "energies", bad);
+  if (req.forces) {
+    finite_rows(out.forces, N, 3, bad);
+    if (!bad.empty()) throw NonFiniteOutput("the model gave non-finite forces (NaN or inf)", "forces", bad);
+  }
+  if (req.virial) {
+    finite_rows(out.virial_atom, N, 9, bad);
+    bool total = true;
+    for (double v : out.virial) total = total && std::isfinite(v);
+    if (!bad.empty() || !total)
+      throw NonFiniteOutput("the model gave a non-finite virial (NaN or inf)", "virial", bad);
+  }
+}
+
 Model::Model(const std::string &path, const std::string &device) : impl_(new Impl)
 {
   struct stat st;
@@ -387,6 +427,10 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
     throw FileNotFound("model file '" + path + "' does not exist; check the path");
   if (S_ISDIR(st.st_mode)) throw Error("model file '" + path + "' is a directory, not a file");
   torch::Device dev = parse_device(device);
+  // libtorch does not check the archive's CRCs: a damaged copy would load and run
+  IntegrityReport integrity;
+  const bool zip = is_zip(path);
+  if (zip) integrity = verify_file(path);
   try {
     impl_->module = torch::jit::load(path, torch::Device(torch::kCPU));
   } catch (const std::exception &e) {
@@ -398,6 +442,8 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
                 "); export a model with `llpr export` or llpr.export_model()");
   }
   impl_->meta = validate(impl_->module, path);
+  impl_->meta.integrity = integrity.summary;
+  impl_->meta.sealed = integrity.sealed;
   impl_->module.eval();
   if (dev.type() != torch::kCPU) impl_->module.to(dev);
   impl_->device = dev;
@@ -467,6 +513,14 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
   auto feats = it->value().toTensor().detach();
   if (feats.dim() != 2 || feats.size(0) != C || feats.size(1) != I.meta.n_features)
     throw Error("the model's features have the wrong shape");
+  // a NaN must never pass for a number: the uncertainty of a broken evaluation is not zero
+  I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
+  check_finite(out, N, C, req);
+  if (!torch::isfinite(feats).all().item<bool>()) {
+    auto rows = (~torch::isfinite(feats)).any(1).nonzero().flatten().to(torch::kCPU).contiguous();
+    std::vector<int64_t> bad(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
+    throw NonFiniteOutput("the model gave non-finite last-layer features (NaN or inf)", "features", bad);
+  }
   I.features = feats;
 }
 
@@ -509,6 +563,20 @@ void Model::compute_ensemble(const Inputs &in, const Request &req, EnsembleOutpu
   copy("energy_deviations", out.energy_deviations);
   if (req.forces) copy("force_deviations", out.force_deviations);
   if (req.virial) copy("virial_deviations", out.virial_deviations);
+  std::vector<int64_t> bad;
+  for (int64_t a = 0; req.forces && a < N; ++a)
+    for (int64_t k = 0; k < K; ++k) {
+      const double *d = &out.force_deviations[static_cast<size_t>((k * N + a) * 3)];
+      if (!std::isfinite(d[0]) || !std::isfinite(d[1]) || !std::isfinite(d[2])) {
+        bad.push_back(a);
+        break;
+      }
+    }
+  bool finite = true;
+  for (double v : out.energy_deviations) finite = finite && std::isfinite(v);
+  for (double v : out.virial_deviations) finite = finite && std::isfinite(v);
+  if (!bad.empty() || !finite)
+    throw NonFiniteOutput("the last-layer ensemble gave non-finite deviations (NaN or inf)", "ensemble", bad);
 }
 
 int64_t Model::n_cached() const { return impl_->features.size(0); }
@@ -525,22 +593,31 @@ void Model::cached_features(double *out) const
   if (f.numel()) std::memcpy(out, f.data_ptr<double>(), sizeof(double) * f.numel());
 }
 
-void Model::cached_feature_sum(const int64_t *rows, int64_t n_rows, double *out) const
+void Model::cached_feature_sum_all(double *out) const
+{
+  auto &I = *impl_;
+  auto sum = I.features.to(torch::kFloat64).sum(0).to(torch::kCPU).contiguous();
+  std::memcpy(out, sum.data_ptr<double>(), sizeof(double) * I.meta.n_features);
+}
+
+void Model::cached_feature_sum_rows(const int64_t *rows, int64_t n_rows, double *out) const
 {
   auto &I = *impl_;
   const int64_t F = I.meta.n_features;
-  torch::Tensor sum;
-  if (rows == nullptr) {
-    sum = I.features.to(torch::kFloat64).sum(0);
-  } else if (n_rows == 0) {
-    sum = torch::zeros({F}, torch::TensorOptions().dtype(torch::kFloat64));
-  } else {
-    auto idx = torch::from_blob(const_cast<int64_t *>(rows), {n_rows},
-                                torch::TensorOptions().dtype(torch::kInt64))
-                   .to(I.device);
-    sum = I.features.index_select(0, idx).to(torch::kFloat64).sum(0);
+  if (n_rows < 0) throw Error("negative number of feature rows");
+  if (n_rows == 0) {  // an empty selection sums to zero, whatever `rows` points to
+    std::fill(out, out + F, 0.0);
+    return;
   }
-  sum = sum.to(torch::kCPU).contiguous();
+  if (rows == nullptr) throw Error("cached_feature_sum_rows: no rows given");
+  const int64_t n_cached = I.features.size(0);
+  for (int64_t k = 0; k < n_rows; ++k)
+    if (rows[k] < 0 || rows[k] >= n_cached)
+      throw Error("cached_feature_sum_rows: row " + std::to_string(rows[k]) + " outside 0.." +
+                  std::to_string(n_cached - 1));
+  auto idx = torch::from_blob(const_cast<int64_t *>(rows), {n_rows}, torch::TensorOptions().dtype(torch::kInt64))
+                 .to(I.device);
+  auto sum = I.features.index_select(0, idx).to(torch::kFloat64).sum(0).to(torch::kCPU).contiguous();
   std::memcpy(out, sum.data_ptr<double>(), sizeof(double) * F);
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 
 from .export import load_exported, require_ensemble
 from .graphs import neighbor_list
@@ -58,6 +58,7 @@ class LLPRCalculator(Calculator):
         shifts = torch.tensor(edge_shifts, dtype=self.dtype, device=self.device)
         periodic = bool(np.all(atoms.pbc))
         out = self.module(positions, numbers, edges, shifts, len(atoms), True, periodic)
+        _check_finite(out, edge_index, atoms, ("energies", "forces", "features") + (("virial_atom",) if periodic else ()))
         energy = float(out["energy"].to(torch.float64))
         self.results["energy"] = energy
         self.results["free_energy"] = energy
@@ -73,6 +74,7 @@ class LLPRCalculator(Calculator):
         self.results["energy_sigma"] = float(torch.sqrt(self.module.energy_variance(feature_sum))[0])
         if self.ensemble:
             ens = self.module.ensemble_forward(positions, numbers, edges, shifts, len(atoms), True, periodic)
+            _check_finite(ens, edge_index, atoms, ("force_deviations", "energy_deviations"))
             self.results["force_sigma"] = ens["force_sigma"].detach().cpu().numpy()
             self.results["energy_ensemble"] = energy + ens["energy_deviations"].detach().cpu().numpy()
             if periodic:
@@ -81,3 +83,33 @@ class LLPRCalculator(Calculator):
                 self.results["stress_ensemble"] = self.results["stress"][None, :] + dstress
                 k = dstress.shape[0]
                 self.results["stress_sigma"] = np.sqrt((dstress**2).sum(0) / (k - 1))
+
+
+def _check_finite(out, edge_index, atoms, keys) -> None:
+    """CalculationFailed naming the atoms (0-based indices) and their closest pair when the
+    model gave NaN or inf: as in LAMMPS, a broken evaluation never passes for a result."""
+    for key in keys:
+        value = out[key].detach()
+        finite = torch.isfinite(value)
+        if bool(finite.all()):
+            continue
+        if key.endswith("deviations") and value.dim() == 3:  # (K, N, 3): per atom over members
+            finite = finite.all(dim=0)
+        if value.dim() == 1 and key == "energy_deviations":
+            bad = np.arange(len(atoms))
+        else:
+            bad = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(dim=1).cpu().numpy())
+        message = f"the model gave non-finite {key} (NaN or inf) for {len(bad)} atom(s), indices {bad[:10].tolist()}"
+        if len(bad) > 10:
+            message = message[:-1] + ", ...]"
+        if len(atoms) > 1 and edge_index.shape[1] > 0:
+            d = atoms.get_all_distances(mic=bool(np.any(atoms.pbc)))
+            np.fill_diagonal(d, np.inf)
+            rows = bad if len(bad) < len(atoms) else np.arange(len(atoms))
+            sub = d[rows]
+            r, j = np.unravel_index(np.argmin(sub), sub.shape)
+            message += f"; closest pair: atoms {min(rows[r], j)} and {max(rows[r], j)}, {sub[r, j]:.4g} A apart"
+        raise CalculationFailed(
+            message + ". No uncertainty is defined for a broken evaluation; check the structure for "
+            "overlapping atoms"
+        )

@@ -173,6 +173,8 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
         "atom_sigma": np.concatenate(atom_sigma),
     }
     metrics["ensemble_size"] = int(k_members) if ensemble else 0
+    # members the file has but this evaluation skipped (ensemble=False, `--no-ensemble`)
+    metrics["ensemble_skipped"] = int(k_members) if not ensemble else 0
     if ensemble:
         fs = np.concatenate(f_sigma)
         arrays["force_sigma"] = fs
@@ -224,6 +226,11 @@ def format_summary(metrics: dict) -> str:
             f"  ensemble/analytic energy sigma {m['ensemble_energy_sigma_ratio']:.3f} "
             f"(Monte-Carlo noise ~{1 / math.sqrt(2 * max(m['ensemble_size'] - 1, 1)):.2f})",
         ]
+    elif m.get("ensemble_skipped", 0):
+        lines.append(
+            f"force uncertainty          skipped (--no-ensemble); the file has a {m['ensemble_skipped']}-member "
+            "last-layer ensemble: evaluate without --no-ensemble for force sigmas"
+        )
     else:
         lines.append("force uncertainty          none: export with `llpr export --ensemble K` for force sigmas")
     return "\n".join(lines)

@@ -379,7 +379,45 @@ def export_model(
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot export to {path}: folder {directory} does not exist")
     torch.jit.save(scripted, path)
+    # libtorch does not check a file's CRCs when it loads it: the seal lets every loader
+    # (LAMMPS, llpr check, Python) refuse a damaged copy
+    _core_module().seal_file(path)
     return path
+
+
+def _core_module():
+    from .plugin import _core
+
+    return _core()
+
+
+def verify_integrity(path: str) -> dict:
+    """Check that ``path`` holds exactly the bytes that were exported (the whole-file
+    checksum written by :func:`export_model`; for files without one, the CRC-32 of every
+    stored zip record). Returns ``{"sealed", "bytes", "records", "summary"}``; raises
+    ValueError (``llpr._core.DamagedFileError``) saying what is damaged."""
+    return _core_module().verify_file(os.fspath(path))
+
+
+def _torch_device(device: str) -> torch.device:
+    """``device`` as a torch.device, or ValueError naming the problem (an unknown name, or a
+    CUDA device where this torch sees none)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device {device!r} requested, but no CUDA GPU is usable by this torch ({torch.__version__}, "
+                f"0 CUDA devices); use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r} requested, but only {count} CUDA device(s) are visible")
+    elif dev.type != "cpu":
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    return dev
 
 
 def _is_torch_checkpoint(path: str) -> bool:
@@ -415,10 +453,17 @@ def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     """Load an exported file and check it against the format contract.
 
     Raises FileNotFoundError for a missing path and ValueError naming what is wrong for a
-    file that is not a TorchScript archive or lacks LLPR data/metadata.
+    damaged file (see :func:`verify_integrity`), a file that is not a TorchScript archive or
+    lacks LLPR data/metadata, or a device this torch cannot use.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file '{path}' does not exist; check the path")
+    device = _torch_device(device)
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            is_zip = fh.read(4) == b"PK\x03\x04"
+        if is_zip:  # anything else gets torch.jit.load's own message below
+            verify_integrity(path)
     try:
         module = torch.jit.load(path, map_location=device)
     except Exception as exc:

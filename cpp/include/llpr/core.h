@@ -29,6 +29,22 @@ class FileNotFound : public Error {
   using Error::Error;
 };
 
+// The model file's bytes are not those that were exported (see integrity.h).
+class DamagedFile : public Error {
+ public:
+  using Error::Error;
+};
+
+// An evaluation gave NaN or infinite values. `atoms` are the model-side indices (Inputs order)
+// of the atoms involved, `quantity` names what was non-finite ("energies", "forces", ...).
+class NonFiniteOutput : public Error {
+ public:
+  NonFiniteOutput(const std::string &message, std::string quantity_, std::vector<int64_t> atoms_)
+      : Error(message), quantity(std::move(quantity_)), atoms(std::move(atoms_)) {}
+  std::string quantity;
+  std::vector<int64_t> atoms;
+};
+
 // Metadata of a validated model file.
 struct Metadata {
   std::string path;
@@ -50,6 +66,9 @@ struct Metadata {
   int64_t ensemble_size = 0;
   // the file has evaluate() (forward() without per-atom sigma/lpr), which compute() then uses
   bool has_evaluate = false;
+  // how the file's integrity was verified on load (IntegrityReport::summary)
+  std::string integrity;
+  bool sealed = false;
 };
 
 // Host-side inputs of one evaluation (see ExportedLLPRModel.forward).
@@ -99,7 +118,9 @@ class Model {
   std::string device() const;
   bool is_cuda() const;
 
-  // Run the model. The last-layer features of the centres are cached on the device.
+  // Run the model. The last-layer features of the centres are cached on the device. Throws
+  // NonFiniteOutput when the energies, forces, virials or features hold NaN or inf (never a
+  // silent NaN).
   void compute(const Inputs &inputs, const Request &request, Outputs &outputs);
 
   // Run the last-layer ensemble on the same kind of inputs (one extra model evaluation plus
@@ -113,8 +134,11 @@ class Model {
   void cached_local_uncertainty(double *sigma, double *lpr) const;
   // the cached features, n_cached x n_features, float64 (copied to the host)
   void cached_features(double *out) const;
-  // sum (float64) of the cached features of the given centre rows (all rows if rows == nullptr)
-  void cached_feature_sum(const int64_t *rows, int64_t n_rows, double *out) const;
+  // sum (float64) of the cached features of every centre
+  void cached_feature_sum_all(double *out) const;
+  // sum (float64) of the cached features of the centre rows `rows[0 .. n_rows - 1]` (zero for
+  // n_rows == 0; rows may then be null)
+  void cached_feature_sum_rows(const int64_t *rows, int64_t n_rows, double *out) const;
 
   // --- on host features (float64, row-major n x n_features) ---
   void quadratic_form(const double *features, int64_t n, double *out) const;
@@ -127,7 +151,8 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
-// Load `path` on the CPU exactly as the LAMMPS plugin does and return its metadata.
+// Load `path` on the CPU exactly as the LAMMPS plugin does and return its metadata (the file's
+// integrity is verified first, as on every load).
 Metadata check_file(const std::string &path);
 
 // Number of intra-op threads libtorch uses in this process.
