@@ -596,7 +596,7 @@ void PairLLPR::check_sigma(double value, const char *what) const
 {
   // finite features give a finite, non-negative quadratic form; anything else is a bug to report
   if (!std::isfinite(value) || value < 0.0)
-    error->one(FLERR, "pair_style llpr: {} is {} on timestep {}, not a valid uncertainty", what, value,
+    error->all(FLERR, "pair_style llpr: {} is {} on timestep {}, not a valid uncertainty", what, value,
                update->ntimestep);
 }
 

@@ -66,7 +66,8 @@ class PairLLPR : public Pair {
   void check_special_neighbors();
 
  public:
-  // LAMMPS error (on the calling rank) unless `value` is a finite, non-negative variance or sigma
+  // LAMMPS error unless `value` is a finite, non-negative variance or sigma (call it on every
+  // rank with the same value, e.g. one computed from all-reduced sums)
   void check_sigma(double value, const char *what) const;
 
  protected:

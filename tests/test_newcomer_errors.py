@@ -50,6 +50,7 @@ DOC_QUOTES = (
     "element-order-mass",
     "wrong-symbol-count", "lowercase-element", "element-not-in-model", "newton-off", "units-lj",
     "compute-before-run", "xyz-keys", "ase-unknown-element",
+    "damaged-file", "non-finite", "special-bonds", "atoms-changed",
 )
 
 
@@ -247,6 +248,105 @@ def test_sic_element_order_mass_mismatch_is_reported(files, tmp_path):
     flagged = [ln for ln in out.splitlines() if ln.startswith(("WARNING", "ERROR")) and "mass" in ln]
     assert flagged and "type 1" in flagged[0] and "C" in flagged[0] and "Si" in flagged[0], out[-3000:]
     check_quote("element-order-mass", out)
+
+
+# ------------------------------------------------------- numbers llpr refuses to give
+def test_damaged_model_file(files, tmp_path):
+    """A copy of model.pt with 50 bytes inverted inside its largest tensor."""
+    import zipfile
+
+    data = bytearray(open(files["model.pt"], "rb").read())
+    with zipfile.ZipFile(files["model.pt"]) as archive:
+        record = max((r for r in archive.infolist() if "/data/" in r.filename), key=lambda r: r.file_size)
+    # the data start after the local header, whose extra field (padding) is not the central one's
+    local_extra = int.from_bytes(data[record.header_offset + 28 : record.header_offset + 30], "little")
+    start = record.header_offset + 30 + len(record.filename.encode()) + local_extra
+    middle = start + record.file_size // 2
+    for k in range(middle, middle + 50):
+        data[k] ^= 0xFF
+    (tmp_path / "model.pt").write_bytes(bytes(data))
+    proc, out = _lmp(files, tmp_path, _script())
+    error = _error(out)
+    assert "is damaged" in error and "export it again" in error
+    check_quote("damaged-file", out)
+
+
+def test_overlapping_atoms_stop_the_run(files, tmp_path):
+    """Two atoms at the same position: NaN energy; `fix halt` on sigma must not be needed."""
+    script = """
+units metal
+atom_style atomic
+lattice diamond 5.431
+region box block 0 3 0 3 0 3
+create_box 1 box
+create_atoms 1 box
+create_atoms 1 single 0.25 0.25 0.25
+mass 1 28.0855
+pair_style llpr model.pt
+pair_coeff * * Si
+compute usum all llpr
+variable se equal c_usum[1]
+thermo_style custom step pe c_usum[1] c_usum[2] c_usum[3]
+fix halt all halt 1 v_se > 1.0 error hard
+run 0
+"""
+    proc, out = _lmp(files, tmp_path, script)
+    error = _error(out)
+    assert "non-finite" in error and "on timestep 0" in error and "0 A apart" in error
+    ids = re.search(r"IDs ([\d ]+);", error).group(1).split()
+    assert "217" in ids, error  # the atom created on top of another
+    check_quote("non-finite", out)
+
+
+def test_bonds_remove_neighbors(files, tmp_path):
+    script = """
+units metal
+atom_style bond
+lattice diamond 5.431
+region box block 0 2 0 2 0 2
+create_box 1 box bond/types 1 extra/bond/per/atom 4 extra/special/per/atom 20
+create_atoms 1 box
+mass 1 28.0855
+pair_style llpr model.pt
+pair_coeff * * Si
+bond_style zero
+bond_coeff 1 2.35
+create_bonds many all all 1 2.2 2.5
+{special}
+thermo_style custom step pe
+run 0
+print "PE $(pe:%.12f)"
+"""
+    proc, out = _lmp(files, tmp_path, script.format(special=""))
+    error = _error(out)
+    assert "special_bonds lj/coul 1 1 1" in error and "1-2 special neighbors" in error
+    check_quote("special-bonds", out)
+    # the fix given in the message works and gives the energy of the same crystal without bonds
+    proc, out = _lmp(files, tmp_path, script.format(special="special_bonds lj/coul 1 1 1"))
+    assert proc.returncode == 0, out[-3000:]
+    bonded = float(re.search(r"^PE (\S+)", out, re.M).group(1))
+    proc, out = _lmp(files, tmp_path, script.replace("atom_style bond", "atom_style atomic")
+                     .replace(" bond/types 1 extra/bond/per/atom 4 extra/special/per/atom 20", "")
+                     .replace("bond_style zero\nbond_coeff 1 2.35\ncreate_bonds many all all 1 2.2 2.5\n", "")
+                     .format(special=""))
+    assert proc.returncode == 0, out[-3000:]
+    assert abs(bonded - float(re.search(r"^PE (\S+)", out, re.M).group(1))) < 1e-9
+
+
+def test_atoms_created_after_the_last_run(files, tmp_path):
+    post = """run 0
+create_atoms 1 single 0.5 0.5 0.1 units box
+write_dump all custom late.dump id c_unc[1] c_unc[2]
+"""
+    proc, out = _lmp(files, tmp_path, _script(post=post))
+    error = _error(out)
+    assert "atoms were added, deleted or re-ordered" in error and "run 0" in error
+    check_quote("atoms-changed", out)
+    # with the run the message asks for, every row is a real value (no uninitialised memory)
+    proc, out = _lmp(files, tmp_path, _script(post=post.replace("write_dump", "run 0\nwrite_dump")))
+    assert proc.returncode == 0, out[-3000:]
+    rows = np.loadtxt(tmp_path / "late.dump", skiprows=9)
+    assert len(rows) == 9 and np.all(rows[:, 1] > 0) and np.all(rows[:, 2] > 0)
 
 
 # --------------------------------------------------------------- LAMMPS and torch versions
