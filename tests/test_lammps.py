@@ -365,7 +365,7 @@ GOOD_SETTINGS = dict(model="{si}", data="{data}", elements="Si", units="metal", 
 # "{name}" stands for bad_files[name]
 ERROR_CASES = {
     "missing file": ({"model": "{missing}"}, "does not exist"),
-    "corrupt file": ({"model": "{corrupt}"}, "is not a readable TorchScript file"),
+    "corrupt file": ({"model": "{corrupt}"}, "is damaged (no zip end record: the file is truncated"),
     "TorchScript without LLPR data": ({"model": "{bare}"}, "not a valid llpr model: missing llpr_format_version"),
     "element unknown to the model": ({"elements": "O"}, "element O (Z = 8, atom type 1) is not known to the model"),
     "not an element": ({"elements": "Xx"}, "'Xx' (atom type 1) is not an element symbol"),
