@@ -94,13 +94,13 @@ def test_check_model_metadata(models):
 
     module = load_exported(models["sic"])
     meta = check_model(models["sic"])
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["species"] == [6, 14] and meta["elements"] == ["C", "Si"]
     assert meta["cutoff"] == module.cutoff and meta["receptive_field"] == module.receptive_field
     assert (meta["energy_unit"], meta["length_unit"]) == ("eV", "Angstrom")
     assert meta["dtype"] == "float64" and meta["feature_reduction"] == "sum"
     assert meta["n_features"] == module.n_features
-    assert meta["alpha"] == float(module.llpr_alpha) and meta["varsigma"] == float(module.llpr_varsigma)
+    assert meta["alpha"] == float(module.head.alpha) and meta["varsigma"] == float(module.head.varsigma)
     assert isinstance(meta["calibration"], dict) and meta["calibration"]["alpha"] == pytest.approx(meta["alpha"])
     assert meta["torch_version"] == torch.__version__.split("+")[0]
 
@@ -133,13 +133,15 @@ def test_torchscript_without_llpr_data(models):
     msg = str(info.value)
     assert "not a valid llpr model" in msg and "llpr export" in msg
     for name in ("llpr_format_version", "energy_unit", "length_unit", "dtype", "feature_reduction",
-                 "llpr_cholesky", "llpr_alpha", "llpr_varsigma"):
+                 "head", "evaluate", "ensemble_forward"):
         assert name in msg
 
 
-def _export_modified(llpr_module_path, out_path, wrapper_class=None, **changes):
-    """Re-script an exported model with some contract items changed (or another wrapper class)."""
+def _export_modified(llpr_module_path, out_path, head_changes=None, **changes):
+    """Re-script an exported model with some contract items changed: attributes of the
+    wrapper (or buffers, when given a tensor) and, in ``head_changes``, buffers of its head."""
     from llpr.export import ExportedLLPRModel
+    from llpr.head import LLPRHead
     from llpr.model import LocalPotential
 
     src = torch.jit.load(llpr_module_path)
@@ -147,52 +149,25 @@ def _export_modified(llpr_module_path, out_path, wrapper_class=None, **changes):
     # a scripted module also lists the model's non-persistent (derived) buffers: keep the saved ones
     saved = model.state_dict().keys()
     model.load_state_dict({k[6:]: v for k, v in src.state_dict().items() if k.startswith("model.") and k[6:] in saved})
-    wrapper = (wrapper_class or ExportedLLPRModel)(model, src.llpr_cholesky, float(src.llpr_alpha), float(src.llpr_varsigma), {}, "test")
+    head = LLPRHead(src.head.cholesky, float(src.head.alpha), float(src.head.varsigma), src.head.ensemble_deviations)
+    wrapper = ExportedLLPRModel(model, head, {}, "test")
+    for name, value in (head_changes or {}).items():
+        setattr(wrapper.head, name, value)
     for name, value in changes.items():
-        setattr(wrapper, name, value)  # attributes, or buffers when given a tensor
+        setattr(wrapper, name, value)
     torch.jit.save(torch.jit.script(wrapper), out_path)
     return out_path
 
 
-def _forward_only_class():
-    from llpr.export import ExportedLLPRModel
-
-    class ForwardOnly(ExportedLLPRModel):
-        """A file as exported before evaluate() existed: forward() only."""
-
-        _everything = ExportedLLPRModel.evaluate  # compiled under this name, as forward calls it
-
-        def evaluate(self, *args):  # noqa: D102 - not exported: the file has no evaluate()
-            raise NotImplementedError
-
-        def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, edge_index: torch.Tensor,
-                    edge_shifts: torch.Tensor, n_centers: int, compute_forces: bool = True,
-                    compute_virial: bool = False):
-            out = self._everything(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces,
-                                   compute_virial)
-            sigma, lpr = self.local_uncertainty(out["features"])
-            out["sigma"] = sigma
-            out["lpr"] = lpr
-            return out
-
-    return ForwardOnly
-
-
-def test_pair_style_path_skips_sigma_and_files_without_it_still_work(models):
-    """compute() runs evaluate() (forward() without the per-atom sigma, which the computes derive
-    from the cached features only when invoked); a file without evaluate() goes through forward()
-    with the same results."""
-    atoms = sic_triclinic()
-    ref = reference(models["sic"], atoms)
-    old = _export_modified(models["sic"], str(models["dir"] / "forward_only.pt"), _forward_only_class())
-    assert not hasattr(torch.jit.load(old), "evaluate")
-    assert core.Model(models["sic"], "cpu").metadata["has_evaluate"] is True
-    assert core.Model(old, "cpu").metadata["has_evaluate"] is False
-    for path in (models["sic"], old):
-        out = _run_core(path, ref)
-        for key in KEYS:
-            np.testing.assert_allclose(out[key], ref[key], rtol=0, atol=TOL * max(1.0, np.abs(ref[key]).max()),
-                                       err_msg=key)
+def test_version_1_file_is_refused_with_one_message(models):
+    """Format version 1 (llpr 0.1) kept the LLPR state in top-level buffers: this llpr does not
+    read it, and says so in one message instead of listing what the old layout lacks."""
+    path = _export_modified(models["sic"], str(models["dir"] / "v1.pt"), llpr_format_version=1)
+    with pytest.raises(ValueError) as info:
+        core.check(path)
+    msg = str(info.value)
+    assert "format version 1" in msg and "reads version 2" in msg and "re-export it with `llpr export" in msg
+    assert "missing" not in msg
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 13])
@@ -222,7 +197,6 @@ def test_each_contract_mismatch_is_named(models):
     path = _export_modified(
         models["sic"],
         str(models["dir"] / "bad.pt"),
-        llpr_format_version=2,
         energy_unit="kcal/mol",
         length_unit="nm",
         feature_reduction="mean",
@@ -233,7 +207,7 @@ def test_each_contract_mismatch_is_named(models):
     with pytest.raises(ValueError) as info:
         check_model(path)
     msg = str(info.value)
-    for piece in ("llpr_format_version is 2", "energy_unit is 'kcal/mol', expected 'eV'",
+    for piece in ("energy_unit is 'kcal/mol', expected 'eV'",
                   "length_unit is 'nm', expected 'Angstrom'", "feature_reduction is 'mean', expected 'sum'",
                   "dtype is 'float16'", "cutoff is -1", "species is [6, 200]"):
         assert piece in msg, (piece, msg)
@@ -242,20 +216,20 @@ def test_each_contract_mismatch_is_named(models):
 def test_bad_llpr_buffers_are_named(models):
     from llpr.plugin import check_model
 
-    src = torch.jit.load(models["sic"])
-    n = src.n_features
-    path = _export_modified(models["sic"], str(models["dir"] / "badbuf.pt"),
-                            llpr_cholesky=torch.ones(n, n, dtype=torch.float64))
-    with pytest.raises(ValueError, match="llpr_cholesky is not a finite lower-triangular"):
-        check_model(path)
-    path = _export_modified(models["sic"], str(models["dir"] / "badbuf2.pt"),
-                            llpr_cholesky=torch.eye(n + 1, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"llpr_cholesky has shape \[%d, %d\]" % (n + 1, n + 1)):
-        check_model(path)
-    path = _export_modified(models["sic"], str(models["dir"] / "badbuf3.pt"),
-                            llpr_alpha=torch.tensor(1.0, dtype=torch.float32))
-    with pytest.raises(ValueError, match="llpr_alpha has dtype Float, expected float64"):
-        check_model(path)
+    n = torch.jit.load(models["sic"]).n_features
+    cases = [
+        ({"cholesky": torch.ones(n, n, dtype=torch.float64)}, "head.cholesky is not a lower-triangular"),
+        ({"cholesky": torch.eye(n + 1, dtype=torch.float64)},
+         r"head.cholesky has dtype Double and shape \[%d, %d\], expected float64 \(%d, %d\)" % (n + 1, n + 1, n, n)),
+        ({"inverse_factor_t": 2 * torch.eye(n, dtype=torch.float64)}, "head.inverse_factor_t is not the inverse"),
+        ({"alpha": torch.tensor(1.0, dtype=torch.float32)}, r"head.alpha has dtype Float and shape \[\], expected float64 scalar"),
+        ({"alpha": torch.tensor(-1.0, dtype=torch.float64)}, "head.alpha is -1, expected a positive number"),
+        ({"varsigma": torch.tensor(float("nan"), dtype=torch.float64)}, "head.varsigma is not finite"),
+    ]
+    for k, (head_changes, message) in enumerate(cases):
+        path = _export_modified(models["sic"], str(models["dir"] / f"badbuf{k}.pt"), head_changes)
+        with pytest.raises(ValueError, match=message):
+            check_model(path)
 
 
 @pytest.mark.skipif(core.cuda_available(), reason="a CUDA device is available")

@@ -12,7 +12,7 @@ import torch
 from ase.build import bulk
 
 from llpr.ase import LLPRCalculator
-from llpr.export import ExportedLLPRModel, export_model, load_exported
+from llpr.export import export_model, load_exported
 from llpr.graphs import AtomisticDataset, collate, make_loader
 from llpr.train import predict_batch
 from llpr.uncertainty import LLPR
@@ -62,7 +62,7 @@ def test_round_trip_in_fresh_process(small_llpr, exported_path, test_atoms, tmp_
     assert meta["species"] == [14]
     assert meta["dtype"] == "float64"
     assert meta["energy_unit"] == "eV" and meta["length_unit"] == "Angstrom"
-    assert meta["version"] == 1
+    assert meta["version"] == 2
     assert meta["calibration"]["alpha"] == pytest.approx(small_llpr.alpha, rel=1e-15)
     assert meta["calibration"]["feature_reduction"] == "sum"
     got = np.load(tmp_path / "o.npz")
@@ -129,7 +129,7 @@ def test_float32_export(small_llpr, tmp_path, test_atoms):
     path = export_model(small_llpr, str(tmp_path / "m32.pt"), dtype=torch.float32)
     module = load_exported(path)
     assert module.dtype == "float32"
-    assert module.llpr_cholesky.dtype == torch.float64
+    assert module.head.cholesky.dtype == torch.float64 and module.head.inverse_factor_t.dtype == torch.float64
     calc = LLPRCalculator(path)
     test_atoms.calc = calc
     energy, forces, pred = _in_memory(small_llpr, test_atoms)
@@ -160,7 +160,7 @@ def test_corrupt_model_file(tmp_path, exported_path):
 def test_torchscript_without_llpr_data(tmp_path, small_model):
     path = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(small_model), str(path))
-    with pytest.raises(ValueError, match="not an llpr model: missing .*llpr_cholesky"):
+    with pytest.raises(ValueError, match="not a valid llpr model: missing .*head"):
         load_exported(str(path))
 
 
@@ -189,13 +189,19 @@ def test_calculator_unknown_element(exported_path):
         atoms.get_potential_energy()
 
 
-def test_exported_module_is_scriptable_wrapper(exported_path):
+def test_exported_head_is_the_calibrated_llpr(small_llpr, exported_path):
+    """The file's head carries L with L L^T = F^T F + varsigma^2 I, its inverse, alpha and
+    varsigma of the estimator, and gives the estimator's uncertainties."""
     module = load_exported(exported_path)
-    assert module.n_features == module.llpr_cholesky.shape[0]
-    L = module.llpr_cholesky
-    assert torch.allclose(L, torch.tril(L))
-    assert module.receptive_field == module.cutoff
-    assert isinstance(ExportedLLPRModel.__doc__, str)
+    head = module.head
+    n = module.n_features
+    C = small_llpr.covariance + small_llpr.varsigma**2 * torch.eye(n, dtype=torch.float64)
+    torch.testing.assert_close(head.cholesky @ head.cholesky.t(), C, rtol=1e-12, atol=1e-12 * float(C.abs().max()))
+    torch.testing.assert_close(head.cholesky @ head.inverse_factor_t.t(), torch.eye(n, dtype=torch.float64),
+                               rtol=0, atol=1e-9)
+    assert float(head.alpha) == small_llpr.alpha and float(head.varsigma) == small_llpr.varsigma
+    f = torch.randn(7, n, dtype=torch.float64)
+    torch.testing.assert_close(module.energy_variance(f), small_llpr.variance(f), rtol=1e-13, atol=0)
 
 
 def test_checkpoint_instead_of_exported_file(small_model, tmp_path):

@@ -117,16 +117,8 @@ def test_core_without_ensemble(models):
     atoms = si_diamond(seed=2)
     ref = ensemble_reference(models["si"], atoms)
     g = ref["graph"]
-    with pytest.raises(ValueError, match="has no last-layer ensemble .*--ensemble"):
+    with pytest.raises(ValueError, match="has no last-layer ensemble.*--ensemble"):
         model.compute_ensemble(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"])
-
-
-def test_core_reads_file_written_before_ensembles(models, small_llpr):
-    from test_last_layer_ensemble import write_legacy_file
-
-    path = write_legacy_file(small_llpr, models["dir"] / "legacy.pt")
-    meta = core.check(path)
-    assert meta["ensemble_size"] == 0 and meta["format_version"] == 1
 
 
 def test_bad_ensemble_buffer_is_named(models):
@@ -134,8 +126,8 @@ def test_bad_ensemble_buffer_is_named(models):
 
     n = torch.jit.load(models["sic"]).n_features
     path = _export_modified(models["sic"], str(models["dir"] / "badens.pt"),
-                            llpr_ensemble_deviations=torch.ones(4, n + 1, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"llpr_ensemble_deviations has dtype Double and shape \[4, %d\], "
+                            {"ensemble_deviations": torch.ones(4, n + 1, dtype=torch.float64)})
+    with pytest.raises(ValueError, match=r"head.ensemble_deviations has dtype Double and shape \[4, %d\], "
                                          r"expected float64 \(K, %d\)" % (n + 1, n)):
         core.check(path)
 

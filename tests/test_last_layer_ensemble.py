@@ -143,7 +143,7 @@ def test_member_forces_are_gradients_of_member_energies(small_llpr, si_splits):
 def test_exported_ensemble_equals_llpr(small_llpr, ens_paths, si_splits, name, k, seed):
     module = load_exported(ens_paths[name])
     assert ensemble_size(module) == k and module.ensemble_size() == k
-    torch.testing.assert_close(module.llpr_ensemble_deviations, small_llpr.ensemble_deviations(k, seed),
+    torch.testing.assert_close(module.head.ensemble_deviations, small_llpr.ensemble_deviations(k, seed),
                                rtol=0, atol=0)
     atoms = si_splits[2][1]
     W = small_llpr.sample_ensemble(k, seed)
@@ -184,52 +184,12 @@ def test_member_stress_is_strain_derivative(ens_paths):
 def test_file_without_ensemble(ens_paths, si_splits):
     module = load_exported(ens_paths["none"])
     assert ensemble_size(module) == 0
-    with pytest.raises(ValueError, match="has no last-layer ensemble .*--ensemble"):
+    with pytest.raises(ValueError, match="has no last-layer ensemble.*--ensemble"):
         LLPRCalculator(ens_paths["none"], ensemble=True)
     atoms = si_splits[2][0].copy()
     atoms.calc = LLPRCalculator(ens_paths["none"])
     atoms.get_potential_energy()
     assert "force_sigma" not in atoms.calc.results
-
-
-class _LegacyExport(ExportedLLPRModel):
-    """An exported file as written before the ensemble existed: no llpr_ensemble_deviations
-    buffer, no ensemble methods (these overrides are not exported to TorchScript)."""
-
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        del self._buffers["llpr_ensemble_deviations"]
-
-    def ensemble_size(self) -> int:  # noqa: D102
-        return 0
-
-    def ensemble_forward(self, *args):  # noqa: D102
-        raise NotImplementedError
-
-
-def write_legacy_file(llpr, path) -> str:
-    """A format-version-1 file without any ensemble data (as older llpr versions wrote)."""
-    import copy
-
-    model = copy.deepcopy(llpr.model).eval()
-    wrapper = _LegacyExport(model, llpr.cholesky_factor(), llpr.alpha, llpr.varsigma, llpr.calibration_summary(),
-                            "0.1.0")
-    scripted = torch.jit.script(wrapper)
-    torch.jit.save(scripted, str(path))
-    return str(path)
-
-
-def test_file_written_before_ensembles_is_still_valid(small_llpr, ens_paths, si_splits):
-    path = write_legacy_file(small_llpr, ens_paths["dir"] / "legacy.pt")
-    module = load_exported(path)
-    assert "llpr_ensemble_deviations" not in dict(module.named_buffers())
-    assert not hasattr(module, "ensemble_forward")
-    assert ensemble_size(module) == 0 and module.llpr_format_version == 1
-    atoms = si_splits[2][0].copy()
-    atoms.calc = LLPRCalculator(path)
-    assert np.isfinite(atoms.get_potential_energy())
-    with pytest.raises(ValueError, match="no last-layer ensemble"):
-        LLPRCalculator(path, ensemble=True)
 
 
 def test_export_rejects_one_member(small_llpr, tmp_path):
@@ -247,7 +207,7 @@ def test_cli_export_ensemble(small_llpr, tmp_path, capsys):
     assert main(["-q", "export", ckpt, "-o", out, "--ensemble", "6", "--seed", "5"]) == 0
     assert "last-layer ensemble of 6 (seed 5)" in capsys.readouterr().out
     module = load_exported(out)
-    torch.testing.assert_close(module.llpr_ensemble_deviations, small_llpr.ensemble_deviations(6, 5), rtol=0, atol=0)
+    torch.testing.assert_close(module.head.ensemble_deviations, small_llpr.ensemble_deviations(6, 5), rtol=0, atol=0)
     assert main(["-q", "export", ckpt, "-o", out, "--ensemble", "1"]) == 2
     assert "at least 2 members" in capsys.readouterr().err
 

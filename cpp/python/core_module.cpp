@@ -37,7 +37,6 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["calibration"] = m.calibration;
   d["package_version"] = m.package_version;
   d["ensemble_size"] = m.ensemble_size;
-  d["has_evaluate"] = m.has_evaluate;
   d["integrity"] = m.integrity;
   d["sealed"] = m.sealed;
   return d;
@@ -120,19 +119,7 @@ class PyModel {
     d["energy_deviations"] = to_array(out.energy_deviations, {K});
     if (forces) {
       d["force_deviations"] = to_array(out.force_deviations, {K, N, 3});
-      // sqrt(sum_k |dF_k,i|^2 / (3 (K - 1))), the definition the LAMMPS compute uses
-      py::array_t<double> fsig({N});
-      double *fs = fsig.mutable_data();
-      for (int64_t i = 0; i < N; ++i) {
-        double acc = 0.0;
-        for (int64_t k = 0; k < K; ++k)
-          for (int c = 0; c < 3; ++c) {
-            const double v = out.force_deviations[(k * N + i) * 3 + c];
-            acc += v * v;
-          }
-        fs[i] = K > 1 ? std::sqrt(acc / (3.0 * (K - 1))) : 0.0;
-      }
-      d["force_sigma"] = fsig;
+      d["force_sigma"] = to_array(out.force_sigma, {N});
     }
     if (virial) d["virial_deviations"] = to_array(out.virial_deviations, {K, 3, 3});
     return d;
@@ -253,6 +240,10 @@ PYBIND11_MODULE(_core, m)
   m.def(
       "crc32", [](py::bytes data) { std::string s = data; return llpr::crc32(s.data(), s.size()); },
       py::arg("data"), "zip CRC-32 of `data`");
+  m.def("check_device", &llpr::check_device, py::arg("device"),
+        "ValueError (ModelError) naming the problem unless `device` is usable: cpu, cuda, cuda:N");
+  m.def("no_ensemble_message", &llpr::no_ensemble_message, py::arg("path"),
+        "The message for a file without the last-layer ensemble that force uncertainties need");
   m.def("torch_version_runtime", &llpr::torch_version_runtime);
   m.def("cuda_available", &llpr::cuda_available);
   m.def("cuda_device_count", &llpr::cuda_device_count);

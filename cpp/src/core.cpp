@@ -67,8 +67,9 @@ torch::Device parse_device(const std::string &device)
 {
   std::string d = device.empty() ? "cpu" : device;
   if (d == "cpu") return torch::Device(torch::kCPU);
-  if (d.rfind("cuda", 0) != 0)
-    throw Error("unknown device '" + device + "': use 'cpu', 'cuda' or 'cuda:N'");
+  bool known = d == "cuda" || (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() <= 9);
+  for (size_t k = 5; known && d != "cuda" && k < d.size(); ++k) known = d[k] >= '0' && d[k] <= '9';
+  if (!known) throw Error("unknown device '" + device + "': use 'cpu', 'cuda' or 'cuda:N'");
   if (!torch::cuda::is_available())
     throw Error("device '" + device +
                 "' requested, but no CUDA GPU is usable by this libtorch (torch " +
@@ -151,11 +152,12 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
     wrong.push_back(std::string(name) + " is " + squote(out) + ", expected " + join(q, " or "));
   };
 
-  if (get_int("llpr_format_version", meta.format_version) &&
-      meta.format_version != kFormatVersion)
-    wrong.push_back("llpr_format_version is " + std::to_string(meta.format_version) +
-                    ", this llpr reads version " + std::to_string(kFormatVersion) +
-                    " (re-export the model with a matching llpr)");
+  // a file of another version is not read further: its layout is not this version's
+  if (get_int("llpr_format_version", meta.format_version) && meta.format_version != kFormatVersion)
+    throw Error("'" + path + "' is an llpr model file of format version " + std::to_string(meta.format_version) +
+                ", but this llpr reads version " + std::to_string(kFormatVersion) +
+                "; re-export it with `llpr export llpr.ckpt -o model.pt` (from the checkpoint of "
+                "`llpr calibrate`) with this llpr");
 
   if (auto v = get("species")) {
     if (!v->isIntList()) {
@@ -192,87 +194,86 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
   if (module.hasattr("llpr_package_version") && module.attr("llpr_package_version").isString())
     meta.package_version = module.attr("llpr_package_version").toStringRef();
 
-  // LLPR buffers (float64)
+  // the LLPR head (submodule `head`, llpr.head.LLPRHead): float64 buffers
+  c10::optional<torch::jit::Module> head;
+  if (!module.hasattr("head")) {
+    missing.emplace_back("head");
+  } else if (!module.attr("head").isModule()) {
+    wrong.push_back(std::string("head is a ") + module.attr("head").tagKind() + ", expected the LLPR head module");
+  } else {
+    head = module.attr("head").toModule();
+  }
+  const int64_t F = meta.n_features > 0 ? meta.n_features : -1;
   auto get_buffer = [&](const char *name, std::vector<int64_t> shape) -> c10::optional<torch::Tensor> {
-    auto v = get(name);
-    if (!v) return c10::nullopt;
-    if (!v->isTensor()) {
-      wrong.push_back(std::string(name) + " is a " + v->tagKind() + ", expected a tensor");
+    const std::string full = std::string("head.") + name;
+    if (!head) return c10::nullopt;
+    if (!head->hasattr(name)) {
+      missing.push_back(full);
       return c10::nullopt;
     }
-    auto t = v->toTensor();
-    if (t.scalar_type() != torch::kFloat64) {
-      wrong.push_back(std::string(name) + " has dtype " + std::string(c10::toString(t.scalar_type())) +
-                      ", expected float64");
+    auto v = head->attr(name);
+    if (!v.isTensor()) {
+      wrong.push_back(full + " is a " + v.tagKind() + ", expected a tensor");
       return c10::nullopt;
     }
+    auto t = v.toTensor();
     bool shape_ok = static_cast<size_t>(t.dim()) == shape.size();
     for (size_t k = 0; shape_ok && k < shape.size(); ++k)
       if (shape[k] >= 0 && t.size(k) != shape[k]) shape_ok = false;
-    if (!shape_ok) {
+    if (t.scalar_type() != torch::kFloat64 || !shape_ok) {
       std::ostringstream os;
-      os << name << " has shape " << t.sizes() << ", expected ";
-      if (shape.empty()) os << "a scalar";
+      os << full << " has dtype " << c10::toString(t.scalar_type()) << " and shape " << t.sizes()
+         << ", expected float64 ";
+      if (shape.empty()) os << "scalar";
+      else if (shape[0] < 0) os << "(K, " << meta.n_features << ")";
       else os << "(" << meta.n_features << ", " << meta.n_features << ") (n_features)";
       wrong.push_back(os.str());
       return c10::nullopt;
     }
+    if (t.numel() > 0 && !torch::isfinite(t).all().item<bool>()) {
+      wrong.push_back(full + " is not finite");
+      return c10::nullopt;
+    }
     return t.detach().to(torch::kCPU);
   };
-  int64_t F = meta.n_features > 0 ? meta.n_features : -1;
-  if (auto L = get_buffer("llpr_cholesky", {F, F})) {
-    bool finite = torch::isfinite(*L).all().item<bool>();
+  if (auto L = get_buffer("cholesky", {F, F})) {
     bool lower = torch::equal(*L, torch::tril(*L));
     bool diag = L->numel() == 0 || (L->diagonal() > 0).all().item<bool>();
-    if (!finite || !lower || !diag)
-      wrong.push_back("llpr_cholesky is not a finite lower-triangular factor with a positive diagonal");
-  }
-  if (auto a = get_buffer("llpr_alpha", {})) {
-    meta.alpha = a->item<double>();
-    if (!(meta.alpha > 0.0 && std::isfinite(meta.alpha)))
-      wrong.push_back("llpr_alpha is " + fmt_double(meta.alpha) + ", expected a positive number");
-  }
-  if (auto s = get_buffer("llpr_varsigma", {})) {
-    meta.varsigma = s->item<double>();
-    if (!std::isfinite(meta.varsigma)) wrong.push_back("llpr_varsigma is not finite");
-  }
-  // optional last-layer ensemble (absent in files written before it existed: no ensemble)
-  if (module.hasattr("llpr_ensemble_deviations")) {
-    auto v = module.attr("llpr_ensemble_deviations");
-    if (!v.isTensor()) {
-      wrong.push_back(std::string("llpr_ensemble_deviations is a ") + v.tagKind() + ", expected a tensor");
-    } else {
-      auto t = v.toTensor();
-      if (t.scalar_type() != torch::kFloat64 || t.dim() != 2 || (F > 0 && t.size(1) != F)) {
-        std::ostringstream os;
-        os << "llpr_ensemble_deviations has dtype " << c10::toString(t.scalar_type()) << " and shape "
-           << t.sizes() << ", expected float64 (K, " << meta.n_features << ")";
-        wrong.push_back(os.str());
-      } else if (t.numel() > 0 && !torch::isfinite(t).all().item<bool>()) {
-        wrong.push_back("llpr_ensemble_deviations is not finite");
-      } else {
-        meta.ensemble_size = t.size(0);
-      }
+    if (!lower || !diag)
+      wrong.push_back("head.cholesky is not a lower-triangular factor with a positive diagonal");
+    // the quadratic form uses the stored inverse: it must be that factor's
+    if (auto U = get_buffer("inverse_factor_t", {F, F})) {
+      auto I = torch::eye(L->size(0), torch::TensorOptions().dtype(torch::kFloat64));
+      if (lower && diag && !torch::allclose(torch::matmul(*L, U->t()), I, 1e-8, 1e-8))
+        wrong.push_back("head.inverse_factor_t is not the inverse of head.cholesky (transposed)");
     }
   }
+  if (auto a = get_buffer("alpha", {})) {
+    meta.alpha = a->item<double>();
+    if (!(meta.alpha > 0.0)) wrong.push_back("head.alpha is " + fmt_double(meta.alpha) + ", expected a positive number");
+  }
+  if (auto v = get_buffer("varsigma", {})) meta.varsigma = v->item<double>();
+  if (auto dw = get_buffer("ensemble_deviations", {-1, F})) meta.ensemble_size = dw->size(0);
+  if (head)
+    for (const char *name : {"quadratic_form", "local_uncertainty", "energy_variance", "ensemble_size"})
+      if (!head->find_method(name)) missing.push_back(std::string("head.") + name);
 
-  // forward(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces, compute_virial)
-  auto forward = module.find_method("forward");
-  if (!forward) {
-    missing.emplace_back("forward");
-  } else {
-    if (!takes_forward_arguments(*forward)) {
-      const auto &args = forward->function().getSchema().arguments();
+  // forward, evaluate (forward without per-atom sigma/lpr, what the pair style runs) and
+  // ensemble_forward, all (positions, atomic_numbers, edge_index, edge_shifts, n_centers,
+  // compute_forces, compute_virial)
+  for (const char *name : {"forward", "evaluate", "ensemble_forward"}) {
+    auto method = module.find_method(name);
+    if (!method) {
+      missing.emplace_back(name);
+    } else if (!takes_forward_arguments(*method)) {
+      const auto &args = method->function().getSchema().arguments();
       std::vector<std::string> names;
       for (size_t k = 1; k < args.size(); ++k) names.push_back(args[k].name());
-      wrong.push_back("forward takes (" + join(names, ", ") +
+      wrong.push_back(std::string(name) + " takes (" + join(names, ", ") +
                       "), expected (positions, atomic_numbers, edge_index, edge_shifts, "
                       "n_centers, compute_forces, compute_virial)");
     }
   }
-
-  // optional evaluate(): forward() without per-atom sigma/lpr (files exported before it existed lack it)
-  if (auto evaluate = module.find_method("evaluate")) meta.has_evaluate = takes_forward_arguments(*evaluate);
 
   // parameters must have the declared dtype
   if (meta.dtype == "float32" || meta.dtype == "float64") {
@@ -284,14 +285,6 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
         break;
       }
     }
-  }
-
-  if (meta.ensemble_size > 0) {
-    auto method = module.find_method("ensemble_forward");
-    if (!method || !takes_forward_arguments(*method))
-      wrong.push_back("the file has a last-layer ensemble (llpr_ensemble_deviations) but no "
-                      "ensemble_forward(positions, atomic_numbers, edge_index, edge_shifts, "
-                      "n_centers, compute_forces, compute_virial) method");
   }
 
   if (!missing.empty()) {
@@ -317,33 +310,27 @@ struct Model::Impl {
   Metadata meta;
   torch::Device device{torch::kCPU};
   torch::Dtype dtype = torch::kFloat64;
-  torch::Tensor cholesky;  // float64, on device
+  torch::jit::Module head;  // the LLPR head (submodule `head`), on device
   torch::Tensor features;  // cached (n_centers, F), model dtype, on device
 
-  // f^T C^-1 f per row of f, by triangular solves with L; on a CPU in blocks of rows that stay in
-  // the caches (a 32768 x 64 solve in one piece cost ~1.7x as much per row)
+  // The uncertainty formulas are those of the file's LLPR head (llpr.head.LLPRHead), run
+  // through TorchScript: one implementation, in Python, for Python and C++.
   torch::Tensor qform(const torch::Tensor &f) const
   {
-    const int64_t n = f.size(0), block = 4096;
-    if (!f.is_cuda() && n > block) {
-      std::vector<torch::Tensor> parts;
-      for (int64_t start = 0; start < n; start += block)
-        parts.push_back(qform(f.narrow(0, start, std::min(block, n - start))));
-      return torch::cat(parts);
-    }
-    auto z = at::linalg_solve_triangular(cholesky, f.to(torch::kFloat64).t(), /*upper=*/false);
-    return (z * z).sum(0);
+    return head.get_method("quadratic_form")({f}).toTensor();
   }
-  // sigma = alpha sqrt(q), lpr = 1 / q, copied to the host (either pointer may be null)
-  void uncertainty(const torch::Tensor &q, double *sigma, double *lpr) const
+  // sigma = alpha sqrt(q), lpr = 1 / q by LLPRHead.local_uncertainty, copied to the host
+  // (either pointer may be null)
+  void uncertainty(const torch::Tensor &f, double *sigma, double *lpr) const
   {
-    const int64_t n = q.numel();
+    auto result = head.get_method("local_uncertainty")({f}).toTuple();
+    const int64_t n = f.size(0);
     if (sigma) {
-      auto s = (torch::sqrt(q) * meta.alpha).to(torch::kCPU).contiguous();
+      auto s = result->elements()[0].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
       std::memcpy(sigma, s.data_ptr<double>(), sizeof(double) * n);
     }
     if (lpr) {
-      auto r = q.reciprocal().to(torch::kCPU).contiguous();
+      auto r = result->elements()[1].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
       std::memcpy(lpr, r.data_ptr<double>(), sizeof(double) * n);
     }
   }
@@ -448,7 +435,7 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
   if (dev.type() != torch::kCPU) impl_->module.to(dev);
   impl_->device = dev;
   impl_->dtype = impl_->meta.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
-  impl_->cholesky = impl_->module.attr("llpr_cholesky").toTensor().detach().to(dev);
+  impl_->head = impl_->module.attr("head").toModule();
   impl_->features = torch::zeros({0, impl_->meta.n_features},
                                  torch::TensorOptions().dtype(impl_->dtype).device(dev));
 }
@@ -483,8 +470,7 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
   try {
     // evaluate() skips the per-atom sigma/lpr of forward(): the computes derive them from the
     // cached features, and only on the steps they are invoked
-    if (I.meta.has_evaluate) output = I.module.get_method("evaluate")(I.arguments(in, req));
-    else output = I.module.forward(I.arguments(in, req));
+    output = I.module.get_method("evaluate")(I.arguments(in, req));
   } catch (const std::exception &e) {
     throw Error(std::string("model evaluation failed: ") + first_line(e.what()));
   }
@@ -531,9 +517,7 @@ void Model::compute_ensemble(const Inputs &in, const Request &req, EnsembleOutpu
   auto &I = *impl_;
   const int64_t K = I.meta.ensemble_size;
   if (K == 0)
-    throw Error("'" + I.meta.path + "' has no last-layer ensemble (needed for force uncertainties); "
-                "export the model with `llpr export llpr.ckpt --ensemble 32` (or "
-                "export_model(..., ensemble=32))");
+    throw Error(no_ensemble_message("'" + I.meta.path + "'"));
   const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
   if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
   out.size = K;
@@ -542,6 +526,7 @@ void Model::compute_ensemble(const Inputs &in, const Request &req, EnsembleOutpu
   else out.force_deviations.clear();
   if (req.virial) out.virial_deviations.assign(K * 9, 0.0);
   else out.virial_deviations.clear();
+  if (req.forces) out.force_sigma.assign(N, 0.0);
   if (C == 0) return;  // no centres: every deviation is zero
 
   c10::IValue output;
@@ -563,7 +548,13 @@ void Model::compute_ensemble(const Inputs &in, const Request &req, EnsembleOutpu
     std::memcpy(v.data(), t.data_ptr<double>(), sizeof(double) * v.size());
   };
   copy("energy_deviations", out.energy_deviations);
-  if (req.forces) copy("force_deviations", out.force_deviations);
+  if (req.forces) {
+    copy("force_deviations", out.force_deviations);
+    out.force_sigma.assign(N, 0.0);
+    copy("force_sigma", out.force_sigma);
+  } else {
+    out.force_sigma.clear();
+  }
   if (req.virial) copy("virial_deviations", out.virial_deviations);
   std::vector<int64_t> bad;
   for (int64_t a = 0; req.forces && a < N; ++a)
@@ -586,7 +577,7 @@ int64_t Model::n_cached() const { return impl_->features.size(0); }
 void Model::cached_local_uncertainty(double *sigma, double *lpr) const
 {
   if (impl_->features.size(0) == 0) return;
-  impl_->uncertainty(impl_->qform(impl_->features), sigma, lpr);
+  impl_->uncertainty(impl_->features, sigma, lpr);
 }
 
 void Model::cached_features(double *out) const
@@ -633,17 +624,24 @@ void Model::quadratic_form(const double *features, int64_t n, double *out) const
 void Model::local_uncertainty(const double *features, int64_t n, double *sigma, double *lpr) const
 {
   if (n == 0) return;
-  impl_->uncertainty(impl_->qform(impl_->host_features(features, n)), sigma, lpr);
+  impl_->uncertainty(impl_->host_features(features, n), sigma, lpr);
 }
 
 double Model::energy_variance(const double *feature_sum) const
 {
-  auto q = impl_->qform(impl_->host_features(feature_sum, 1)).to(torch::kCPU);
-  const double a = impl_->meta.alpha;
-  return a * a * q.item<double>();
+  auto f = impl_->host_features(feature_sum, 1);
+  return impl_->head.get_method("energy_variance")({f}).toTensor().to(torch::kCPU).item<double>();
 }
 
 // ------------------------------------------------------------------------------------------
+
+void check_device(const std::string &device) { parse_device(device); }
+
+std::string no_ensemble_message(const std::string &path)
+{
+  return path + " has no last-layer ensemble, which force uncertainties need; export it with "
+                "`llpr export llpr.ckpt --ensemble 32 -o model.pt` (or export_model(..., ensemble=32))";
+}
 
 Metadata check_file(const std::string &path)
 {

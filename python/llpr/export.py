@@ -4,6 +4,7 @@ The exported module is the only contract between Python and C++ (LAMMPS). Its fo
 documented in ``docs/model-format.md``; bump ``FORMAT_VERSION`` on any incompatible change.
 """
 
+import copy
 import json
 import os
 import warnings
@@ -12,28 +13,14 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .propagation import accumulate_pass_rows, combine_passes, force_sigma, pass_plan
+from .head import LLPRHead
+from .plugin import _core
+from .propagation import accumulate_pass_rows, combine_passes, pass_plan
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENERGY_UNIT = "eV"
 LENGTH_UNIT = "Angstrom"
 FEATURE_REDUCTION = "sum"
-
-REQUIRED_ATTRIBUTES = (
-    "llpr_format_version",
-    "species",
-    "cutoff",
-    "receptive_field",
-    "energy_unit",
-    "length_unit",
-    "dtype",
-    "feature_reduction",
-    "n_features",
-    "calibration",
-)
-REQUIRED_BUFFERS = ("llpr_cholesky", "llpr_alpha", "llpr_varsigma")
-# optional (format version 1 files written before the ensemble existed lack it: no ensemble)
-ENSEMBLE_BUFFER = "llpr_ensemble_deviations"
 
 
 def _joined(blocks: List[torch.Tensor]) -> torch.Tensor:
@@ -42,7 +29,7 @@ def _joined(blocks: List[torch.Tensor]) -> torch.Tensor:
 
 
 class ExportedLLPRModel(nn.Module):
-    """TorchScript-able wrapper: potential + LLPR state + metadata (format version 1).
+    """TorchScript-able wrapper: potential + LLPR head + metadata (format version 2).
 
     ``forward`` inputs (N atoms, E directed edges):
 
@@ -63,9 +50,10 @@ class ExportedLLPRModel(nn.Module):
     edge's share is split half/half between its two atoms), ``sigma`` and ``lpr`` (n_centers,)
     in float64.
 
-    Last-layer ensemble (optional): the buffer ``llpr_ensemble_deviations`` (K, F) float64
-    holds ``dw_k = w_k - w`` (K = 0: no ensemble) and ``ensemble_forward`` (same inputs as
-    ``forward``) gives the members' energy, force and virial deviations.
+    The LLPR state and every uncertainty formula live in the submodule ``head``
+    (:class:`llpr.head.LLPRHead`): the covariance factor, ``alpha``, ``varsigma`` and the
+    last-layer ensemble ``dw_k = w_k - w`` (K, F) (K = 0: no ensemble); ``ensemble_forward``
+    (same inputs as ``forward``) gives the members' energy, force and virial deviations.
     """
 
     llpr_format_version: int
@@ -85,12 +73,9 @@ class ExportedLLPRModel(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        cholesky: torch.Tensor,
-        alpha: float,
-        varsigma: float,
+        head: LLPRHead,
         calibration: Dict[str, object],
         package_version: str,
-        ensemble_deviations: Optional[torch.Tensor] = None,
         ensemble_info: Optional[Dict[str, object]] = None,
     ) -> None:
         super().__init__()
@@ -105,42 +90,30 @@ class ExportedLLPRModel(nn.Module):
         self.dtype = "float64" if param.dtype == torch.float64 else "float32"
         self.feature_reduction = FEATURE_REDUCTION
         self.n_features = int(model.n_features)
+        if head.n_features() != self.n_features:
+            raise ValueError(f"the LLPR head has {head.n_features()} features, the model {self.n_features}")
         self.calibration = json.dumps(calibration, sort_keys=True)
         self.llpr_package_version = package_version
-        self.register_buffer("llpr_cholesky", cholesky.detach().to(torch.float64).clone())
-        self.register_buffer("llpr_alpha", torch.tensor(float(alpha), dtype=torch.float64))
-        self.register_buffer("llpr_varsigma", torch.tensor(float(varsigma), dtype=torch.float64))
-        if ensemble_deviations is None:
-            ensemble_deviations = torch.zeros((0, self.n_features), dtype=torch.float64)
-        if ensemble_deviations.dim() != 2 or ensemble_deviations.shape[1] != self.n_features:
-            raise ValueError(
-                f"ensemble deviations must have shape (K, {self.n_features}), got {tuple(ensemble_deviations.shape)}"
-            )
-        self.register_buffer(ENSEMBLE_BUFFER, ensemble_deviations.detach().to(torch.float64).clone())
+        self.head = head
         self.ensemble_info = json.dumps(ensemble_info or {}, sort_keys=True)
         # centres per block of the force evaluation on a CPU (see evaluate)
         self.chunk_centers = 4096
 
     @torch.jit.export
     def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
-        """f^T C^-1 f for each row of ``features`` (B, F), in float64, via the Cholesky factor."""
-        f = features.to(torch.float64)
-        z = torch.linalg.solve_triangular(self.llpr_cholesky, f.t(), upper=False)
-        return (z * z).sum(dim=0)
+        """f^T C^-1 f for each row of ``features`` (B, F), float64 (:class:`LLPRHead`)."""
+        return self.head.quadratic_form(features)
 
     @torch.jit.export
     def local_uncertainty(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom sigma_i = alpha sqrt(f_i^T C^-1 f_i) (eV) and LPR_i = 1 / (f_i^T C^-1 f_i)."""
-        q = self.quadratic_form(features)
-        return self.llpr_alpha * torch.sqrt(q), 1.0 / q
+        """Per-atom sigma_i (eV) and LPR_i (:class:`LLPRHead`)."""
+        return self.head.local_uncertainty(features)
 
     @torch.jit.export
     def energy_variance(self, feature_sums: torch.Tensor) -> torch.Tensor:
         """Variance (eV^2) of total energies whose summed features are the rows of
-        ``feature_sums`` (B, F); a 1-D input is treated as one structure."""
-        if feature_sums.dim() == 1:
-            feature_sums = feature_sums.unsqueeze(0)
-        return self.llpr_alpha * self.llpr_alpha * self.quadratic_form(feature_sums)
+        ``feature_sums`` (B, F); a 1-D input is one structure (:class:`LLPRHead`)."""
+        return self.head.energy_variance(feature_sums)
 
     def _run_model(
         self,
@@ -195,7 +168,7 @@ class ExportedLLPRModel(nn.Module):
     @torch.jit.export
     def ensemble_size(self) -> int:
         """Number K of last-layer ensemble members (0: the file has no ensemble)."""
-        return self.llpr_ensemble_deviations.shape[0]
+        return self.head.ensemble_size()
 
     @torch.jit.export
     def ensemble_forward(
@@ -215,7 +188,7 @@ class ExportedLLPRModel(nn.Module):
         (3 (K-1)))`` of these (complete only when no forces are still to be added from
         elsewhere) if ``compute_forces``; ``virial_deviations`` (K, 3, 3) if
         ``compute_virial``; plus ``energy`` and ``features`` as in ``forward``."""
-        dw = self.llpr_ensemble_deviations
+        dw = self.head.ensemble_deviations
         if dw.shape[0] == 0:
             raise RuntimeError(
                 "this model file has no last-layer ensemble; export it with `llpr export --ensemble K`"
@@ -245,13 +218,13 @@ class ExportedLLPRModel(nn.Module):
         features = _joined(feature_blocks)
         out: Dict[str, torch.Tensor] = {
             "energy": energies.sum(),
-            "energy_deviations": dw @ features.sum(dim=0).to(torch.float64),
+            "energy_deviations": self.head.ensemble_energy_deviations(features.sum(dim=0)),
             "features": features,
         }
         if compute_forces:
             dforces = combine_passes(f_pass, dw, centred, use_jacobian)
             out["force_deviations"] = dforces
-            out["force_sigma"] = force_sigma(dforces)
+            out["force_sigma"] = self.head.force_sigma(dforces)
         if compute_virial:
             out["virial_deviations"] = combine_passes(v_pass, dw, centred, use_jacobian)
         return out
@@ -334,10 +307,10 @@ def export_model(
     """Write ``llpr`` (a fitted and calibrated :class:`llpr.uncertainty.LLPR` wrapping a
     :class:`llpr.model.LocalPotential`) to one TorchScript file at ``path``.
 
-    ``dtype`` (torch.float32 / torch.float64) converts the model first; the LLPR factor is
+    ``dtype`` (torch.float32 / torch.float64) converts the model first; the LLPR head is
     float64 in any case. ``ensemble`` = K >= 2 adds a last-layer ensemble of K members drawn
     with ``seed`` (:meth:`llpr.uncertainty.LLPR.ensemble_deviations`); 0 (default) adds none.
-    Returns the path.
+    The file is sealed with a whole-file checksum (docs/model-format.md). Returns the path.
     """
     from . import __version__
     from .uncertainty import LLPR
@@ -345,31 +318,20 @@ def export_model(
     if not isinstance(llpr, LLPR):
         raise TypeError(f"export_model needs a fitted and calibrated llpr.LLPR, got {type(llpr).__name__}")
     llpr._require_calibrated("export")
-    import copy
-
     ensemble = int(ensemble)
     if ensemble == 1 or ensemble < 0:
         raise ValueError(f"--ensemble must be 0 (no ensemble) or at least 2 members, got {ensemble}")
-    deviations, ensemble_info = None, None
+    ensemble_info = None
     if ensemble >= 2:
-        deviations = llpr.ensemble_deviations(ensemble, seed)
         ensemble_info = {"size": ensemble, "seed": int(seed), "stored": "deviations w_k - w", "recentred": True}
+    head = llpr.head(ensemble, seed)
     model = copy.deepcopy(llpr.model).cpu()
     if dtype is not None:
         model = model.to(dtype)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapper = ExportedLLPRModel(
-        model,
-        llpr.cholesky_factor(),
-        llpr.alpha,
-        llpr.varsigma,
-        llpr.calibration_summary(),
-        __version__,
-        deviations,
-        ensemble_info,
-    )
+    wrapper = ExportedLLPRModel(model, head, llpr.calibration_summary(), __version__, ensemble_info)
     with warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is what libtorch in
         # LAMMPS loads; nothing for the user to act on
@@ -381,14 +343,8 @@ def export_model(
     torch.jit.save(scripted, path)
     # libtorch does not check a file's CRCs when it loads it: the seal lets every loader
     # (LAMMPS, llpr check, Python) refuse a damaged copy
-    _core_module().seal_file(path)
+    _core().seal_file(path)
     return path
-
-
-def _core_module():
-    from .plugin import _core
-
-    return _core()
 
 
 def verify_integrity(path: str) -> dict:
@@ -396,109 +352,32 @@ def verify_integrity(path: str) -> dict:
     checksum written by :func:`export_model`; for files without one, the CRC-32 of every
     stored zip record). Returns ``{"sealed", "bytes", "records", "summary"}``; raises
     ValueError (``llpr._core.DamagedFileError``) saying what is damaged."""
-    return _core_module().verify_file(os.fspath(path))
-
-
-def _torch_device(device: str) -> torch.device:
-    """``device`` as a torch.device, or ValueError naming the problem (an unknown name, or a
-    CUDA device where this torch sees none)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(
-                f"device {device!r} requested, but no CUDA GPU is usable by this torch ({torch.__version__}, "
-                f"0 CUDA devices); use device='cpu'"
-            )
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r} requested, but only {count} CUDA device(s) are visible")
-    elif dev.type != "cpu":
-        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
-    return dev
-
-
-def _is_torch_checkpoint(path: str) -> bool:
-    """A torch.save archive (zip with data.pkl) that is not TorchScript (no constants.pkl)."""
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = [n.rsplit("/", 1)[-1] for n in archive.namelist()]
-    return "data.pkl" in names and "constants.pkl" not in names
+    return _core().verify_file(os.fspath(path))
 
 
 def ensemble_size(module) -> int:
-    """K of a loaded exported module's last-layer ensemble (0 when it has none, including
-    files written before the ensemble existed)."""
-    buffers = dict(module.named_buffers())
-    return int(buffers[ENSEMBLE_BUFFER].shape[0]) if ENSEMBLE_BUFFER in buffers else 0
+    """K of a loaded exported module's last-layer ensemble (0 when it has none)."""
+    return int(module.ensemble_size())
 
 
 def require_ensemble(module, path: str = "the model file") -> int:
     """K of ``module``'s ensemble; ValueError with the export hint when it has none."""
     k = ensemble_size(module)
     if k == 0:
-        raise ValueError(
-            f"{path} has no last-layer ensemble (needed for force uncertainties); export it "
-            "with `llpr export llpr.ckpt --ensemble 32` (or export_model(..., ensemble=32))"
-        )
+        raise ValueError(_core().no_ensemble_message(path))
     return k
 
 
 def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
-    """Load an exported file and check it against the format contract.
+    """Load an exported file after the C++ core (the validator LAMMPS uses) has checked it:
+    its integrity seal, its format version and every item of the contract.
 
-    Raises FileNotFoundError for a missing path and ValueError naming what is wrong for a
-    damaged file (see :func:`verify_integrity`), a file that is not a TorchScript archive or
-    lacks LLPR data/metadata, or a device this torch cannot use.
+    Raises FileNotFoundError for a missing path and ValueError (``llpr._core.ModelError``)
+    with the C++ core's message otherwise: a damaged file, a file that is not TorchScript or
+    not an llpr model, a file of another format version, or a device this torch cannot use.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file '{path}' does not exist; check the path")
-    device = _torch_device(device)
-    if os.path.isfile(path):
-        with open(path, "rb") as fh:
-            is_zip = fh.read(4) == b"PK\x03\x04"
-        if is_zip:  # anything else gets torch.jit.load's own message below
-            verify_integrity(path)
-    try:
-        module = torch.jit.load(path, map_location=device)
-    except Exception as exc:
-        if _is_torch_checkpoint(path):
-            raise ValueError(
-                f"'{path}' is not a readable TorchScript file: it is a PyTorch checkpoint (torch.save, "
-                "as written by `llpr train` and `llpr calibrate`), not an exported model; run "
-                "`llpr export llpr.ckpt -o model.pt` and use model.pt"
-            ) from exc
-        raise ValueError(
-            f"'{path}' is not a readable TorchScript file ({str(exc).splitlines()[0]}); "
-            "export a model with `llpr export` or llpr.export_model()"
-        ) from exc
-    missing = [name for name in REQUIRED_ATTRIBUTES if not hasattr(module, name)]
-    buffers = dict(module.named_buffers())
-    missing += [name for name in REQUIRED_BUFFERS if name not in buffers]
-    if missing:
-        raise ValueError(
-            f"'{path}' is a TorchScript file but not an llpr model: missing {', '.join(missing)}. "
-            "Export it with `llpr export` (which adds the LLPR covariance factor and metadata)."
-        )
-    version = int(module.llpr_format_version)
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"'{path}' has llpr format version {version}, this llpr reads version {FORMAT_VERSION}; "
-            "re-export the model with this version of llpr"
-        )
-    if ENSEMBLE_BUFFER in buffers:
-        dev = buffers[ENSEMBLE_BUFFER]
-        n_features = int(module.n_features)
-        if dev.dtype != torch.float64 or dev.dim() != 2 or dev.shape[1] != n_features:
-            raise ValueError(
-                f"'{path}': {ENSEMBLE_BUFFER} must be a float64 (K, {n_features}) tensor, got "
-                f"{dev.dtype} {tuple(dev.shape)}; re-export the model with `llpr export`"
-            )
-        if dev.shape[0] > 0 and not hasattr(module, "ensemble_forward"):
-            raise ValueError(f"'{path}' has {ENSEMBLE_BUFFER} but no ensemble_forward method; re-export it")
-    return module
+    core = _core()
+    path = os.fspath(path)
+    core.check_device(str(device))
+    core.check(path)
+    return torch.jit.load(path, map_location=device)

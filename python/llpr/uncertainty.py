@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .calibrate import CalibrationResult, calibrate_hyperparameters
 from .fit import CovarianceAccumulator
+from .head import LLPRHead
 
 
 def atomistic_outputs(model, batch: dict) -> dict:
@@ -87,6 +88,7 @@ class LLPR:
         self.n_train = 0
         self.calibration: CalibrationResult | None = None
         self._cholesky: torch.Tensor | None = None
+        self._head: LLPRHead | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -127,6 +129,7 @@ class LLPR:
         self.n_train = acc.n_samples
         self.calibration = None
         self._cholesky = None
+        self._head = None
         return self
 
     # ------------------------------------------------------------------ calibrate
@@ -151,6 +154,7 @@ class LLPR:
         errors = data["prediction"] - data["target"]
         self.calibration = calibrate_hyperparameters(self.covariance, data["features"], errors, **kwargs)
         self._cholesky = None
+        self._head = None
         return self
 
     def calibration_summary(self) -> dict:
@@ -176,19 +180,26 @@ class LLPR:
             self._cholesky = L
         return self._cholesky
 
+    def head(self, ensemble: int = 0, seed: int = 0) -> LLPRHead:
+        """The calibrated :class:`llpr.head.LLPRHead` (what the exported file carries), with a
+        last-layer ensemble of ``ensemble`` members drawn with ``seed`` when ``ensemble`` >= 2."""
+        self._require_calibrated("build the LLPR head")
+        if ensemble == 0:
+            if self._head is None:
+                self._head = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma)
+            return self._head
+        return LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, self.ensemble_deviations(ensemble, seed))
+
     def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
-        """f^T C^-1 f per row, by a triangular solve with the Cholesky factor (float64)."""
-        L = self.cholesky_factor()
-        z = torch.linalg.solve_triangular(L, features.to(torch.float64).t(), upper=False)
-        return (z * z).sum(dim=0)
+        """f^T C^-1 f per row (float64), by :meth:`LLPRHead.quadratic_form`."""
+        return self.head().quadratic_form(features)
 
     def variance(self, features: torch.Tensor) -> torch.Tensor:
-        return self.alpha**2 * self.quadratic_form(features)
+        return self.head().energy_variance(features)
 
     def local_uncertainty(self, atom_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom sigma_i (target units) and local prediction rigidity LPR_i."""
-        q = self.quadratic_form(atom_features)
-        return self.alpha * torch.sqrt(q), 1.0 / q
+        return self.head().local_uncertainty(atom_features)
 
     # ------------------------------------------------------------------ ensemble
     def readout_weights(self) -> torch.Tensor:
@@ -257,8 +268,6 @@ class LLPR:
         and, with an ensemble, ``ensemble_forces`` (K, N, 3), each member's forces, and
         ``force_sigma`` (N,), ``sqrt(sum_k |F_k,i - F_i|^2 / (3 (K-1)))`` (eV/A).
         """
-        from .propagation import ensemble_sigma, force_sigma
-
         self._require_calibrated("predict uncertainties")
         out = self._outputs(batch)
         var = self.variance(out["features"])
@@ -278,9 +287,10 @@ class LLPR:
                     f"got {tuple(weights.shape)}"
                 )
             deviations = weights - w
-            member_dev = out["features"].to(torch.float64) @ deviations.t()  # (B, K)
+            members = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, deviations)
+            member_dev = members.ensemble_energy_deviations(out["features"])  # (B, K)
             result["ensemble_prediction"] = out["prediction"].unsqueeze(1) + member_dev
-            result["ensemble_sigma"] = ensemble_sigma(member_dev.t())
+            result["ensemble_sigma"] = members.ensemble_sigma(member_dev.t())
         if forces:
             if not isinstance(batch, dict) or "positions" not in batch:
                 raise ValueError("forces=True needs an atomistic batch (llpr.graphs.collate)")
@@ -290,7 +300,7 @@ class LLPR:
             result["forces"] = f["forces"]
             if ensemble is not None:
                 result["ensemble_forces"] = f["forces"].unsqueeze(0) + f["force_deviations"]
-                result["force_sigma"] = force_sigma(f["force_deviations"])
+                result["force_sigma"] = members.force_sigma(f["force_deviations"])
         return result
 
     # ------------------------------------------------------------------ persistence
@@ -307,6 +317,7 @@ class LLPR:
         cal = state.get("calibration")
         self.calibration = CalibrationResult(**cal) if cal is not None else None
         self._cholesky = None
+        self._head = None
         return self
 
 

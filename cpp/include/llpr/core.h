@@ -1,4 +1,4 @@
-// llpr core: load, validate and run an exported LLPR model (format version 1).
+// llpr core: load, validate and run an exported LLPR model (format version 2).
 //
 // This header is deliberately free of torch and LAMMPS includes: the LAMMPS plugin and the
 // Python binding only see plain C++ types, and all libtorch code lives in core.cpp. The
@@ -15,7 +15,7 @@
 namespace llpr {
 
 // format version this code reads (ExportedLLPRModel.llpr_format_version)
-constexpr int64_t kFormatVersion = 1;
+constexpr int64_t kFormatVersion = 2;
 
 // Any problem with a model file or an evaluation. Messages are meant for end users.
 class Error : public std::runtime_error {
@@ -61,11 +61,8 @@ struct Metadata {
   std::string package_version;   // llpr version that wrote the file ("" if absent)
   double alpha = 0.0;
   double varsigma = 0.0;
-  // members K of the optional last-layer ensemble (buffer llpr_ensemble_deviations, K x F;
-  // 0 when the file has none, e.g. one written before the ensemble existed)
+  // members K of the last-layer ensemble (buffer head.ensemble_deviations, K x F; 0: none)
   int64_t ensemble_size = 0;
-  // the file has evaluate() (forward() without per-atom sigma/lpr), which compute() then uses
-  bool has_evaluate = false;
   // how the file's integrity was verified on load (IntegrityReport::summary)
   std::string integrity;
   bool sealed = false;
@@ -103,6 +100,7 @@ struct EnsembleOutputs {
   std::vector<double> energy_deviations;  // K: dE_k = (w_k - w) . sum of the centres' features
   std::vector<double> force_deviations;   // K x n_atoms x 3: F_k - F, ghosts included (if forces)
   std::vector<double> virial_deviations;  // K x 3 x 3 (if virial)
+  std::vector<double> force_sigma;        // n_atoms (if forces): LLPRHead.force_sigma of the deviations
 };
 
 class Model {
@@ -150,6 +148,13 @@ class Model {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Error (the message every loader gives) unless `device` is "cpu", or "cuda" / "cuda:N" with
+// that GPU usable by this libtorch.
+void check_device(const std::string &device);
+
+// The message for a file without a last-layer ensemble where one is needed (force sigma).
+std::string no_ensemble_message(const std::string &path);
 
 // Load `path` on the CPU exactly as the LAMMPS plugin does and return its metadata (the file's
 // integrity is verified first, as on every load).
