@@ -1,8 +1,6 @@
-// pair_style llpr (see pair_llpr.h) and the entry points of libllpr_lammps.so.
+// pair_style llpr (see pair_llpr.h)
 
 #include "pair_llpr.h"
-
-#include "compute_llpr.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -10,7 +8,6 @@
 #include "error.h"
 #include "force.h"
 #include "memory.h"
-#include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
 #include "utils.h"
@@ -341,78 +338,19 @@ void PairLLPR::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
 
-  double **x = atom->x;
-  double **f = atom->f;
-  const int *type = atom->type;
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  const int inum = list->inum;
-  const int *ilist = list->ilist;
-  const int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
-  const double cutsq_model = cutoff_ * cutoff_;
-
-  // model atoms: the list's centres (mapped types) first, then their neighbours in order
-  model_index_.assign(nall, -1);
-  lammps_index_.clear();
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    if (type_z_[type[i]] <= 0) continue;
-    model_index_[i] = static_cast<int>(lammps_index_.size());
-    lammps_index_.push_back(i);
-  }
-  n_centers_ = static_cast<int>(lammps_index_.size());
-  edges_.clear();
-  neighbors_tmp_.clear();
-  for (int c = 0; c < n_centers_; c++) {
-    const int i = lammps_index_[c];
-    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
-    const int *jlist = firstneigh[i];
-    const int jnum = numneigh[i];
-    for (int jj = 0; jj < jnum; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      if (type_z_[type[j]] <= 0) continue;
-      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
-      if (model_index_[j] < 0) {
-        model_index_[j] = static_cast<int>(lammps_index_.size());
-        lammps_index_.push_back(j);
-      }
-      edges_.push_back(c);
-      neighbors_tmp_.push_back(model_index_[j]);
-    }
-  }
-  const int64_t n_edges = static_cast<int64_t>(edges_.size());
-  n_edges_ = n_edges;
-  nall_ = nall;
-  edges_.insert(edges_.end(), neighbors_tmp_.begin(), neighbors_tmp_.end());
-  const int n_atoms = static_cast<int>(lammps_index_.size());
-  positions_.resize(3 * static_cast<size_t>(n_atoms));
-  numbers_.resize(n_atoms);
-  tags_.resize(n_atoms);
-  const tagint *tag = atom->tag;
-  for (int a = 0; a < n_atoms; a++) {
-    const int i = lammps_index_[a];
-    positions_[3 * a + 0] = x[i][0];
-    positions_[3 * a + 1] = x[i][1];
-    positions_[3 * a + 2] = x[i][2];
-    numbers_[a] = type_z_[type[i]];
-    tags_[a] = tag ? tag[i] : 0;
-  }
-
+  // the cache is invalid from here until this evaluation has succeeded on every rank: the
+  // inputs that describe it are about to be replaced
+  features_step_ = -1;
+  uncertainty_step_ = -1;
+  inputs_.build(list, atom, type_z_, cutoff_);
   if (neighbor->ago == 0) check_special_neighbors();
 
-  const llpr::Inputs in = cached_inputs();
   llpr::Request request;
   request.forces = true;
   request.virial = vflag_global || vflag_atom;
-
-  // the cache is invalid until this evaluation has succeeded on every rank
-  features_step_ = -1;
-  uncertainty_step_ = -1;
   std::string message;
   try {
-    model_->compute(in, request, out_);
+    model_->compute(inputs_.inputs(), request, out_);
   } catch (const llpr::NonFiniteOutput &e) {
     message = non_finite_message(e);
   } catch (const std::exception &e) {
@@ -421,27 +359,21 @@ void PairLLPR::compute(int eflag, int vflag)
   collective_check(lmp, world, message.empty(), message);
   features_step_ = update->ntimestep;
   evaluations_++;
-  nlocal_evaluated_ = nlocal;
 
   const double conv = energy_conversion_;
-  for (int a = 0; a < n_atoms; a++) {
-    const int i = lammps_index_[a];
-    f[i][0] += conv * out_.forces[3 * a + 0];
-    f[i][1] += conv * out_.forces[3 * a + 1];
-    f[i][2] += conv * out_.forces[3 * a + 2];
-  }
+  inputs_.add_vectors(out_.forces.data(), conv, atom->f);
   if (eflag_global) eng_vdwl += conv * out_.energy;
   if (eflag_atom)
-    for (int c = 0; c < n_centers_; c++) eatom[lammps_index_[c]] += conv * out_.energies[c];
+    for (int c = 0; c < inputs_.n_centers(); c++) eatom[inputs_.lammps_index(c)] += conv * out_.energies[c];
   // virial tensors from the model are row-major 3x3: W[a][b] = sum r_a F_b
   // LAMMPS order: xx, yy, zz, xy, xz, yz
   static const int vidx[6] = {0, 4, 8, 1, 2, 5};
   if (vflag_global)
     for (int k = 0; k < 6; k++) virial[k] += conv * out_.virial[vidx[k]];
   if (vflag_atom)
-    for (int a = 0; a < n_atoms; a++) {
+    for (int a = 0; a < inputs_.n_atoms(); a++) {
       const double *w = &out_.virial_atom[9 * static_cast<size_t>(a)];
-      double *v = vatom[lammps_index_[a]];
+      double *v = vatom[inputs_.lammps_index(a)];
       for (int k = 0; k < 6; k++) v[k] += conv * w[vidx[k]];
     }
   if (vflag_fdotr) virial_fdotr_compute();
@@ -455,35 +387,23 @@ void PairLLPR::compute(int eflag, int vflag)
 
 std::string PairLLPR::non_finite_message(const llpr::NonFiniteOutput &e) const
 {
-  const int n_atoms = static_cast<int>(lammps_index_.size());
+  const int n_atoms = inputs_.n_atoms();
   std::vector<char> bad(n_atoms, 0);
   std::vector<tagint> ids;
   for (auto a : e.atoms)
     if (a >= 0 && a < n_atoms && !bad[a]) {
       bad[a] = 1;
-      ids.push_back(tags_[a]);
+      ids.push_back(inputs_.tag(a));
     }
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   std::string text = fmt::format("pair_style llpr: {} on timestep {}", e.what(), update->ntimestep);
   if (!ids.empty()) text += fmt::format(" for {} atom(s), IDs {}", ids.size(), id_list(ids));
   // the usual cause: atoms on top of each other (or nearly)
-  double best = -1.0;
-  tagint bi = 0, bj = 0;
-  for (int64_t k = 0; k < n_edges_; k++) {
-    const int64_t c = edges_[k], j = edges_[n_edges_ + k];
-    if (!ids.empty() && !bad[c] && !bad[j]) continue;
-    const double *xc = &positions_[3 * c], *xj = &positions_[3 * j];
-    const double d = std::sqrt((xj[0] - xc[0]) * (xj[0] - xc[0]) + (xj[1] - xc[1]) * (xj[1] - xc[1]) +
-                               (xj[2] - xc[2]) * (xj[2] - xc[2]));
-    if (best < 0.0 || d < best) {
-      best = d;
-      bi = tags_[c];
-      bj = tags_[j];
-    }
-  }
-  if (best >= 0.0)
-    text += fmt::format("; closest pair: atoms {} and {}, {:.4g} A apart", std::min(bi, bj), std::max(bi, bj), best);
+  const ModelInputs::Contact closest = inputs_.closest_pair(bad, !ids.empty());
+  if (closest.distance >= 0.0)
+    text += fmt::format("; closest pair: atoms {} and {}, {:.4g} A apart", closest.first, closest.second,
+                        closest.distance);
   text += ". No uncertainty is defined for a broken evaluation; check the structure for overlapping "
           "atoms (e.g. `delete_atoms overlap 0.5 all all`) and the time step";
   return text;
@@ -505,8 +425,8 @@ void PairLLPR::check_special_neighbors()
   const double cutsq_model = cutoff_ * cutoff_;
   std::string message;
   static const char *const kLevel[4] = {"", "1-2", "1-3", "1-4"};
-  for (int c = 0; c < n_centers_ && message.empty(); c++) {
-    const int i = lammps_index_[c];
+  for (int c = 0; c < inputs_.n_centers() && message.empty(); c++) {
+    const int i = inputs_.lammps_index(c);
     const int *ns = atom->nspecial[i];
     for (int k = 0; k < ns[2] && message.empty(); k++) {
       const int level = k < ns[0] ? 1 : (k < ns[1] ? 2 : 3);
@@ -545,20 +465,20 @@ void PairLLPR::require_current_features(const char *who)
                "timestep {}; it can only be evaluated on steps where forces were computed",
                who, features_step_, update->ntimestep);
   }
-  // the cached features belong to the atoms of that evaluation: after create_atoms,
-  // delete_atoms or a re-sort without a new evaluation they would land on the wrong atoms
-  int same = atom->nlocal == nlocal_evaluated_ ? 1 : 0;
-  const tagint *tag = atom->tag;
-  for (int c = 0; same && c < n_centers_; c++)
-    same = lammps_index_[c] < atom->nlocal && (!tag || tag[lammps_index_[c]] == tags_[c]);
-  int all_same = 0;
-  MPI_Allreduce(&same, &all_same, 1, MPI_INT, MPI_MIN, world);
-  if (!all_same)
+  if (!all_ranks_hold_evaluated_atoms(ModelInputs::CENTRES))
     error->all(FLERR,
                "{}: atoms were added, deleted or re-ordered since pair_style llpr evaluated forces "
                "on timestep {} (e.g. by create_atoms or delete_atoms); evaluate them again with "
                "`run 0` first",
                who, features_step_);
+}
+
+// the same answer on every rank, so that the callers' error->all() is collective
+bool PairLLPR::all_ranks_hold_evaluated_atoms(ModelInputs::Extent extent)
+{
+  int same = inputs_.holds_built_atoms(atom, extent) ? 1 : 0, all_same = 0;
+  MPI_Allreduce(&same, &all_same, 1, MPI_INT, MPI_MIN, world);
+  return all_same != 0;
 }
 
 void PairLLPR::grow_peratom(int n)
@@ -581,14 +501,11 @@ void PairLLPR::update_uncertainty()
   std::fill(sigma_atom_, sigma_atom_ + nlocal, 0.0);
   std::fill(lpr_atom_, lpr_atom_ + nlocal, 0.0);
   if (!model_ || features_step_ < 0) return;
-  sigma_tmp_.resize(n_centers_);
-  lpr_tmp_.resize(n_centers_);
+  sigma_tmp_.resize(inputs_.n_centers());
+  lpr_tmp_.resize(inputs_.n_centers());
   model_->cached_local_uncertainty(sigma_tmp_.data(), lpr_tmp_.data());
-  for (int c = 0; c < n_centers_; c++) {
-    const int i = lammps_index_[c];
-    sigma_atom_[i] = energy_conversion_ * sigma_tmp_[c];
-    lpr_atom_[i] = lpr_tmp_[c];
-  }
+  inputs_.set_centres(sigma_tmp_.data(), energy_conversion_, sigma_atom_);
+  inputs_.set_centres(lpr_tmp_.data(), 1.0, lpr_atom_);
   uncertainty_step_ = features_step_;
 }
 
@@ -604,12 +521,12 @@ void PairLLPR::group_feature_sum(int groupbit, std::vector<double> &sum)
 {
   const int *mask = atom->mask;
   rows_tmp_.clear();
-  for (int c = 0; c < n_centers_; c++)
-    if (mask[lammps_index_[c]] & groupbit) rows_tmp_.push_back(c);
+  for (int c = 0; c < inputs_.n_centers(); c++)
+    if (mask[inputs_.lammps_index(c)] & groupbit) rows_tmp_.push_back(c);
   sum.assign(n_features(), 0.0);
   if (rows_tmp_.empty()) return;  // no centre of the group on this rank: adds nothing
   // every centre in the group (e.g. group all): sum in place, without gathering the rows
-  if (static_cast<int>(rows_tmp_.size()) == n_centers_) model_->cached_feature_sum_all(sum.data());
+  if (static_cast<int>(rows_tmp_.size()) == inputs_.n_centers()) model_->cached_feature_sum_all(sum.data());
   else model_->cached_feature_sum_rows(rows_tmp_.data(), static_cast<int64_t>(rows_tmp_.size()), sum.data());
 }
 
@@ -623,21 +540,6 @@ double PairLLPR::energy_sigma(const std::vector<double> &sum)
 int PairLLPR::n_features() const
 {
   return model_ ? static_cast<int>(model_->metadata().n_features) : 0;
-}
-
-// the model inputs of the latest force evaluation (ghost atoms are explicit periodic images:
-// no edge shifts)
-llpr::Inputs PairLLPR::cached_inputs() const
-{
-  llpr::Inputs in;
-  in.n_atoms = static_cast<int64_t>(lammps_index_.size());
-  in.n_centers = n_centers_;
-  in.n_edges = n_edges_;
-  in.positions = positions_.data();
-  in.atomic_numbers = numbers_.data();
-  in.edge_index = edges_.data();
-  in.edge_shifts = nullptr;
-  return in;
 }
 
 int PairLLPR::ensemble_size() const
@@ -654,43 +556,30 @@ void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &o
                "{}: the model file {} has no last-layer ensemble, which force uncertainties need; "
                "export it with `llpr export llpr.ckpt --ensemble 32 -o model.pt`",
                who, model_path_);
-  // the cached inputs must still describe the atoms LAMMPS holds now
-  const int nall = atom->nlocal + atom->nghost;
-  const int n_atoms = static_cast<int>(lammps_index_.size());
-  bool same = nall == nall_;
-  const tagint *tag = atom->tag;
-  for (int a = 0; same && a < n_atoms; a++) same = lammps_index_[a] < nall && (!tag || tag[lammps_index_[a]] == tags_[a]);
-  int all_same = 0, mine = same ? 1 : 0;
-  MPI_Allreduce(&mine, &all_same, 1, MPI_INT, MPI_MIN, world);
-  if (!all_same)
+  // the cached inputs must still describe every atom (ghosts too) LAMMPS holds now
+  if (!all_ranks_hold_evaluated_atoms(ModelInputs::ALL))
     error->all(FLERR,
                "{}: atoms were moved between processors or re-sorted since pair_style llpr "
                "evaluated forces on timestep {}; evaluate the step again (e.g. `run 0`) first",
                who, update->ntimestep);
 
-  const llpr::Inputs in = cached_inputs();
   llpr::Request request;
   request.forces = true;
   request.virial = false;
   std::string message;
   try {
-    model_->compute_ensemble(in, request, ensemble_out_);
+    model_->compute_ensemble(inputs_.inputs(), request, ensemble_out_);
   } catch (const std::exception &e) {
     message = std::string(who) + ": " + e.what();
   }
   collective_check(lmp, world, message.empty(), message);
 
+  const size_t nall = static_cast<size_t>(atom->nlocal + atom->nghost);
+  const size_t n_atoms = static_cast<size_t>(inputs_.n_atoms());
   out.assign(static_cast<size_t>(K) * 3 * nall, 0.0);
-  const double conv = energy_conversion_;
-  const std::vector<double> &dF = ensemble_out_.force_deviations;
   for (int k = 0; k < K; k++)
-    for (int a = 0; a < n_atoms; a++) {
-      const size_t src = (static_cast<size_t>(k) * n_atoms + a) * 3;
-      const size_t dst = (static_cast<size_t>(k) * nall + lammps_index_[a]) * 3;
-      out[dst + 0] = conv * dF[src + 0];
-      out[dst + 1] = conv * dF[src + 1];
-      out[dst + 2] = conv * dF[src + 2];
-    }
+    inputs_.set_vectors(ensemble_out_.force_deviations.data() + k * n_atoms * 3, energy_conversion_,
+                        out.data() + k * nall * 3);
 }
 
 /* ----------------------------------------------------------------------
@@ -721,45 +610,7 @@ double PairLLPR::memory_usage()
 {
   double bytes = Pair::memory_usage();
   bytes += 2.0 * nmax_peratom_ * sizeof(double);
-  bytes += (double) model_index_.capacity() * sizeof(int) + lammps_index_.capacity() * sizeof(int);
-  bytes += (double) (positions_.capacity() + out_.forces.capacity() + out_.virial_atom.capacity()) * sizeof(double);
-  bytes += (double) edges_.capacity() * sizeof(int64_t);
+  bytes += inputs_.memory_usage();
+  bytes += (double) (out_.forces.capacity() + out_.virial_atom.capacity()) * sizeof(double);
   return bytes;
-}
-
-/* ----------------------------------------------------------------------
-   entry points looked up by libllpr_lammpsplugin.so
-------------------------------------------------------------------------- */
-
-#define LLPR_EXPORT extern "C" __attribute__((visibility("default")))
-
-LLPR_EXPORT void *llpr_lammps_create_pair(void *lmp)
-{
-  Pair *pair = new PairLLPR(static_cast<LAMMPS *>(lmp));
-  return static_cast<void *>(pair);
-}
-
-LLPR_EXPORT void *llpr_lammps_create_compute_atom(void *lmp, int narg, char **arg)
-{
-  Compute *compute = new ComputeLLPRAtom(static_cast<LAMMPS *>(lmp), narg, arg);
-  return static_cast<void *>(compute);
-}
-
-LLPR_EXPORT void *llpr_lammps_create_compute_global(void *lmp, int narg, char **arg)
-{
-  Compute *compute = new ComputeLLPR(static_cast<LAMMPS *>(lmp), narg, arg);
-  return static_cast<void *>(compute);
-}
-
-// "" when the libtorch loaded in this process is the one llpr was compiled against
-LLPR_EXPORT const char *llpr_lammps_runtime_problem()
-{
-  static std::string problem;
-  const std::string compiled = llpr::torch_version_compiled();
-  const std::string running = llpr::torch_version_runtime();
-  problem.clear();
-  if (running != "unknown" && running.rfind(compiled, 0) != 0)
-    problem = "llpr was compiled against torch " + compiled + " but torch " + running +
-              " is loaded in this process";
-  return problem.c_str();
 }

@@ -7,6 +7,7 @@
 #include "pair.h"
 
 #include "llpr/core.h"
+#include "model_inputs.h"
 
 #include <memory>
 #include <string>
@@ -55,22 +56,18 @@ class PairLLPR : public Pair {
   // inputs cached by the force evaluation of this step (ensemble_forward); errors (naming
   // `who`) if there is no such step or the file has no ensemble.
   void ensemble_force_deviations(const char *who, std::vector<double> &out);
-
- protected:
-  void allocate();
-  llpr::Inputs cached_inputs() const;
-  void load_model();
-  std::string resolve_device();
-  void grow_peratom(int n);
-  std::string non_finite_message(const llpr::NonFiniteOutput &e) const;
-  void check_special_neighbors();
-
- public:
   // LAMMPS error unless `value` is a finite, non-negative variance or sigma (call it on every
   // rank with the same value, e.g. one computed from all-reduced sums)
   void check_sigma(double value, const char *what) const;
 
  protected:
+  void allocate();
+  bool all_ranks_hold_evaluated_atoms(ModelInputs::Extent extent);
+  void load_model();
+  std::string resolve_device();
+  void grow_peratom(int n);
+  std::string non_finite_message(const llpr::NonFiniteOutput &e) const;
+  void check_special_neighbors();
 
   std::string model_path_;
   std::string device_request_ = "auto";
@@ -79,20 +76,9 @@ class PairLLPR : public Pair {
   double energy_conversion_ = 1.0;  // eV -> LAMMPS energy unit
   std::vector<int64_t> type_z_;     // atomic number of each LAMMPS type (0 = NULL)
 
-  // per-step work arrays (reused)
-  std::vector<int> model_index_;   // LAMMPS index (local + ghost) -> model index, -1 if unused
-  std::vector<int> lammps_index_;  // model index -> LAMMPS index (centres first)
-  std::vector<double> positions_;
-  std::vector<int64_t> numbers_;
-  std::vector<int64_t> edges_;     // row 0 (centres) then row 1 (neighbours)
-  std::vector<int64_t> neighbors_tmp_;
-  std::vector<tagint> tags_;       // atom IDs of lammps_index_ (to detect moved atoms)
-  int nall_ = 0;                   // nlocal + nghost at the force evaluation
-  int nlocal_evaluated_ = -1;      // nlocal at the force evaluation
-  int64_t n_edges_ = 0;
+  ModelInputs inputs_;  // of the latest force evaluation (reused from step to step)
   llpr::Outputs out_;
   llpr::EnsembleOutputs ensemble_out_;
-  int n_centers_ = 0;
 
   // features cache bookkeeping
   bigint features_step_ = -1;       // timestep of the cached features (-1: none)
