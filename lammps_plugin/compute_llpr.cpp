@@ -4,6 +4,8 @@
 
 #include "pair_llpr.h"
 
+#include "llpr/core.h"
+
 #include "atom.h"
 #include "comm.h"
 #include "error.h"
@@ -65,11 +67,8 @@ void ComputeLLPRAtom::init()
 {
   PairLLPR *pair = find_pair(lmp, "llpr/atom");
   if (forces_ && pair->ensemble_size() == 0)
-    error->all(FLERR,
-               "compute llpr/atom forces yes: the model file {} has no last-layer ensemble, which "
-               "force uncertainties need; export it with `llpr export llpr.ckpt --ensemble 32 -o "
-               "model.pt`",
-               pair->model_path());
+    error->all(FLERR, "compute llpr/atom forces yes: the model file {}",
+               llpr::no_ensemble_message(pair->model_path()));
 }
 
 void ComputeLLPRAtom::compute_peratom()
@@ -111,7 +110,9 @@ void ComputeLLPRAtom::compute_peratom()
 
   // force sigma_i = sqrt(sum_k |F_k,i - F_i|^2 / (3 (K - 1))): member force deviations on local
   // and ghost atoms, the ghosts' parts summed onto their owners (reverse communication, one
-  // member at a time), then the spread over the members
+  // member at a time), then the spread over the members. This is the one uncertainty formula
+  // written in C++, because it must run after the reverse communication; its Python twin is
+  // llpr.propagation.force_sigma (LLPRHead.force_sigma), which tests compare it with.
   pair->ensemble_force_deviations("compute llpr/atom forces yes", dforce_);
   const int K = pair->ensemble_size();
   nall_ = atom->nlocal + atom->nghost;

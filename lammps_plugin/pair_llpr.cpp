@@ -532,6 +532,7 @@ void PairLLPR::group_feature_sum(int groupbit, std::vector<double> &sum)
 
 double PairLLPR::energy_sigma(const std::vector<double> &sum)
 {
+  // LLPRHead.energy_variance of the all-reduced sum; only the square root is taken here
   const double var = model_->energy_variance(sum.data());
   check_sigma(var, "the variance of a group's energy");
   return energy_conversion_ * std::sqrt(var);
@@ -552,10 +553,7 @@ void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &o
   require_current_features(who);
   const int K = ensemble_size();
   if (K == 0)
-    error->all(FLERR,
-               "{}: the model file {} has no last-layer ensemble, which force uncertainties need; "
-               "export it with `llpr export llpr.ckpt --ensemble 32 -o model.pt`",
-               who, model_path_);
+    error->all(FLERR, "{}: the model file {}", who, llpr::no_ensemble_message(model_path_));
   // the cached inputs must still describe every atom (ghosts too) LAMMPS holds now
   if (!all_ranks_hold_evaluated_atoms(ModelInputs::ALL))
     error->all(FLERR,

@@ -12,10 +12,9 @@ one implementation of each formula. With ``C = F^T F + varsigma^2 I = L L^T``:
   summed features ``s``, and the spreads of :mod:`llpr.propagation`.
 
 The quadratic form is evaluated as a product with the precomputed triangular inverse
-``L^-1`` (a matrix product runs several times faster than a triangular solve on the same
-rows, and agrees with it to ~1e-15 relative even for condition numbers of 1e12; see
-``benchmarks/results/quadratic_form.md``), in blocks of rows on a CPU so that each block
-stays in cache.
+``L^-1``: a matrix product is faster than a triangular solve on the same rows and agrees with
+it to round-off even for ill-conditioned covariances (``benchmarks/quadratic_form.py``
+measures both). On a CPU it runs in blocks of rows that stay in cache.
 """
 
 
