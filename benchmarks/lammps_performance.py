@@ -214,11 +214,9 @@ def bare_libtorch(model_path: str, n: int, threads: int, repeats: int, device: s
 
     torch.set_num_threads(threads)
     module = torch.jit.load(model_path, map_location=device)
-    dtype = torch.float64 if module.dtype == "float64" else torch.float32
     atoms = bulk("Si", "diamond", LATTICE, cubic=True) * (n, n, n)
     atoms.rattle(0.02, seed=1)
-    g = {k: v.to(device) for k, v in graph_tensors(atoms, module.cutoff, dtype).items()}
-    args = (g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], len(atoms), True, False)
+    args = (*graph_tensors(atoms, module.cutoff, module.dtype, device).values(), len(atoms), True, False)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):  # TorchScript's profiling executor optimises over the first calls
         module.evaluate(*args)

@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def si_structures():
-    from llpr.data import generate_dataset
+    from llpr.sampling import generate_dataset
 
     return generate_dataset(potential="sw", n_per_type=4, seed=123, progress=False)
 

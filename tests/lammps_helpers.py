@@ -76,6 +76,13 @@ def cluster_left_half():
     return atoms
 
 
+def displaced(atoms, i, c, delta):
+    """A copy of `atoms` with atom i moved by delta along Cartesian direction c."""
+    moved = atoms.copy()
+    moved.positions[i, c] += delta
+    return moved
+
+
 def strained(atoms, a, b, delta):
     """A copy of `atoms` under the symmetric strain eps_ab = eps_ba = delta (delta / 2 each off
     the diagonal, so that a Voigt component changes by delta), atoms scaled with the cell."""
@@ -151,8 +158,7 @@ def reference(model_path, atoms):
     from llpr.graphs import graph_tensors
 
     module = load_exported(model_path)
-    dtype = torch.float64 if module.dtype == "float64" else torch.float32
-    g = graph_tensors(atoms, module.cutoff, dtype)
+    g = graph_tensors(atoms, module.cutoff, module.dtype)
     out = module(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], len(atoms), True, True)
     res = {k: v.detach().to(torch.float64).numpy() for k, v in out.items()}
     res["energy"] = float(out["energy"])

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from llpr.cli import main
-from llpr.data import write_dataset
+from llpr.data import read_dataset, write_dataset
+from llpr.evaluate import evaluate_model
+from llpr.sampling import generate_dataset
 
 
 def _llpr(*args, cwd=None):
@@ -19,7 +21,7 @@ def _llpr(*args, cwd=None):
     )
 
 
-def test_cli_pipeline(si_splits, tmp_path, capsys):
+def test_plumbing_cli_pipeline(si_splits, tmp_path, capsys):
     train, val, test = si_splits
     for name, part in (("train", train), ("val", val), ("test", test)):
         write_dataset(part, str(tmp_path / f"{name}.xyz"))
@@ -39,19 +41,24 @@ def test_cli_pipeline(si_splits, tmp_path, capsys):
         assert key in out
     metrics = json.load(open(f"{d}/metrics.json"))
     assert metrics["n_structures"] == len(test)
-    assert 0.0 <= metrics["miscalibration_area"] <= 0.5
+    assert metrics["miscalibration_area"] == evaluate_model(f"{d}/model.pt", read_dataset(f"{d}/test.xyz"))[
+        "metrics"]["miscalibration_area"]
     for png in ("parity.png", "calibration.png"):
         path = tmp_path / "plots" / png
         assert path.stat().st_size > 5000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_data_command(tmp_path):
+def test_plumbing_cli_data_command(tmp_path):
     proc = _llpr("-q", "data", "-o", str(tmp_path / "d"), "--n-per-type", "1", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
-    for name in ("all", "train", "val", "test"):
-        assert (tmp_path / "d" / f"{name}.xyz").exists()
     assert "wrote 7 structures" in proc.stdout
+    parts = {name: read_dataset(str(tmp_path / "d" / f"{name}.xyz")) for name in ("all", "train", "val", "test")}
+    # all.xyz holds what generate_dataset makes for the seed; the split covers it once
+    expected = generate_dataset("sw", n_per_type=1, seed=3, progress=False)
+    assert [a.info["energy"] for a in parts["all"]] == pytest.approx([a.info["energy"] for a in expected], abs=1e-9)
+    split = sorted(a.info["energy"] for name in ("train", "val", "test") for a in parts[name])
+    assert split == sorted(a.info["energy"] for a in parts["all"])
 
 
 @pytest.mark.parametrize(
@@ -79,7 +86,7 @@ def test_cli_export_of_uncalibrated_checkpoint(tmp_path, small_model):
     assert "llpr.LLPR checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_check_and_plugin_path(exported_path, tmp_path):
+def test_plumbing_cli_check_and_plugin_path(exported_path, tmp_path):
     proc = _llpr("check", exported_path)
     assert proc.returncode == 0, proc.stderr
     for key in ("format_version", "species", "cutoff", "energy_unit", "dtype", "alpha"):

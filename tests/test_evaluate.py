@@ -1,15 +1,26 @@
-"""`llpr evaluate` reports: the binned error-vs-sigma curve and plot, coverage, the text
-summary, and the force-uncertainty metrics of files with a last-layer ensemble."""
+"""`llpr evaluate`: the uncertainty metrics against their exact expectations on synthetic
+Gaussian errors, the binned error-vs-sigma curve, the metrics of an exported file recomputed
+from its own predictions, the text summary and plots, and the force-uncertainty metrics of
+files with a last-layer ensemble."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
+from scipy.special import erf, erfinv
 
-from llpr.evaluate import binned_error_vs_sigma, evaluate_model, format_summary, write_plots
-from llpr.export import export_model
+from llpr.ase import LLPRCalculator
+from llpr.cli import main
+from llpr.data import read_dataset, write_dataset
+from llpr.evaluate import (
+    Z95, binned_error_vs_sigma, coverage, evaluate_model, format_summary, miscalibration_area, uncertainty_metrics,
+    write_plots,
+)
+
+from lammps_helpers import make_model, si_diamond
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -23,12 +34,71 @@ FORCE_KEYS = ("force_sigma_mean", "force_sigma_rms", "force_spearman_abs_error_s
 
 
 @pytest.fixture(scope="module")
-def paths(small_llpr, tmp_path_factory):
+def paths(tmp_path_factory):
+    """One small model (fitted and calibrated on random labels, no LAMMPS), exported with and
+    without a 16-member last-layer ensemble."""
     d = tmp_path_factory.mktemp("evaluate")
-    return {
-        "ensemble": export_model(small_llpr, str(d / "ens.pt"), ensemble=16, seed=0),
-        "plain": export_model(small_llpr, str(d / "plain.pt")),
-    }
+    return {"ensemble": make_model(d / "ens.pt", ensemble=16), "plain": make_model(d / "plain.pt")}
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    """Eight rattled silicon cells with random energy and force labels."""
+    rng = np.random.default_rng(42)
+    structures = []
+    for k in range(8):
+        atoms = si_diamond(rattle=0.15, seed=100 + k)
+        atoms.info["energy"] = float(rng.normal())
+        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        structures.append(atoms)
+    return structures
+
+
+N_SYNTHETIC = 40000
+
+
+def _gaussian_errors(scale, n=N_SYNTHETIC, seed=0):
+    """Predicted sigmas spread over two decades and errors drawn from N(0, (scale * sigma)^2):
+    scale 1 is calibrated, 2 an overconfident model, 0.5 an underconfident one."""
+    rng = np.random.default_rng(seed)
+    sigma = np.exp(rng.uniform(-3, 1, size=n))
+    return rng.normal(size=n) * scale * sigma, sigma
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, 0.5])
+def test_metrics_of_gaussian_errors_match_their_expectations(scale):
+    errors, sigma = _gaussian_errors(scale)
+    n = errors.size
+    m = uncertainty_metrics(errors, sigma)
+    # a k-sigma interval holds a fraction erf(k / (scale sqrt 2)) of the errors; an observed
+    # proportion has a standard deviation of at most 0.5 / sqrt(n): 4 of those as tolerance
+    tol = 4 * 0.5 / math.sqrt(n)
+    for key, k in (("coverage_68", 1.0), ("coverage_95", Z95)):
+        assert m[key] == pytest.approx(erf(k / (scale * math.sqrt(2))), abs=tol), key
+    assert coverage(errors, sigma, 3.0) == pytest.approx(erf(3.0 / (scale * math.sqrt(2))), abs=tol)
+    # the area averages |observed - expected| over the levels p = 1 %, ..., 99 %, each observed
+    # proportion within the same tolerance of erf(erfinv(p) / scale)
+    p = np.linspace(0.0, 1.0, 101)[1:-1]
+    expected_area = float(np.mean(np.abs(erf(erfinv(p) / scale) - p)))
+    assert m["miscalibration_area"] == pytest.approx(expected_area, abs=tol)
+    # z^2 = (error / sigma)^2 is scale^2 chi^2_1: mean scale^2, standard deviation scale^2 sqrt(2)
+    z2_tol = 4 * scale**2 * math.sqrt(2.0 / n)
+    assert m["mean_z2"] == pytest.approx(scale**2, abs=z2_tol)
+    expected_nll = float(np.mean(0.5 * np.log(2 * np.pi * sigma**2))) + 0.5 * scale**2
+    assert m["nll"] == pytest.approx(expected_nll, abs=0.5 * z2_tol)
+    # larger sigmas go with larger errors; sigmas shuffled against the errors carry no rank
+    # information (rank correlation of independent samples: standard deviation 1 / sqrt(n))
+    assert m["spearman_abs_error_sigma"] > 0.5
+    shuffled = np.random.default_rng(1).permutation(sigma)
+    assert abs(uncertainty_metrics(errors, shuffled)["spearman_abs_error_sigma"]) < 4 / math.sqrt(n)
+
+
+def test_miscalibration_area_extremes():
+    sigma = np.ones(1000)
+    # every error far outside every interval: observed 0 at every level, area = mean(p) = 0.5
+    assert miscalibration_area(np.full(1000, 1e6), sigma) == pytest.approx(0.5)
+    # every error zero: observed 1 at every level, area = mean(1 - p) = 0.5
+    assert miscalibration_area(np.zeros(1000), sigma) == pytest.approx(0.5)
 
 
 def test_binned_error_vs_sigma_on_calibrated_data():
@@ -47,19 +117,35 @@ def test_binned_error_vs_sigma_on_calibrated_data():
     assert len(binned_error_vs_sigma(errors[:3], sigma[:3], n_bins=10)["count"]) == 3
 
 
-def test_evaluate_with_ensemble_reports_force_uncertainty(paths, si_splits, tmp_path):
-    test = si_splits[2]
+def test_evaluate_with_ensemble_reports_force_uncertainty(paths, test_set, tmp_path):
+    test = test_set
     result = evaluate_model(paths["ensemble"], test)
     m = result["metrics"]
     assert m["ensemble_size"] == 16
     for key in FORCE_KEYS:
         assert key in m, key
     n_atoms = sum(len(a) for a in test)
-    assert result["arrays"]["force_sigma"].shape == (n_atoms,)
-    assert np.all(result["arrays"]["force_sigma"] > 0)
-    for key in ("coverage_68", "coverage_95", "force_coverage_68", "force_coverage_95"):
-        assert 0.0 <= m[key] <= 1.0
-    assert m["force_coverage_68"] <= m["force_coverage_95"]
+    arrays = result["arrays"]
+    assert arrays["force_sigma"].shape == (n_atoms,)
+    assert np.all(arrays["force_sigma"] > 0)
+    # the arrays are the file's own predictions, in the order of the structures and atoms
+    last = test[-1].copy()
+    last.calc = LLPRCalculator(paths["ensemble"], ensemble=True)
+    assert arrays["energy_predicted"][-1] == pytest.approx(last.get_potential_energy(), abs=1e-10)
+    assert arrays["energy_sigma"][-1] == pytest.approx(last.calc.results["energy_sigma"], rel=1e-10)
+    np.testing.assert_allclose(arrays["force_sigma"][-len(last):], last.calc.results["force_sigma"], rtol=1e-10)
+    np.testing.assert_array_equal(arrays["forces_reference"][-len(last):], last.arrays["forces"])
+    # the metrics are those of these predictions: energies per structure, force components
+    # each against its atom's sigma
+    err = arrays["energy_predicted"] - arrays["energy_reference"]
+    assert m["coverage_68"] == np.mean(np.abs(err) <= arrays["energy_sigma"])
+    assert m["mean_z2"] == pytest.approx(np.mean((err / arrays["energy_sigma"]) ** 2), rel=1e-12)
+    f_err = arrays["forces_predicted"] - arrays["forces_reference"]
+    z = f_err / arrays["force_sigma"][:, None]
+    assert m["force_coverage_68"] == np.mean(np.abs(z) <= 1.0)
+    assert m["force_coverage_95"] == np.mean(np.abs(z) <= Z95)
+    assert m["force_mean_z2"] == pytest.approx(np.mean(z**2), rel=1e-12)
+    assert m["force_rmse"] == pytest.approx(np.sqrt(np.mean(f_err**2)), rel=1e-12)
     assert sum(m["force_binned"]["count"]) == 3 * n_atoms
     assert sum(m["energy_binned"]["count"]) == len(test)
     # the ensemble's energy spread is the analytic sigma up to Monte-Carlo noise (K = 16)
@@ -75,30 +161,28 @@ def test_evaluate_with_ensemble_reports_force_uncertainty(paths, si_splits, tmp_
         assert data[:8] == PNG and len(data) > 5000
 
 
-def test_evaluate_without_ensemble(paths, si_splits, tmp_path):
-    result = evaluate_model(paths["plain"], si_splits[2])
+def test_plumbing_evaluate_without_ensemble(paths, test_set, tmp_path):
+    result = evaluate_model(paths["plain"], test_set)
     m = result["metrics"]
     assert m["ensemble_size"] == 0 and not any(key in m for key in FORCE_KEYS)
     assert "none: export with `llpr export --ensemble K`" in format_summary(m)
     path = write_plots(result["arrays"], str(tmp_path / "p"))["error_vs_sigma"]
     assert open(path, "rb").read()[:8] == PNG
     with pytest.raises(ValueError, match="no last-layer ensemble"):
-        evaluate_model(paths["plain"], si_splits[2], ensemble=True)
+        evaluate_model(paths["plain"], test_set, ensemble=True)
     # the ensemble can be skipped
-    assert evaluate_model(paths["ensemble"], si_splits[2][:2], ensemble=False)["metrics"]["ensemble_size"] == 0
+    assert evaluate_model(paths["ensemble"], test_set[:2], ensemble=False)["metrics"]["ensemble_size"] == 0
 
 
-def test_cli_evaluate_summary_json_and_plots(paths, si_splits, tmp_path, capsys):
-    from llpr.cli import main
-    from llpr.data import write_dataset
-
-    write_dataset(si_splits[2], str(tmp_path / "test.xyz"))
+def test_plumbing_cli_evaluate_summary_json_and_plots(paths, test_set, tmp_path, capsys):
+    write_dataset(test_set, str(tmp_path / "test.xyz"))
     assert main(["-q", "evaluate", paths["ensemble"], "--data", str(tmp_path / "test.xyz"),
                  "--plots", str(tmp_path / "plots"), "--json", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
     for piece in ("energy RMSE", "RMSE vs RMS sigma", "coverage 68% / 95%", "force uncertainty", "error_vs_sigma.png"):
         assert piece in out, piece
     metrics = json.load(open(tmp_path / "m.json"))
-    for key in FORCE_KEYS:
-        assert key in metrics
+    # the metrics of the structures as the file holds them (positions with 8 decimals)
+    expected = evaluate_model(paths["ensemble"], read_dataset(str(tmp_path / "test.xyz")))["metrics"]
+    assert metrics == json.loads(json.dumps(expected))
     assert (tmp_path / "plots" / "error_vs_sigma.png").read_bytes()[:8] == PNG

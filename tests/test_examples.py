@@ -39,10 +39,11 @@ def demo_output(tmp_path_factory):
     """What examples/silicon/run.sh leaves in demo_output/, in miniature."""
     import torch
 
-    from llpr.data import generate_dataset, split_dataset, write_dataset
+    from llpr.data import split_dataset, write_dataset
     from llpr.export import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.model import save_model
+    from llpr.sampling import generate_dataset
     from llpr.train import TrainConfig, train_model
     from llpr.uncertainty import LLPR
 

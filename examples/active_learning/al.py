@@ -51,7 +51,8 @@ def cmd_thresholds(args) -> None:
 def cmd_label(args) -> None:
     from ase.io import read
 
-    from llpr.data import label_structures, read_dataset, write_dataset
+    from llpr.data import read_dataset, write_dataset
+    from llpr.labelling import label_structures
 
     frames = read(args.dump, index=":", format="lammps-dump-text")
     for atoms in frames:

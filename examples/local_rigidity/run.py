@@ -24,8 +24,9 @@ import time
 import numpy as np
 import torch
 
-from llpr.data import generate_dataset, split_dataset
+from llpr.data import split_dataset
 from llpr.graphs import AtomisticDataset, collate, make_loader, neighbor_list
+from llpr.sampling import generate_dataset
 from llpr.train import TrainConfig, train_model
 from llpr.uncertainty import LLPR
 

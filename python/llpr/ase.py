@@ -7,7 +7,7 @@ import torch
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 
 from .export import load_exported, require_ensemble
-from .graphs import neighbor_list
+from .graphs import graph_tensors
 
 
 class LLPRCalculator(Calculator):
@@ -38,7 +38,6 @@ class LLPRCalculator(Calculator):
         if self.ensemble:
             require_ensemble(self.module, f"'{model}'" if isinstance(model, str) else "the model")
         self.device = torch.device(device)
-        self.dtype = torch.float64 if self.module.dtype == "float64" else torch.float32
         self.cutoff = float(self.module.cutoff)
         self.species = set(int(z) for z in self.module.species)
 
@@ -51,14 +50,12 @@ class LLPRCalculator(Calculator):
                 f"structure contains atomic number(s) {unknown} that the model does not know; "
                 f"it was trained for {sorted(self.species)}"
             )
-        edge_index, edge_shifts = neighbor_list(atoms, self.cutoff)
-        positions = torch.tensor(atoms.positions, dtype=self.dtype, device=self.device)
-        numbers = torch.tensor(atoms.numbers, dtype=torch.long, device=self.device)
-        edges = torch.from_numpy(edge_index).to(self.device)
-        shifts = torch.tensor(edge_shifts, dtype=self.dtype, device=self.device)
+        graph = graph_tensors(atoms, self.cutoff, self.module.dtype, self.device)
+        inputs = tuple(graph.values())
+        has_edges = graph["edge_index"].shape[1] > 0
         periodic = bool(np.all(atoms.pbc))
-        out = self.module(positions, numbers, edges, shifts, len(atoms), True, periodic)
-        _check_finite(out, edge_index, atoms, ("energies", "forces", "features") + (("virial_atom",) if periodic else ()))
+        out = self.module(*inputs, len(atoms), True, periodic)
+        _check_finite(out, has_edges, atoms, ("energies", "forces", "features") + (("virial_atom",) if periodic else ()))
         energy = float(out["energy"].to(torch.float64))
         self.results["energy"] = energy
         self.results["free_energy"] = energy
@@ -73,8 +70,8 @@ class LLPRCalculator(Calculator):
         feature_sum = out["features"].to(torch.float64).sum(0)
         self.results["energy_sigma"] = float(torch.sqrt(self.module.energy_variance(feature_sum))[0])
         if self.ensemble:
-            ens = self.module.ensemble_forward(positions, numbers, edges, shifts, len(atoms), True, periodic)
-            _check_finite(ens, edge_index, atoms, ("force_deviations", "energy_deviations"))
+            ens = self.module.ensemble_forward(*inputs, len(atoms), True, periodic)
+            _check_finite(ens, has_edges, atoms, ("force_deviations", "energy_deviations"))
             self.results["force_sigma"] = ens["force_sigma"].detach().cpu().numpy()
             self.results["energy_ensemble"] = energy + ens["energy_deviations"].detach().cpu().numpy()
             if periodic:
@@ -85,7 +82,7 @@ class LLPRCalculator(Calculator):
                 self.results["stress_sigma"] = np.sqrt((dstress**2).sum(0) / (k - 1))
 
 
-def _check_finite(out, edge_index, atoms, keys) -> None:
+def _check_finite(out, has_edges: bool, atoms, keys) -> None:
     """CalculationFailed naming the atoms (0-based indices) and their closest pair when the
     model gave NaN or inf: as in LAMMPS, a broken evaluation never passes for a result."""
     for key in keys:
@@ -102,7 +99,7 @@ def _check_finite(out, edge_index, atoms, keys) -> None:
         message = f"the model gave non-finite {key} (NaN or inf) for {len(bad)} atom(s), indices {bad[:10].tolist()}"
         if len(bad) > 10:
             message = message[:-1] + ", ...]"
-        if len(atoms) > 1 and edge_index.shape[1] > 0:
+        if len(atoms) > 1 and has_edges:
             d = atoms.get_all_distances(mic=bool(np.any(atoms.pbc)))
             np.fill_diagonal(d, np.inf)
             rows = bad if len(bad) < len(atoms) else np.arange(len(atoms))

@@ -1,5 +1,9 @@
 """Command-line interface: ``llpr data | train | calibrate | export | evaluate | check |
-plugin-path``."""
+plugin-path``.
+
+Each command imports what it needs when it runs: torch, scipy and ASE take seconds to
+import, and ``llpr --help`` or ``llpr plugin-path`` need none of them.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ def _read(path: str):
 
 
 def cmd_data(args) -> None:
-    from .data import generate_dataset, split_dataset, write_dataset
+    from .data import split_dataset, write_dataset
+    from .sampling import generate_dataset
 
     os.makedirs(args.output, exist_ok=True)
     start = time.perf_counter()

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from scipy.special import erfinv
 from scipy.stats import spearmanr
+from tqdm.auto import tqdm
 
 from .calibrate import gaussian_nll
-from .export import ensemble_size, load_exported
-from .graphs import neighbor_list
+from .export import ensemble_size, load_exported, require_ensemble
+from .graphs import graph_tensors
 
 Z95 = 1.959963984540054
 
@@ -85,27 +86,16 @@ def uncertainty_metrics(errors: np.ndarray, sigmas: np.ndarray, prefix: str = ""
     }
 
 
-def _graph(module, atoms):
-    dtype = torch.float64 if module.dtype == "float64" else torch.float32
-    edge_index, edge_shifts = neighbor_list(atoms, float(module.cutoff))
-    return (
-        torch.tensor(atoms.positions, dtype=dtype),
-        torch.tensor(atoms.numbers, dtype=torch.long),
-        torch.from_numpy(edge_index),
-        torch.tensor(edge_shifts, dtype=dtype),
-    )
-
-
 def run_exported(module, atoms, forces: bool = True, ensemble: bool = False) -> dict:
     """Run an exported module on one ASE structure (vesin neighbour list). ``ensemble=True``
     also runs its last-layer ensemble: ``force_sigma`` (N,), ``force_deviations`` (K, N, 3)
     and ``energy_deviations`` (K,), all float64."""
-    positions, numbers, edge_index, edge_shifts = _graph(module, atoms)
-    out = module(positions, numbers, edge_index, edge_shifts, len(atoms), forces, False)
+    inputs = tuple(graph_tensors(atoms, float(module.cutoff), module.dtype).values())
+    out = module(*inputs, len(atoms), forces, False)
     feature_sum = out["features"].to(torch.float64).sum(0)
     out["energy_sigma"] = torch.sqrt(module.energy_variance(feature_sum))[0]
     if ensemble:
-        ens = module.ensemble_forward(positions, numbers, edge_index, edge_shifts, len(atoms), forces, False)
+        ens = module.ensemble_forward(*inputs, len(atoms), forces, False)
         for key in ("energy_deviations", "force_deviations", "force_sigma"):
             if key in ens:
                 out[key] = ens[key]
@@ -118,10 +108,6 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
     ``ensemble``: propagate the file's last-layer ensemble to force uncertainties (default:
     when the file has one; True on a file without one is an error).
     """
-    from tqdm.auto import tqdm
-
-    from .export import require_ensemble
-
     module = load_exported(model_path)
     if len(atoms_list) == 0:
         raise ValueError("no structures to evaluate")
@@ -237,6 +223,7 @@ def format_summary(metrics: dict) -> str:
 
 
 def _pyplot():
+    # imported here: matplotlib takes long to import and picks a backend, and only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")

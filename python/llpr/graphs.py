@@ -35,14 +35,21 @@ def neighbor_list(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     return edge_index, edge_shifts
 
 
-def graph_tensors(atoms, cutoff: float, dtype=torch.float64) -> dict[str, torch.Tensor]:
-    """Tensors a model needs for one structure: positions, atomic numbers, edges, shifts."""
+def graph_tensors(atoms, cutoff: float, dtype=torch.float64, device=None) -> dict[str, torch.Tensor]:
+    """The model inputs of one ASE structure: ``positions``, ``atomic_numbers``, ``edge_index``
+    and ``edge_shifts`` (see :func:`neighbor_list`), in the order an exported model takes them.
+
+    ``dtype`` (of positions and shifts) is a torch dtype or its name as an exported file stores
+    it (``module.dtype``: ``"float32"`` or ``"float64"``); ``device`` is where the tensors go.
+    """
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     edge_index, edge_shifts = neighbor_list(atoms, cutoff)
     return {
-        "positions": torch.tensor(atoms.positions, dtype=dtype),
-        "atomic_numbers": torch.tensor(atoms.numbers, dtype=torch.long),
-        "edge_index": torch.from_numpy(edge_index),
-        "edge_shifts": torch.tensor(edge_shifts, dtype=dtype),
+        "positions": torch.tensor(atoms.positions, dtype=dtype, device=device),
+        "atomic_numbers": torch.tensor(atoms.numbers, dtype=torch.long, device=device),
+        "edge_index": torch.as_tensor(edge_index, device=device),
+        "edge_shifts": torch.tensor(edge_shifts, dtype=dtype, device=device),
     }
 
 
@@ -69,7 +76,7 @@ class AtomisticDataset(torch.utils.data.Dataset):
             if require_labels and (energy is None or forces is None):
                 raise ValueError(
                     f"structure {k} has no energy/forces labels (atoms.info['energy'], "
-                    "atoms.arrays['forces']); label it first, e.g. with llpr.data.label_structures"
+                    "atoms.arrays['forces']); label it first, e.g. with llpr.labelling.label_structures"
                 )
             if energy is not None:
                 item["energy"] = torch.tensor(float(energy), dtype=torch.float64)
