@@ -45,7 +45,7 @@ def test_graph_tensors_dtype_names_and_device():
         np.testing.assert_array_equal(g["atomic_numbers"].numpy(), atoms.numbers)
 
 
-def test_calculator_and_evaluate_give_the_same_predictions(exported_path):
+def test_plumbing_calculator_and_evaluate_give_the_same_predictions(exported_path):
     atoms = bulk("Si", "diamond", 5.431, cubic=True)
     atoms.rattle(0.1, seed=3)
     atoms.pbc = (True, True, False)  # not fully periodic: no stress, as in evaluate
