@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from llpr.calibrate import gaussian_nll
-from llpr.model import MLPRegressor
+from llpr.tabular import MLPRegressor
 from llpr.uncertainty import LLPR
 
 PAPER = {  # Bigi et al., UCI table, Concrete row: RMSE, NLL

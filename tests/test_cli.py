@@ -78,7 +78,7 @@ def test_cli_errors_are_clear(tmp_path, args, message):
 
 
 def test_cli_export_of_uncalibrated_checkpoint(tmp_path, small_model):
-    from llpr.model import save_model
+    from llpr.checkpoint import save_model
 
     save_model(small_model, str(tmp_path / "m.ckpt"))
     proc = _llpr("export", str(tmp_path / "m.ckpt"), "-o", str(tmp_path / "model.pt"))

@@ -40,9 +40,9 @@ def demo_output(tmp_path_factory):
     import torch
 
     from llpr.data import split_dataset, write_dataset
+    from llpr.checkpoint import save_model
     from llpr.export import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.model import save_model
     from llpr.sampling import generate_dataset
     from llpr.train import TrainConfig, train_model
     from llpr.uncertainty import LLPR

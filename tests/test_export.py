@@ -205,7 +205,7 @@ def test_exported_head_is_the_calibrated_llpr(small_llpr, exported_path):
 
 
 def test_checkpoint_instead_of_exported_file(small_model, tmp_path):
-    from llpr.model import save_model
+    from llpr.checkpoint import save_model
 
     save_model(small_model, str(tmp_path / "model.ckpt"))
     with pytest.raises(ValueError, match=r"PyTorch checkpoint .*llpr export"):

@@ -169,7 +169,7 @@ def test_unknown_element_is_an_error(small_llpr):
 
 def test_tabular_mlp_regressor_llpr():
     """LLPR on a plain tabular network (features = last hidden layer + constant)."""
-    from llpr.model import MLPRegressor
+    from llpr.tabular import MLPRegressor
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

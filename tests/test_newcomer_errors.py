@@ -134,7 +134,8 @@ def test_path_typo(files, tmp_path):
 
 def test_checkpoint_given_to_lammps(files, tmp_path):
     """`pair_style llpr model.ckpt`: the file llpr train wrote, not the exported one."""
-    from llpr.model import LocalPotential, save_model
+    from llpr.checkpoint import save_model
+    from llpr.model import LocalPotential
 
     save_model(LocalPotential([14], hidden=(8,)), str(tmp_path / "model.ckpt"))
     proc, out = _lmp(files, tmp_path, _script(model="model.ckpt"))
@@ -144,7 +145,8 @@ def test_checkpoint_given_to_lammps(files, tmp_path):
 
 
 def test_checkpoint_given_to_lammps_is_named_as_such(files, tmp_path):
-    from llpr.model import LocalPotential, save_model
+    from llpr.checkpoint import save_model
+    from llpr.model import LocalPotential
 
     save_model(LocalPotential([14], hidden=(8,)), str(tmp_path / "model.ckpt"))
     proc, out = _lmp(files, tmp_path, _script(model="model.ckpt"))
@@ -465,9 +467,10 @@ def _llpr(*args, cwd):
 def test_export_before_calibration(tmp_path):
     import torch
 
+    from llpr.checkpoint import save_model
     from llpr.export import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.model import LocalPotential, save_model
+    from llpr.model import LocalPotential
     from llpr.uncertainty import LLPR
 
     model = LocalPotential([14], hidden=(8,)).to(torch.float64)

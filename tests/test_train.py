@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llpr.graphs import AtomisticDataset
-from llpr.model import load_model
+from llpr.checkpoint import load_model
 from llpr.train import TrainConfig, evaluate_errors, train_model
 
 

@@ -114,10 +114,10 @@ def fine_tune(model, train, val, epochs: int, time_limit: float, lr: float, ener
 def cmd_retrain(args) -> None:
     import torch
 
+    from llpr.checkpoint import load_model, save_model
     from llpr.data import read_dataset
     from llpr.export import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.model import load_model, save_model
     from llpr.uncertainty import LLPR, save_llpr
 
     model = load_model(args.previous)

@@ -66,11 +66,20 @@ def cmd_train(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
+    from .checkpoint import load_model
     from .graphs import AtomisticDataset, make_loader
-    from .model import load_model
+    from .protocol import check_atomistic_model
     from .uncertainty import LLPR, save_llpr
 
     model = load_model(args.model)
+    try:
+        check_atomistic_model(model)
+    except TypeError as exc:
+        raise ValueError(
+            f"llpr calibrate fits atomistic models on structures; '{args.model}' holds a "
+            f"{type(model).__name__}, which is not one ({exc}); calibrate it from Python "
+            "(llpr.uncertainty.LLPR, docs/python_api.md)"
+        ) from None
     dtype = next(model.parameters()).dtype
     train = AtomisticDataset(_read(args.train), model.cutoff, dtype)
     val = AtomisticDataset(_read(args.val), model.cutoff, dtype)

@@ -2,6 +2,8 @@
 
 The exported module is the only contract between Python and C++ (LAMMPS). Its format is
 documented in ``docs/model-format.md``; bump ``FORMAT_VERSION`` on any incompatible change.
+An atomistic model (:class:`llpr.protocol.AtomisticModel`) is wrapped in
+:class:`ExportedLLPRModel`, a tabular one in :class:`llpr.tabular.ExportedTabularModel`.
 """
 
 import copy
@@ -13,9 +15,13 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from . import __version__
 from .head import LLPRHead
 from .plugin import _core
 from .propagation import accumulate_pass_rows, combine_passes, pass_plan
+from .protocol import check_atomistic_model, readout_weights
+from .tabular import ExportedTabularModel
+from .uncertainty import LLPR
 
 FORMAT_VERSION = 2
 ENERGY_UNIT = "eV"
@@ -60,6 +66,7 @@ class ExportedLLPRModel(nn.Module):
     species: List[int]
     cutoff: float
     receptive_field: float
+    strictly_local: bool
     energy_unit: str
     length_unit: str
     dtype: str
@@ -79,12 +86,14 @@ class ExportedLLPRModel(nn.Module):
         ensemble_info: Optional[Dict[str, object]] = None,
     ) -> None:
         super().__init__()
+        check_atomistic_model(model)
         self.model = model
         param = next(model.parameters())
         self.llpr_format_version = FORMAT_VERSION
         self.species = [int(z) for z in model.species]
         self.cutoff = float(model.cutoff)
-        self.receptive_field = float(model.cutoff)
+        self.receptive_field = float(model.receptive_field)
+        self.strictly_local = bool(model.strictly_local)
         self.energy_unit = ENERGY_UNIT
         self.length_unit = LENGTH_UNIT
         self.dtype = "float64" if param.dtype == torch.float64 else "float32"
@@ -143,13 +152,14 @@ class ExportedLLPRModel(nn.Module):
     def _center_blocks(
         self, edge_index: torch.Tensor, edge_shifts: torch.Tensor, n_centers: int, split: bool
     ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, int, int, int]]]:
-        """The model is strictly local: the centres may be evaluated in blocks, so that the
-        edge-sized tensors of the forward and backward passes stay in the CPU caches (at 32768
-        atoms: 19 instead of 33 us per atom for forces); one block on a GPU unless the system is
-        large. Returns the edges (sorted by centre when ``split`` asks for several blocks), their
-        shifts, and per block (first centre, number of centres, first edge, end of its edges)."""
+        """A strictly local model's centres may be evaluated in blocks, so that the edge-sized
+        tensors of the forward and backward passes stay in the CPU caches; one block on a GPU
+        unless the system is large, and always one block for a model that is not strictly local
+        (an atom's energy needs its neighbours' edges too). Returns the edges (sorted by centre
+        when ``split`` asks for several blocks), their shifts, and per block (first centre,
+        number of centres, first edge, end of its edges)."""
         block = self.chunk_centers if edge_index.device.type == "cpu" else 16 * self.chunk_centers
-        if not (split and n_centers > block and edge_index.shape[1] > 0):
+        if not (self.strictly_local and split and n_centers > block and edge_index.shape[1] > 0):
             return edge_index, edge_shifts, [(0, n_centers, 0, edge_index.shape[1])]
         centers = edge_index[0]
         if not bool((centers[1:] >= centers[:-1]).all()):
@@ -304,17 +314,15 @@ class ExportedLLPRModel(nn.Module):
 def export_model(
     llpr, path: str, dtype: Optional[torch.dtype] = None, ensemble: int = 0, seed: int = 0
 ) -> str:
-    """Write ``llpr`` (a fitted and calibrated :class:`llpr.uncertainty.LLPR` wrapping a
-    :class:`llpr.model.LocalPotential`) to one TorchScript file at ``path``.
+    """Write ``llpr`` (a fitted and calibrated :class:`llpr.uncertainty.LLPR`) to one
+    TorchScript file at ``path``: an :class:`ExportedLLPRModel` for an atomistic model (what
+    LAMMPS runs), an :class:`llpr.tabular.ExportedTabularModel` for a tabular one.
 
     ``dtype`` (torch.float32 / torch.float64) converts the model first; the LLPR head is
     float64 in any case. ``ensemble`` = K >= 2 adds a last-layer ensemble of K members drawn
     with ``seed`` (:meth:`llpr.uncertainty.LLPR.ensemble_deviations`); 0 (default) adds none.
     The file is sealed with a whole-file checksum (docs/model-format.md). Returns the path.
     """
-    from . import __version__
-    from .uncertainty import LLPR
-
     if not isinstance(llpr, LLPR):
         raise TypeError(f"export_model needs a fitted and calibrated llpr.LLPR, got {type(llpr).__name__}")
     llpr._require_calibrated("export")
@@ -331,7 +339,17 @@ def export_model(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapper = ExportedLLPRModel(model, head, llpr.calibration_summary(), __version__, ensemble_info)
+    summary = llpr.calibration_summary()
+    if llpr.kind == "atomistic":
+        wrapper = ExportedLLPRModel(model, head, summary, __version__, ensemble_info)
+    elif llpr.kind == "tabular":
+        wrapper = ExportedTabularModel(model, head, readout_weights(model), llpr.target_scale, llpr.target_shift,
+                                       summary, __version__, ensemble_info)
+    else:
+        raise TypeError(
+            f"cannot export {type(llpr.model).__name__}: it follows neither llpr model protocol "
+            "(llpr.protocol.AtomisticModel, llpr.protocol.TabularModel)"
+        )
     with warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is what libtorch in
         # LAMMPS loads; nothing for the user to act on

@@ -21,13 +21,14 @@ features** ``f_i``; the atomic energy is ``E_i = w . f_i + E0[s_i]`` with a bias
 read-out ``w`` and fixed per-species reference energies ``E0`` (fitted by least squares on
 the training set). LLPR treats ``w`` as the last layer.
 
-The module is scriptable with ``torch.jit.script`` and works in float32 and float64.
+The module is scriptable with ``torch.jit.script`` and works in float32 and float64. It
+follows :class:`llpr.protocol.AtomisticModel`; checkpoints of it are read and written by
+:mod:`llpr.checkpoint`.
 """
 
 
 import math
-import os
-from typing import Dict, List, Optional, Tuple
+from typing import Iterable, List, Tuple
 
 import torch
 from torch import nn
@@ -58,15 +59,17 @@ class LocalPotential(nn.Module):
     species:
         Atomic numbers the model knows, e.g. ``[14]`` or ``[6, 14]``.
     cutoff:
-        Radial cutoff in Angstrom (also the receptive field).
+        Radial cutoff in Angstrom (also the receptive field: the model is strictly local).
     n_basis, n_channels, l_max:
         Radial basis size, number of mixed radial channels, highest angular order.
     hidden:
         Widths of the MLP hidden layers; the last one is the feature dimension.
     """
 
-    # exported metadata (TorchScript attributes)
+    # exported metadata (TorchScript attributes, llpr.protocol.AtomisticModel)
     cutoff: float
+    receptive_field: float
+    strictly_local: bool
     n_species: int
     n_features: int
     l_max: int
@@ -91,6 +94,8 @@ class LocalPotential(nn.Module):
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         self.species: List[int] = sorted(species)
         self.cutoff = float(cutoff)
+        self.receptive_field = float(cutoff)  # no message passing
+        self.strictly_local = True
         self.n_species = len(self.species)
         self.n_basis = int(n_basis)
         self.n_channels = int(n_channels)
@@ -313,80 +318,36 @@ class LocalPotential(nn.Module):
     def readout_weights(self) -> torch.Tensor:
         return self.readout.weight.view(-1)
 
+    @torch.jit.export
+    def species_energies(self) -> torch.Tensor:
+        """The per-species reference energies ``E0`` (in the order of ``species``)."""
+        return self.energy_shift
+
+    def set_species_energies(self, values: torch.Tensor) -> None:
+        """Set ``E0`` (a fixed buffer, fitted by :func:`llpr.train.fit_energy_shift`)."""
+        self.energy_shift.copy_(torch.as_tensor(values, dtype=self.energy_shift.dtype))
+
+    def fit_statistics(self, graphs: Iterable[dict], max_structures: int = 200) -> None:
+        """Standardise the invariants with the mean and standard deviation over (the first
+        ``max_structures`` of) the training ``graphs``."""
+        parts = []
+        dtype = self.radial_mixing.dtype
+        with torch.no_grad():
+            for k, item in enumerate(graphs):
+                if k == max_structures:
+                    break
+                ev = edge_vectors_from_positions(item["positions"], item["edge_index"], item["edge_shifts"])
+                idx = self.species_index(item["atomic_numbers"])
+                parts.append(self.invariants(idx, item["edge_index"], ev.to(dtype), len(idx)))
+        inv = torch.cat(parts).to(torch.float64)
+        mean = inv.mean(0)
+        std = inv.std(0).clamp(min=1e-6 * float(inv.std(0).max()) + 1e-12)
+        self.invariant_mean.copy_(mean.to(self.invariant_mean.dtype))
+        self.invariant_std.copy_(std.to(self.invariant_std.dtype))
+
 
 def edge_vectors_from_positions(
     positions: torch.Tensor, edge_index: torch.Tensor, edge_shifts: torch.Tensor
 ) -> torch.Tensor:
     """``r_j - r_i + shift`` for every edge (shift = Cartesian periodic image offset)."""
     return positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts
-
-
-def model_payload(model: "LocalPotential", extra: Optional[Dict[str, object]] = None) -> Dict[str, object]:
-    """Constructor arguments + weights of a model, as a picklable dict."""
-    return {
-        "kind": "llpr.LocalPotential",
-        "config": model.init_kwargs,
-        "state_dict": model.state_dict(),
-        "dtype": "float64" if model.radial_mixing.dtype == torch.float64 else "float32",
-        "extra": extra or {},
-    }
-
-
-def model_from_payload(payload: Dict[str, object]) -> "LocalPotential":
-    model = LocalPotential(**payload["config"])
-    model = model.to(torch.float64 if payload["dtype"] == "float64" else torch.float32)
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return model
-
-
-def save_model(model: "LocalPotential", path: str, extra: Optional[Dict[str, object]] = None) -> None:
-    """Save a model (constructor arguments + weights) to a checkpoint file."""
-    torch.save(model_payload(model, extra), path)
-
-
-def load_checkpoint(path: str, kind: str) -> Dict[str, object]:
-    """Read a checkpoint written by llpr and check its kind, with clear errors."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist; check the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"'{path}' is not a readable llpr checkpoint ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(payload, dict) or payload.get("kind") != kind:
-        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"'{path}' is not a {kind} checkpoint (found {found!r})")
-    return payload
-
-
-def load_model(path: str) -> "LocalPotential":
-    """Load a model checkpoint written by :func:`save_model` (e.g. by `llpr train`)."""
-    return model_from_payload(load_checkpoint(path, "llpr.LocalPotential"))
-
-
-class MLPRegressor(nn.Module):
-    """One-hidden-layer (or deeper) regressor for tabular data, with LLPR-ready features.
-
-    ``features(x)`` returns the last hidden activations with a constant 1 appended (so the
-    read-out bias is part of the last layer LLPR treats) and ``readout`` is a bias-free
-    linear layer: ``forward(x) = readout(features(x))``. ``dropout`` (probability) applies
-    to the hidden activations during training, and in MC-dropout sampling.
-    """
-
-    def __init__(self, n_inputs: int, hidden: Tuple[int, ...] = (50,), dropout: float = 0.0) -> None:
-        super().__init__()
-        layers: List[nn.Module] = []
-        width = n_inputs
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.body = nn.Sequential(*layers)
-        self.dropout = nn.Dropout(dropout)
-        self.readout = nn.Linear(width + 1, 1, bias=False)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.dropout(self.body(x))
-        return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.features(x)).squeeze(1)

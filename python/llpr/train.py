@@ -1,9 +1,12 @@
-"""Train: fit a :class:`~llpr.model.LocalPotential` to energies and forces.
+"""Train: fit an atomistic model (:class:`llpr.protocol.AtomisticModel`, by default a
+:class:`~llpr.model.LocalPotential`) to energies and forces.
 
 Weighted loss ``w_E * MSE(E/N) + w_F * MSE(F)`` (per-atom energies so that cells of
 different sizes weigh alike), Adam with a reduce-on-plateau learning-rate schedule,
 validation-based early stopping (the best validation state is kept), an optional wall-clock
-budget, checkpoints and a tqdm progress bar.
+budget, checkpoints and a tqdm progress bar. Before the first epoch, the per-species reference
+energies are fitted by least squares (for a model with ``set_species_energies``) and the model's
+``fit_statistics`` hook, if any, sees the training graphs.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import registered_model, save_model
 from .graphs import AtomisticDataset, make_loader
-from .model import LocalPotential, edge_vectors_from_positions, save_model
+from .model import edge_vectors_from_positions
+from .protocol import AtomisticModel, check_atomistic_model
 
 
 @dataclass
@@ -37,7 +42,8 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     num_threads: int | None = None
-    model: dict = field(default_factory=dict)  # LocalPotential keyword arguments
+    model_class: str = "LocalPotential"  # a name registered with llpr.checkpoint.register_model
+    model: dict = field(default_factory=dict)  # its keyword arguments (besides species)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -59,30 +65,26 @@ def composition_matrix(atoms_list, species: list[int]) -> np.ndarray:
     return X
 
 
-def fit_energy_shift(model: LocalPotential, atoms_list) -> None:
-    """Per-species reference energies by least squares on the composition (fixed buffer)."""
+def fit_energy_shift(model: AtomisticModel, atoms_list) -> None:
+    """Per-species reference energies by least squares on the composition, written with the
+    model's ``set_species_energies``."""
     X = composition_matrix(atoms_list, model.species)
     y = np.array([a.info["energy"] for a in atoms_list])
     shift, *_ = np.linalg.lstsq(X, y, rcond=None)
-    model.energy_shift.copy_(torch.tensor(shift, dtype=model.energy_shift.dtype))
+    model.set_species_energies(torch.tensor(shift))
 
 
-def fit_invariant_normalization(model: LocalPotential, dataset: AtomisticDataset, max_structures: int = 200) -> None:
-    """Standardise the invariants with the training set's mean and standard deviation."""
-    parts = []
-    with torch.no_grad():
-        for item in dataset.items[:max_structures]:
-            ev = edge_vectors_from_positions(item["positions"], item["edge_index"], item["edge_shifts"])
-            idx = model.species_index(item["atomic_numbers"])
-            parts.append(model.invariants(idx, item["edge_index"], ev.to(model.radial_mixing.dtype), len(idx)))
-    inv = torch.cat(parts).to(torch.float64)
-    mean = inv.mean(0)
-    std = inv.std(0).clamp(min=1e-6 * float(inv.std(0).max()) + 1e-12)
-    model.invariant_mean.copy_(mean.to(model.invariant_mean.dtype))
-    model.invariant_std.copy_(std.to(model.invariant_std.dtype))
+def prepare_model(model: AtomisticModel, train_atoms, train_dataset: AtomisticDataset) -> None:
+    """What the model takes from the training set before the first epoch: its reference
+    energies (``set_species_energies``) and input statistics (``fit_statistics``), for a model
+    that has these hooks."""
+    if callable(getattr(model, "set_species_energies", None)):
+        fit_energy_shift(model, train_atoms)
+    if callable(getattr(model, "fit_statistics", None)):
+        model.fit_statistics(train_dataset.items)
 
 
-def predict_batch(model: LocalPotential, batch: dict, forces: bool = True, create_graph: bool = False):
+def predict_batch(model: AtomisticModel, batch: dict, forces: bool = True, create_graph: bool = False):
     """Structure energies (float64, eV) and forces (eV/A) of a collated batch."""
     positions = batch["positions"]
     if forces:
@@ -108,7 +110,7 @@ def _loss(model, batch, config: TrainConfig, create_graph: bool):
     return config.energy_weight * e_mse + config.force_weight * f_mse, e_mse.detach(), f_mse.detach()
 
 
-def evaluate_errors(model: LocalPotential, dataset: AtomisticDataset, batch_size: int = 16) -> dict:
+def evaluate_errors(model: AtomisticModel, dataset: AtomisticDataset, batch_size: int = 16) -> dict:
     """Energy RMSE (eV/atom and eV/structure) and force RMSE (eV/A) of ``model`` on ``dataset``."""
     e_pa, e_tot, f_sq, n_f = [], [], 0.0, 0
     was = model.training
@@ -135,12 +137,16 @@ def train_model(
     train_atoms,
     val_atoms,
     config: TrainConfig | None = None,
-    model: LocalPotential | None = None,
+    model: AtomisticModel | None = None,
     checkpoint: str | None = None,
     progress: bool = True,
     log=None,
-) -> tuple[LocalPotential, dict]:
+) -> tuple[AtomisticModel, dict]:
     """Train a potential on ``train_atoms`` with early stopping on ``val_atoms``.
+
+    ``model``: any :class:`llpr.protocol.AtomisticModel`; by default a new
+    ``config.model_class`` (registered name) built with the training set's species and
+    ``config.model``. A ``checkpoint`` needs a registered class (:mod:`llpr.checkpoint`).
 
     Returns the model in its best-validation state and a history dict (per-epoch losses,
     learning rates, RMSEs, wall time).
@@ -157,12 +163,12 @@ def train_model(
     dtype = _dtype(config.dtype)
     if model is None:
         species = sorted({int(z) for a in train_atoms for z in a.numbers})
-        model = LocalPotential(species=species, **config.model)
+        model = registered_model(config.model_class)(species=species, **config.model)
+    check_atomistic_model(model)
     model = model.to(dtype)
     train_ds = AtomisticDataset(train_atoms, model.cutoff, dtype)
     val_ds = AtomisticDataset(val_atoms, model.cutoff, dtype)
-    fit_energy_shift(model, train_atoms)
-    fit_invariant_normalization(model, train_ds)
+    prepare_model(model, train_atoms, train_ds)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

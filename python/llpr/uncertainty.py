@@ -1,6 +1,9 @@
 """The LLPR estimator: ``fit`` / ``calibrate`` / ``predict`` for any torch model with a
 linear last layer.
 
+The model is atomistic or tabular (:mod:`llpr.protocol`), which chooses the default feature
+function: :func:`atomistic_outputs` or :func:`tabular_outputs`.
+
 A *feature function* maps ``(model, batch)`` to a dict with
 
 * ``prediction`` (B,): the model's predictions, ``prediction = features @ w (+ constant)``;
@@ -15,6 +18,11 @@ feature is the **sum** of its atoms' features (no per-atom mean) and its varianc
 stacks the training structures' summed features. Per-atom: ``sigma_i = alpha sqrt(f_i^T
 C^-1 f_i)`` (eV) and ``LPR_i = 1 / (f_i^T C^-1 f_i)``.
 
+Tabular convention (:func:`tabular_outputs`): one feature row per sample, no reduction.
+A model trained on a standardised target ``t = (y - target_shift) / target_scale`` is wrapped
+with ``LLPR(model, target_scale=..., target_shift=...)``: predictions, targets, errors and
+hence ``alpha``, ``sigma`` and the NLL are then all in the units of ``y``.
+
 Last-layer ensemble (Laplace sampling of the read-out): :meth:`LLPR.sample_ensemble` draws
 ``w_k ~ N(w, alpha^2 C^-1)`` (re-centred on ``w``), and ``predict(batch, ensemble=W,
 forces=True)`` propagates them to per-member predictions and forces (see
@@ -23,19 +31,23 @@ forces=True)`` propagates them to per-member predictions and forces (see
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
 from .calibrate import CalibrationResult, calibrate_hyperparameters
+from .checkpoint import model_from_payload, read_llpr_payload, save_llpr_payload
 from .fit import CovarianceAccumulator
 from .head import LLPRHead
+from .model import edge_vectors_from_positions
+from .propagation import edge_gradients_to_forces, ensemble_force_virial_deviations, sample_deviations
+from .protocol import model_kind, readout_weights, tabular_input
 
 
 def atomistic_outputs(model, batch: dict) -> dict:
-    """Feature function for :class:`llpr.model.LocalPotential` batches from
-    :func:`llpr.graphs.collate`."""
-    from .model import edge_vectors_from_positions
-
+    """Feature function for atomistic models (:class:`llpr.protocol.AtomisticModel`) on
+    batches from :func:`llpr.graphs.collate`."""
     if not torch.isfinite(batch["positions"]).all():
         raise ValueError("structure has non-finite (NaN or inf) positions")
     vectors = edge_vectors_from_positions(batch["positions"], batch["edge_index"], batch["edge_shifts"])
@@ -60,13 +72,17 @@ def atomistic_outputs(model, batch: dict) -> dict:
 
 
 def tabular_outputs(model, batch) -> dict:
-    """Feature function for a tabular regressor exposing ``features(x)`` (B, F) and a
-    linear ``readout``; batches are ``(x, y)`` pairs or plain ``x``."""
+    """Feature function for tabular models (:class:`llpr.protocol.TabularModel`): batches are
+    ``(x, y)`` pairs or plain ``x`` (tensors or arrays, any floating dtype: ``x`` is converted
+    to the model's); ``prediction = features(x) @ w`` in the model's (standardised) units."""
     x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-    feats = model.features(x)
-    out = {"prediction": model.readout(feats).reshape(-1).to(torch.float64), "features": feats}
+    feats = model.features(tabular_input(model, x))
+    out = {"prediction": (feats @ readout_weights(model)).to(torch.float64), "features": feats}
     if y is not None:
-        out["target"] = torch.as_tensor(y).reshape(-1).to(torch.float64)
+        target = torch.as_tensor(y).reshape(-1).to(torch.float64)
+        if target.shape[0] != feats.shape[0]:
+            raise ValueError(f"the batch has {feats.shape[0]} inputs but {target.shape[0]} targets")
+        out["target"] = target
     return out
 
 
@@ -75,15 +91,38 @@ class LLPR:
 
     >>> llpr = LLPR(model).fit(train_loader).calibrate(val_loader)
     >>> out = llpr.predict(batch)   # prediction, variance, sigma (+ atom_sigma, lpr)
+
+    ``model`` follows :mod:`llpr.protocol` (atomistic or tabular) unless a ``feature_fn(model,
+    batch)`` is given. ``target_scale`` and ``target_shift`` (tabular models only): the model
+    predicts ``(y - target_shift) / target_scale``; the targets in the batches are ``y``, and
+    predictions, ``alpha``, ``sigma`` and the NLL come out in the units of ``y``.
     """
 
-    def __init__(self, model: torch.nn.Module, feature_fn=None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, feature_fn=None, target_scale: float = 1.0, target_shift: float = 0.0
+    ) -> None:
         self.model = model
         if feature_fn is None:
-            from .model import LocalPotential
-
-            feature_fn = atomistic_outputs if isinstance(model, LocalPotential) else tabular_outputs
+            self.kind = model_kind(model)
+            feature_fn = atomistic_outputs if self.kind == "atomistic" else tabular_outputs
+        else:
+            try:
+                self.kind = model_kind(model)
+            except TypeError:
+                self.kind = "custom"
         self.feature_fn = feature_fn
+        self.target_scale = float(target_scale)
+        self.target_shift = float(target_shift)
+        if not (math.isfinite(self.target_scale) and self.target_scale > 0 and math.isfinite(self.target_shift)):
+            raise ValueError(
+                f"target_scale must be a positive number and target_shift a finite one, got {target_scale}, "
+                f"{target_shift}"
+            )
+        if self.kind == "atomistic" and (self.target_scale != 1.0 or self.target_shift != 0.0):
+            raise ValueError(
+                "target_scale and target_shift are for tabular models: an atomistic model predicts energies "
+                "in eV (put per-species constants in its species_energies())"
+            )
         self.covariance: torch.Tensor | None = None
         self.n_train = 0
         self.calibration: CalibrationResult | None = None
@@ -115,9 +154,12 @@ class LLPR:
         self.model.eval()
         try:
             with torch.no_grad():
-                return self.feature_fn(self.model, batch)
+                out = self.feature_fn(self.model, batch)
         finally:
             self.model.train(was_training)
+        if self.target_scale != 1.0 or self.target_shift != 0.0:
+            out["prediction"] = self.target_shift + self.target_scale * out["prediction"]
+        return out
 
     # ------------------------------------------------------------------ fit
     def fit(self, loader, progress: bool = False) -> "LLPR":
@@ -161,7 +203,11 @@ class LLPR:
         self._require_calibrated("summarise the calibration")
         summary = self.calibration.summary()
         summary["n_train"] = self.n_train
-        summary["feature_reduction"] = "sum"
+        # a structure's feature is the sum of its atoms'; tabular rows are not reduced
+        summary["feature_reduction"] = "sum" if self.kind == "atomistic" else "none"
+        if self.kind != "atomistic":
+            summary["target_scale"] = self.target_scale
+            summary["target_shift"] = self.target_shift
         return summary
 
     # ------------------------------------------------------------------ predict
@@ -204,24 +250,14 @@ class LLPR:
     # ------------------------------------------------------------------ ensemble
     def readout_weights(self) -> torch.Tensor:
         """The model's last-layer weights ``w`` (F,) in float64 (``prediction = features @ w``
-        + constant); read from ``model.readout_weights()`` or ``model.readout.weight``."""
-        if hasattr(self.model, "readout_weights"):
-            w = self.model.readout_weights()
-        elif isinstance(getattr(self.model, "readout", None), torch.nn.Linear):
-            w = self.model.readout.weight
-        else:
-            raise TypeError(
-                f"cannot find the last-layer weights of {type(self.model).__name__}: give it a "
-                "bias-free torch.nn.Linear `readout` or a `readout_weights()` method"
-            )
-        return w.detach().reshape(-1).to(torch.float64).cpu()
+        + constant), in the units of the predictions (times ``target_scale``); read from
+        ``model.readout_weights()`` or ``model.readout.weight``."""
+        return readout_weights(self.model).to(device="cpu", dtype=torch.float64) * self.target_scale
 
     def ensemble_deviations(self, k: int, seed: int = 0) -> torch.Tensor:
         """``dw_k = w_k - w`` (K, F) float64 of a last-layer ensemble: ``alpha L^-T z_k`` with
         ``z_k ~ N(0, I)`` from ``torch.randn`` seeded with ``seed``, minus their mean (so the
         ensemble mean is the model's prediction)."""
-        from .propagation import sample_deviations
-
         return sample_deviations(self.cholesky_factor(), self.alpha, int(k), int(seed))
 
     def sample_ensemble(self, k: int, seed: int = 0) -> torch.Tensor:
@@ -233,9 +269,6 @@ class LLPR:
 
     def _ensemble_forces(self, batch: dict, deviations: torch.Tensor) -> dict:
         """Forces and member force deviations of an atomistic batch."""
-        from .model import edge_vectors_from_positions
-        from .propagation import edge_gradients_to_forces, ensemble_force_virial_deviations
-
         was_training = self.model.training
         self.model.eval()
         try:
@@ -292,8 +325,8 @@ class LLPR:
             result["ensemble_prediction"] = out["prediction"].unsqueeze(1) + member_dev
             result["ensemble_sigma"] = members.ensemble_sigma(member_dev.t())
         if forces:
-            if not isinstance(batch, dict) or "positions" not in batch:
-                raise ValueError("forces=True needs an atomistic batch (llpr.graphs.collate)")
+            if self.kind != "atomistic" or not isinstance(batch, dict) or "positions" not in batch:
+                raise ValueError("forces=True needs an atomistic model and batch (llpr.graphs.collate)")
             if deviations is None:
                 deviations = torch.zeros((0, self.covariance.shape[0]), dtype=torch.float64)
             f = self._ensemble_forces(batch, deviations)
@@ -306,7 +339,8 @@ class LLPR:
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
         self._require_fitted("save the LLPR state")
-        state = {"covariance": self.covariance, "n_train": self.n_train}
+        state = {"covariance": self.covariance, "n_train": self.n_train, "target_scale": self.target_scale,
+                 "target_shift": self.target_shift}
         if self.calibration is not None:
             state["calibration"] = self.calibration.__dict__.copy()
         return state
@@ -314,6 +348,8 @@ class LLPR:
     def load_state_dict(self, state: dict) -> "LLPR":
         self.covariance = state["covariance"].to(torch.float64)
         self.n_train = int(state["n_train"])
+        self.target_scale = float(state.get("target_scale", 1.0))
+        self.target_shift = float(state.get("target_shift", 0.0))
         cal = state.get("calibration")
         self.calibration = CalibrationResult(**cal) if cal is not None else None
         self._cholesky = None
@@ -322,23 +358,15 @@ class LLPR:
 
 
 def save_llpr(llpr: LLPR, path: str) -> None:
-    """Save a fitted (and possibly calibrated) LLPR of a LocalPotential: model + state."""
-    from .model import model_payload
-
-    torch.save({"kind": "llpr.LLPR", "model": model_payload(llpr.model), "llpr": llpr.state_dict()}, path)
+    """Save a fitted (and possibly calibrated) LLPR: the model (a registered class, see
+    :mod:`llpr.checkpoint`), its covariance, calibration and target scaling."""
+    save_llpr_payload(path, llpr.model, llpr.state_dict())
 
 
 def load_llpr(path: str) -> LLPR:
     """Load what :func:`save_llpr` wrote (e.g. by `llpr calibrate`)."""
-    from .model import load_checkpoint, model_from_payload
-
-    try:
-        payload = load_checkpoint(path, "llpr.LLPR")
-    except ValueError as exc:
-        if "llpr.LocalPotential" in str(exc):
-            raise ValueError(
-                f"'{path}' is not a llpr.LLPR checkpoint: it holds a trained model that is not "
-                f"calibrated yet; run `llpr calibrate --model {path} --train ... --val ...` first"
-            ) from exc
-        raise
-    return LLPR(model_from_payload(payload["model"])).load_state_dict(payload["llpr"])
+    payload = read_llpr_payload(path)
+    state = payload["llpr"]
+    model = model_from_payload(payload["model"])
+    return LLPR(model, target_scale=state.get("target_scale", 1.0), target_shift=state.get("target_shift", 0.0)
+                ).load_state_dict(state)
