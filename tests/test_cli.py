@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from llpr.checkpoint import save_model
 from llpr.cli import main
 from llpr.data import read_dataset, write_dataset
 from llpr.evaluate import evaluate_model
@@ -78,8 +79,6 @@ def test_cli_errors_are_clear(tmp_path, args, message):
 
 
 def test_cli_export_of_uncalibrated_checkpoint(tmp_path, small_model):
-    from llpr.checkpoint import save_model
-
     save_model(small_model, str(tmp_path / "m.ckpt"))
     proc = _llpr("export", str(tmp_path / "m.ckpt"), "-o", str(tmp_path / "model.pt"))
     assert proc.returncode == 2

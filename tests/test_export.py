@@ -12,6 +12,7 @@ import torch
 from ase.build import bulk
 
 from llpr.ase import LLPRCalculator
+from llpr.checkpoint import save_model
 from llpr.export import export_model, load_exported
 from llpr.graphs import AtomisticDataset, collate, make_loader
 from llpr.train import predict_batch
@@ -205,8 +206,6 @@ def test_exported_head_is_the_calibrated_llpr(small_llpr, exported_path):
 
 
 def test_checkpoint_instead_of_exported_file(small_model, tmp_path):
-    from llpr.checkpoint import save_model
-
     save_model(small_model, str(tmp_path / "model.ckpt"))
     with pytest.raises(ValueError, match=r"PyTorch checkpoint .*llpr export"):
         load_exported(str(tmp_path / "model.ckpt"))

@@ -9,6 +9,7 @@ from ase.build import bulk
 
 from llpr.calibrate import calibrate_hyperparameters
 from llpr.graphs import AtomisticDataset, collate, make_loader
+from llpr.tabular import MLPRegressor
 from llpr.uncertainty import LLPR, atomistic_outputs
 
 
@@ -169,8 +170,6 @@ def test_unknown_element_is_an_error(small_llpr):
 
 def test_tabular_mlp_regressor_llpr():
     """LLPR on a plain tabular network (features = last hidden layer + constant)."""
-    from llpr.tabular import MLPRegressor
-
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     X = torch.tensor(rng.normal(size=(300, 4)))

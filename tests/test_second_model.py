@@ -69,9 +69,10 @@ def pipeline(tmp_path_factory):
     d = tmp_path_factory.mktemp("pairwise")
     torch.manual_seed(0)
     train, val = _labelled(16, 0), _labelled(8, 100)
-    config = TrainConfig(max_epochs=2, batch_size=4, dtype="float64", seed=0)
-    trained, _ = train_model(train, val, config, model=PairwiseModel(SPECIES), checkpoint=str(d / "model.ckpt"),
-                             progress=False)
+    # built by train_model from its registered name, with the training set's species
+    config = TrainConfig(max_epochs=2, batch_size=4, dtype="float64", seed=0, model_class="PairwiseModel",
+                         model={"cutoff": 3.5})
+    trained, _ = train_model(train, val, config, checkpoint=str(d / "model.ckpt"), progress=False)
     model = load_model(str(d / "model.ckpt"))
     llpr = LLPR(model).fit(_loader(train, model.cutoff)).calibrate(_loader(val, model.cutoff))
     save_llpr(llpr, str(d / "llpr.ckpt"))
@@ -83,7 +84,7 @@ def test_checkpoints_rebuild_the_registered_class(pipeline):
     payload = read_checkpoint(str(pipeline["dir"] / "model.ckpt"))
     assert payload["class"] == "PairwiseModel" and payload["config"]["species"] == SPECIES
     model = pipeline["model"]
-    assert type(model) is PairwiseModel
+    assert type(pipeline["trained"]) is PairwiseModel and type(model) is PairwiseModel
     # training fitted the per-species constants through set_species_energies
     assert float(model.species_energies().abs().sum()) > 0
     for name, value in pipeline["trained"].state_dict().items():
