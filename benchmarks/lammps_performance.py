@@ -70,7 +70,7 @@ def build_model(path: str, seed: int = 0, dtype: torch.dtype = torch.float64, en
     """Export a default-architecture model (untrained weights, LLPR fitted on random labels)."""
     from ase.build import bulk
 
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.model import LocalPotential
     from llpr.uncertainty import LLPR

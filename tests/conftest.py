@@ -51,7 +51,7 @@ def small_llpr(small_model, si_splits):
 
 @pytest.fixture(scope="session")
 def exported_path(small_llpr, tmp_path_factory):
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
 
     path = tmp_path_factory.mktemp("export") / "model.pt"
     export_model(small_llpr, str(path))

@@ -114,7 +114,7 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
                **model_kwargs):
     """Export an untrained LocalPotential, LLPR-fitted and calibrated on random labels (with a
     last-layer ensemble of `ensemble` members drawn with `ensemble_seed` when > 0)."""
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.model import LocalPotential
     from llpr.uncertainty import LLPR
@@ -154,7 +154,7 @@ def reference(model_path, atoms):
     """The exported module run in Python (vesin neighbour list): a dict of float64 numpy arrays
     with energy, energies, forces, virial (3x3), virial_atom, features, sigma, lpr and the
     sigma of the total energy."""
-    from llpr.export import load_exported
+    from llpr.modelfile import load_exported
     from llpr.graphs import graph_tensors
 
     module = load_exported(model_path)

@@ -10,7 +10,7 @@ from ase.build import bulk
 
 from llpr.ase import LLPRCalculator
 from llpr.evaluate import run_exported
-from llpr.export import load_exported
+from llpr.modelfile import load_exported
 from llpr.graphs import graph_tensors, neighbor_list
 
 from lammps_helpers import make_model

@@ -72,7 +72,7 @@ def test_float32_model_matches_python(models):
 @pytest.mark.parametrize("rows", [7, 9000])
 def test_uncertainty_methods_match_exported_methods(models, rows):
     """Also above 4096 rows, where the C++ side solves in blocks of rows."""
-    from llpr.export import load_exported
+    from llpr.modelfile import load_exported
 
     module = load_exported(models["sic"])
     model = core.Model(models["sic"])
@@ -89,7 +89,7 @@ def test_uncertainty_methods_match_exported_methods(models, rows):
 
 
 def test_check_model_metadata(models):
-    from llpr.export import load_exported
+    from llpr.modelfile import load_exported
     from llpr.plugin import check_model
 
     module = load_exported(models["sic"])

@@ -191,7 +191,7 @@ def docs_model(path, species, seed, noise=0.005, checkpoint=None):
     import numpy as np
     import torch
 
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.model import LocalPotential
     from llpr.uncertainty import LLPR

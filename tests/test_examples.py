@@ -41,7 +41,7 @@ def demo_output(tmp_path_factory):
 
     from llpr.data import split_dataset, write_dataset
     from llpr.checkpoint import save_model
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.sampling import generate_dataset
     from llpr.train import TrainConfig, train_model

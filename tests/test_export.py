@@ -13,7 +13,7 @@ from ase.build import bulk
 
 from llpr.ase import LLPRCalculator
 from llpr.checkpoint import save_model
-from llpr.export import export_model, load_exported
+from llpr.modelfile import export_model, load_exported
 from llpr.graphs import AtomisticDataset, collate, make_loader
 from llpr.train import predict_batch
 from llpr.uncertainty import LLPR

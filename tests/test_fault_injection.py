@@ -125,7 +125,7 @@ def test_damaged_file_refused_by_every_loader(model, tmp_path):
     from llpr import _core
     from llpr.ase import LLPRCalculator
     from llpr.cli import main
-    from llpr.export import load_exported
+    from llpr.modelfile import load_exported
 
     data = bytearray(open(model, "rb").read())
     start, end = _tensor_record_span(model)

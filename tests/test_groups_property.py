@@ -54,7 +54,7 @@ SEEDS = (6, 11, 13, 19)
 def models(tmp_path_factory):
     """name -> (path, loaded module): the Si-only and the C/Si model, exported once; the module
     gives the reference sigma of a group's energy."""
-    from llpr.export import load_exported
+    from llpr.modelfile import load_exported
 
     folder = tmp_path_factory.mktemp("group_models")
     paths = {"si": make_model(folder / "si.pt", species=(14,), seed=0),

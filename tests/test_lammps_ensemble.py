@@ -54,7 +54,7 @@ def models(tmp_path_factory):
 
 def ensemble_reference(model_path, atoms):
     """Python: the exported ensemble_forward on the whole structure (vesin neighbour list)."""
-    from llpr.export import load_exported
+    from llpr.modelfile import load_exported
     from llpr.graphs import graph_tensors
 
     module = load_exported(model_path)

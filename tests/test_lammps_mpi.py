@@ -62,7 +62,7 @@ def test_mpi_matches_python_reference(models, tmp_path, case, nprocs):
 def test_group_energy_sigma_sums_features_over_ranks(models, tmp_path):
     """compute llpr on a group split over two ranks: sigma of the group's energy is
     alpha sqrt(s^T C^-1 s) with s the group's summed features, not a sum of per-rank sigmas."""
-    from llpr.export import load_exported
+    from llpr.modelfile import load_exported
 
     atoms = si_diamond((2, 2, 2), rattle=0.1, seed=24)
     ref = reference(models["si"], atoms)

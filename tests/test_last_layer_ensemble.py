@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from llpr.ase import LLPRCalculator
-from llpr.export import ExportedLLPRModel, ensemble_size, export_model, load_exported
+from llpr.export import ExportedLLPRModel
+from llpr.modelfile import ensemble_size, export_model, load_exported
 from llpr.graphs import AtomisticDataset, collate, make_loader
 from llpr.model import edge_vectors_from_positions
 

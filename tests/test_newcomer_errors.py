@@ -468,7 +468,7 @@ def test_export_before_calibration(tmp_path):
     import torch
 
     from llpr.checkpoint import save_model
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.model import LocalPotential
     from llpr.uncertainty import LLPR

@@ -26,7 +26,7 @@ from lammps_helpers import (
     write_data,
 )
 from llpr.checkpoint import load_model, read_checkpoint, register_model
-from llpr.export import export_model, load_exported
+from llpr.modelfile import export_model, load_exported
 from llpr.graphs import AtomisticDataset, graph_tensors, make_loader
 from llpr.plugin import check_model
 from llpr.train import TrainConfig, train_model

@@ -13,7 +13,7 @@ import torch
 from llpr.calibrate import gaussian_nll
 from llpr.checkpoint import read_checkpoint
 from lammps_helpers import make_model
-from llpr.export import export_model, load_exported, verify_integrity
+from llpr.modelfile import export_model, load_exported, verify_integrity
 from llpr.tabular import MLPRegressor, load_tabular
 from llpr.uncertainty import LLPR, load_llpr, save_llpr
 

@@ -116,7 +116,7 @@ def cmd_retrain(args) -> None:
 
     from llpr.checkpoint import load_model, save_model
     from llpr.data import read_dataset
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.uncertainty import LLPR, save_llpr
 

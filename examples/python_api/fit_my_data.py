@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     import torch
 
     from llpr.data import split_dataset, write_dataset
-    from llpr.export import export_model
+    from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.train import TrainConfig, train_model
     from llpr.uncertainty import LLPR, save_llpr

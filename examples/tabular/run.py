@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from llpr.calibrate import gaussian_nll
-from llpr.export import export_model
+from llpr.modelfile import export_model
 from llpr.tabular import MLPRegressor, load_tabular
 from llpr.uncertainty import LLPR, load_llpr, save_llpr
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 
-from .export import load_exported, require_ensemble
+from .modelfile import load_exported, require_ensemble
 from .graphs import graph_tensors
 
 

@@ -96,7 +96,7 @@ def cmd_calibrate(args) -> None:
 def cmd_export(args) -> None:
     import torch
 
-    from .export import export_model
+    from .modelfile import export_model
     from .uncertainty import load_llpr
 
     llpr = load_llpr(args.checkpoint)

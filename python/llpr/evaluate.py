@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from .calibrate import gaussian_nll
-from .export import ensemble_size, load_exported, require_ensemble
+from .modelfile import ensemble_size, load_exported, require_ensemble
 from .graphs import graph_tensors
 
 Z95 = 1.959963984540054

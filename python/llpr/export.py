@@ -1,27 +1,20 @@
-"""Export: one TorchScript file carrying the model, the LLPR factor and metadata.
+"""The exported module: an atomistic model, its LLPR head and the metadata in one TorchScript
+module, :class:`ExportedLLPRModel`.
 
-The exported module is the only contract between Python and C++ (LAMMPS). Its format is
-documented in ``docs/model-format.md``; bump ``FORMAT_VERSION`` on any incompatible change.
-An atomistic model (:class:`llpr.protocol.AtomisticModel`) is wrapped in
-:class:`ExportedLLPRModel`, a tabular one in :class:`llpr.tabular.ExportedTabularModel`.
+It is the only contract between Python and C++ (LAMMPS). Its format is documented in
+``docs/model-format.md``; bump ``FORMAT_VERSION`` on any incompatible change. Writing and
+reading the files is :mod:`llpr.modelfile`'s job.
 """
 
-import copy
 import json
-import os
-import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from . import __version__
 from .head import LLPRHead
-from .plugin import _core
-from .propagation import accumulate_pass_rows, combine_passes, pass_plan
-from .protocol import check_atomistic_model, readout_weights
-from .tabular import ExportedTabularModel
-from .uncertainty import LLPR
+from .propagation import accumulate_pass_rows, add_edge_gradient, combine_passes, pass_plan
+from .protocol import check_atomistic_model
 
 FORMAT_VERSION = 2
 ENERGY_UNIT = "eV"
@@ -180,6 +173,64 @@ class ExportedLLPRModel(nn.Module):
         """Number K of last-layer ensemble members (0: the file has no ensemble)."""
         return self.head.ensemble_size()
 
+    def _run_blocks(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_shifts: torch.Tensor,
+        n_centers: int,
+        compute_forces: bool,
+        compute_virial: bool,
+        members: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """The one loop over blocks of centres behind ``evaluate`` and ``ensemble_forward``.
+
+        Per block: the model's energies and features, then the backward passes, reduced to
+        atoms (``forces``, (P, N, 3)) and to virials (``virial``, (P, 3, 3)) at once: one pass
+        of the energy (P = 1, model dtype, plus the per-atom virial) or, with ``members``, the
+        passes of the last-layer ensemble's plan (float64; ``combine_passes`` turns them into
+        members). Both are linear in the summed features, so the blocks add up."""
+        need_grad = compute_forces or compute_virial
+        n_all = positions.shape[0]
+        edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
+        dw = self.head.ensemble_deviations
+        use_jacobian, n_pass = False, 1
+        dtype = positions.dtype
+        if members:
+            centred, use_jacobian, n_pass = pass_plan(dw, self.n_features)
+            dtype = torch.float64
+        # accumulators only for what is asked (the pair style asks for virials on few steps)
+        forces = torch.zeros([n_pass if compute_forces else 0, n_all, 3], dtype=dtype, device=positions.device)
+        virial = torch.zeros([n_pass if compute_virial else 0, 3, 3], dtype=dtype, device=positions.device)
+        n_virial_atoms = n_all if (compute_virial and not members) else 0
+        v_atom = torch.zeros([n_virial_atoms, 3, 3], dtype=dtype, device=positions.device)
+        energy_blocks: List[torch.Tensor] = []
+        feature_blocks: List[torch.Tensor] = []
+        for c0, n, e0, e1 in blocks:
+            edges = edge_index[:, e0:e1]
+            edge_vectors, energies, features = self._run_model(
+                positions, atomic_numbers, edges, edge_shifts[e0:e1], n, need_grad, c0
+            )
+            energy_blocks.append(energies.detach())
+            feature_blocks.append(features.detach())
+            if not need_grad:
+                continue
+            if members:
+                accumulate_pass_rows(forces, virial, features.sum(dim=0), edge_vectors, edges, dw, use_jacobian, n_pass)
+                continue
+            grads = torch.autograd.grad([energies.sum()], [edge_vectors], allow_unused=True)
+            g = grads[0]
+            if g is None:
+                g = torch.zeros_like(edge_vectors)
+            add_edge_gradient(forces, virial, 0, g, edge_vectors.detach(), edges)
+            if compute_virial:
+                half = -0.5 * (edge_vectors.detach().unsqueeze(2) * g.unsqueeze(1))  # each edge's share, per atom
+                v_atom.index_add_(0, edges[0], half)
+                v_atom.index_add_(0, edges[1], half)
+        return {"energies": _joined(energy_blocks), "features": _joined(feature_blocks), "forces": forces,
+                "virial": virial, "virial_atom": v_atom}
+
     @torch.jit.export
     def ensemble_forward(
         self,
@@ -203,40 +254,21 @@ class ExportedLLPRModel(nn.Module):
             raise RuntimeError(
                 "this model file has no last-layer ensemble; export it with `llpr export --ensemble K`"
             )
-        need_grad = compute_forces or compute_virial
-        n_all = positions.shape[0]
-        # blocks of centres as in evaluate(): the members' force deviations are linear in the
-        # summed features, so each block's backward passes add up
-        edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
+        passes = self._run_blocks(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces,
+                                  compute_virial, True)
         centred, use_jacobian, n_pass = pass_plan(dw, self.n_features)
-        dev = positions.device
-        f_pass = torch.zeros([n_pass if compute_forces else 0, n_all, 3], dtype=torch.float64, device=dev)
-        v_pass = torch.zeros([n_pass if compute_virial else 0, 3, 3], dtype=torch.float64, device=dev)
-        energy_blocks: List[torch.Tensor] = []
-        feature_blocks: List[torch.Tensor] = []
-        for c0, n, e0, e1 in blocks:
-            edges = edge_index[:, e0:e1]
-            edge_vectors, energies, features = self._run_model(
-                positions, atomic_numbers, edges, edge_shifts[e0:e1], n, need_grad, c0
-            )
-            energy_blocks.append(energies.detach())
-            feature_blocks.append(features.detach())
-            if need_grad:
-                accumulate_pass_rows(f_pass, v_pass, features.sum(dim=0), edge_vectors, edges, dw, use_jacobian,
-                                     n_pass)
-        energies = _joined(energy_blocks)
-        features = _joined(feature_blocks)
+        features = passes["features"]
         out: Dict[str, torch.Tensor] = {
-            "energy": energies.sum(),
+            "energy": passes["energies"].sum(),
             "energy_deviations": self.head.ensemble_energy_deviations(features.sum(dim=0)),
             "features": features,
         }
         if compute_forces:
-            dforces = combine_passes(f_pass, dw, centred, use_jacobian)
+            dforces = combine_passes(passes["forces"], dw, centred, use_jacobian)
             out["force_deviations"] = dforces
             out["force_sigma"] = self.head.force_sigma(dforces)
         if compute_virial:
-            out["virial_deviations"] = combine_passes(v_pass, dw, centred, use_jacobian)
+            out["virial_deviations"] = combine_passes(passes["virial"], dw, centred, use_jacobian)
         return out
 
     @torch.jit.export
@@ -253,44 +285,16 @@ class ExportedLLPRModel(nn.Module):
         """``forward`` without the per-atom ``sigma`` and ``lpr`` (what the LAMMPS pair style
         calls every step: the computes derive sigma from the cached ``features`` only on the
         steps they are invoked)."""
-        need_grad = compute_forces or compute_virial
-        n_all = positions.shape[0]
-        edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
-        energy_blocks: List[torch.Tensor] = []
-        feature_blocks: List[torch.Tensor] = []
-        # accumulators only for what is asked (the pair style asks for virials on few steps)
-        n_forces = n_all if compute_forces else 0
-        n_virial = n_all if compute_virial else 0
-        forces = torch.zeros((n_forces, 3), dtype=positions.dtype, device=positions.device)
-        virial = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
-        v_atom = torch.zeros((n_virial, 3, 3), dtype=positions.dtype, device=positions.device)
-        for c0, n, e0, e1 in blocks:
-            edges = edge_index[:, e0:e1]
-            edge_vectors, energies, features = self._run_model(
-                positions, atomic_numbers, edges, edge_shifts[e0:e1], n, need_grad, c0
-            )
-            energy_blocks.append(energies.detach())
-            feature_blocks.append(features.detach())
-            if need_grad:
-                grads = torch.autograd.grad([energies.sum()], [edge_vectors], allow_unused=True)
-                g = grads[0]
-                if g is None:
-                    g = torch.zeros_like(edge_vectors)
-                if compute_forces:
-                    forces = forces.index_add(0, edges[0], g).index_add(0, edges[1], -g)
-                if compute_virial:
-                    w_edge = -(edge_vectors.detach().unsqueeze(2) * g.unsqueeze(1))  # (E, 3, 3)
-                    virial = virial + w_edge.sum(dim=0)
-                    half = 0.5 * w_edge  # each edge's share, half to each of its atoms
-                    v_atom = v_atom.index_add(0, edges[0], half).index_add(0, edges[1], half)
-        energies = _joined(energy_blocks)
+        passes = self._run_blocks(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces,
+                                  compute_virial, False)
+        energies = passes["energies"]
         out: Dict[str, torch.Tensor] = {"energy": energies.sum(), "energies": energies}
         if compute_forces:
-            out["forces"] = forces
+            out["forces"] = passes["forces"][0]
         if compute_virial:
-            out["virial"] = virial
-            out["virial_atom"] = v_atom
-        out["features"] = _joined(feature_blocks)
+            out["virial"] = passes["virial"][0]
+            out["virial_atom"] = passes["virial_atom"]
+        out["features"] = passes["features"]
         return out
 
     def forward(
@@ -309,93 +313,3 @@ class ExportedLLPRModel(nn.Module):
         out["sigma"] = sigma
         out["lpr"] = lpr
         return out
-
-
-def export_model(
-    llpr, path: str, dtype: Optional[torch.dtype] = None, ensemble: int = 0, seed: int = 0
-) -> str:
-    """Write ``llpr`` (a fitted and calibrated :class:`llpr.uncertainty.LLPR`) to one
-    TorchScript file at ``path``: an :class:`ExportedLLPRModel` for an atomistic model (what
-    LAMMPS runs), an :class:`llpr.tabular.ExportedTabularModel` for a tabular one.
-
-    ``dtype`` (torch.float32 / torch.float64) converts the model first; the LLPR head is
-    float64 in any case. ``ensemble`` = K >= 2 adds a last-layer ensemble of K members drawn
-    with ``seed`` (:meth:`llpr.uncertainty.LLPR.ensemble_deviations`); 0 (default) adds none.
-    The file is sealed with a whole-file checksum (docs/model-format.md). Returns the path.
-    """
-    if not isinstance(llpr, LLPR):
-        raise TypeError(f"export_model needs a fitted and calibrated llpr.LLPR, got {type(llpr).__name__}")
-    llpr._require_calibrated("export")
-    ensemble = int(ensemble)
-    if ensemble == 1 or ensemble < 0:
-        raise ValueError(f"--ensemble must be 0 (no ensemble) or at least 2 members, got {ensemble}")
-    ensemble_info = None
-    if ensemble >= 2:
-        ensemble_info = {"size": ensemble, "seed": int(seed), "stored": "deviations w_k - w", "recentred": True}
-    head = llpr.head(ensemble, seed)
-    model = copy.deepcopy(llpr.model).cpu()
-    if dtype is not None:
-        model = model.to(dtype)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    summary = llpr.calibration_summary()
-    if llpr.kind == "atomistic":
-        wrapper = ExportedLLPRModel(model, head, summary, __version__, ensemble_info)
-    elif llpr.kind == "tabular":
-        wrapper = ExportedTabularModel(model, head, readout_weights(model), llpr.target_scale, llpr.target_shift,
-                                       summary, __version__, ensemble_info)
-    else:
-        raise TypeError(
-            f"cannot export {type(llpr.model).__name__}: it follows neither llpr model protocol "
-            "(llpr.protocol.AtomisticModel, llpr.protocol.TabularModel)"
-        )
-    with warnings.catch_warnings():
-        # TorchScript is deprecated in favour of torch.export, but it is what libtorch in
-        # LAMMPS loads; nothing for the user to act on
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.script(wrapper)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot export to {path}: folder {directory} does not exist")
-    torch.jit.save(scripted, path)
-    # libtorch does not check a file's CRCs when it loads it: the seal lets every loader
-    # (LAMMPS, llpr check, Python) refuse a damaged copy
-    _core().seal_file(path)
-    return path
-
-
-def verify_integrity(path: str) -> dict:
-    """Check that ``path`` holds exactly the bytes that were exported (the whole-file
-    checksum written by :func:`export_model`; for files without one, the CRC-32 of every
-    stored zip record). Returns ``{"sealed", "bytes", "records", "summary"}``; raises
-    ValueError (``llpr._core.DamagedFileError``) saying what is damaged."""
-    return _core().verify_file(os.fspath(path))
-
-
-def ensemble_size(module) -> int:
-    """K of a loaded exported module's last-layer ensemble (0 when it has none)."""
-    return int(module.ensemble_size())
-
-
-def require_ensemble(module, path: str = "the model file") -> int:
-    """K of ``module``'s ensemble; ValueError with the export hint when it has none."""
-    k = ensemble_size(module)
-    if k == 0:
-        raise ValueError(_core().no_ensemble_message(path))
-    return k
-
-
-def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
-    """Load an exported file after the C++ core (the validator LAMMPS uses) has checked it:
-    its integrity seal, its format version and every item of the contract.
-
-    Raises FileNotFoundError for a missing path and ValueError (``llpr._core.ModelError``)
-    with the C++ core's message otherwise: a damaged file, a file that is not TorchScript or
-    not an llpr model, a file of another format version, or a device this torch cannot use.
-    """
-    core = _core()
-    path = os.fspath(path)
-    core.check_device(str(device))
-    core.check(path)
-    return torch.jit.load(path, map_location=device)

@@ -134,12 +134,20 @@ def accumulate_pass_rows(
     rows = _backward_rows(feature_sum, edge_vectors, deviations, use_jacobian, n_pass)
     r = edge_vectors.detach().to(torch.float64)
     for a in range(n_pass):
-        g = rows[a]
-        if forces.shape[0] > 0:
-            forces[a].index_add_(0, edge_index[0], g)
-            forces[a].index_add_(0, edge_index[1], -g)
-        if virials.shape[0] > 0:
-            virials[a].sub_(r.t() @ g)
+        add_edge_gradient(forces, virials, a, rows[a], r, edge_index)
+
+
+def add_edge_gradient(
+    forces: torch.Tensor, virials: torch.Tensor, row: int, g: torch.Tensor, r: torch.Tensor, edge_index: torch.Tensor
+) -> None:
+    """Add the edge gradient ``g = dX/dr_e`` (E, 3) of a quantity X to row ``row`` of the
+    atom forces ``-dX/dr`` (P, N, 3) and of the virials ``-sum_e r_e (x) g_e`` (P, 3, 3), in
+    place; an accumulator with a leading size 0 is skipped."""
+    if forces.shape[0] > 0:
+        forces[row].index_add_(0, edge_index[0], g)
+        forces[row].index_add_(0, edge_index[1], -g)
+    if virials.shape[0] > 0:
+        virials[row].sub_(r.t() @ g)
 
 
 def ensemble_force_virial_deviations(

@@ -7,7 +7,7 @@ typing, not a base class to inherit from):
 **Atomistic** (:class:`AtomisticModel`): an interatomic potential. It gives per-atom energies
 and per-atom last-layer features from a graph of atoms, ``E_i = w . f_i + E0[species_i]``.
 Such a model can be trained (:func:`llpr.train.train_model`), wrapped (:class:`llpr.uncertainty.LLPR`),
-checkpointed (:mod:`llpr.checkpoint`) and exported for LAMMPS (:func:`llpr.export.export_model`).
+checkpointed (:mod:`llpr.checkpoint`) and exported for LAMMPS (:func:`llpr.modelfile.export_model`).
 
 **Tabular** (:class:`TabularModel`): a regressor on ``(batch, n_inputs)`` inputs with
 ``prediction = features(x) @ w``. It can be wrapped, checkpointed and exported to a TorchScript

@@ -3,7 +3,7 @@
 * :class:`MLPRegressor`: ``prediction = features(x) @ w`` with a constant 1 as the last
   feature (the read-out's bias is part of the last layer LLPR treats); it follows
   :class:`llpr.protocol.TabularModel`.
-* :class:`ExportedTabularModel`: what :func:`llpr.export.export_model` writes for a tabular
+* :class:`ExportedTabularModel`: what :func:`llpr.modelfile.export_model` writes for a tabular
   model, one TorchScript file with the regressor, the calibrated :class:`llpr.head.LLPRHead`
   and the target scaling; ``forward(x) -> (prediction, sigma)`` in the user's units.
   :func:`load_tabular` reads it back after checking its integrity seal.
@@ -150,7 +150,7 @@ class ExportedTabularModel(nn.Module):
 
 
 def load_tabular(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
-    """Load a file written by :func:`llpr.export.export_model` for a tabular model, after
+    """Load a file written by :func:`llpr.modelfile.export_model` for a tabular model, after
     checking its integrity seal. Raises FileNotFoundError for a missing path and ValueError
     for a damaged file or one that is not a tabular llpr file."""
     path = os.fspath(path)
@@ -159,5 +159,5 @@ def load_tabular(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     _core().verify_file(path)
     module = torch.jit.load(path, map_location=device)
     if getattr(module, "llpr_kind", None) != "tabular":
-        raise ValueError(f"'{path}' is not a tabular llpr file; an atomistic one loads with llpr.export.load_exported")
+        raise ValueError(f"'{path}' is not a tabular llpr file; an atomistic one loads with llpr.modelfile.load_exported")
     return module
