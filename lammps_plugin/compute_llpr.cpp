@@ -8,8 +8,10 @@
 
 #include "atom.h"
 #include "comm.h"
+#include "domain.h"
 #include "error.h"
 #include "force.h"
+#include "group.h"
 #include "memory.h"
 #include "update.h"
 #include "utils.h"
@@ -166,23 +168,110 @@ double ComputeLLPRAtom::memory_usage()
 
 ComputeLLPR::ComputeLLPR(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg, arg)
 {
-  if (narg != 3) error->all(FLERR, "Illegal compute llpr command: expected compute ID group llpr");
+  const char *usage = "compute ID group llpr [ensemble yes|no] [virial yes|no] [max yes|no]";
+  for (int iarg = 3; iarg < narg; iarg += 2) {
+    bool *flag = strcmp(arg[iarg], "ensemble") == 0 ? &ensemble_
+                 : strcmp(arg[iarg], "virial") == 0 ? &virial_
+                 : strcmp(arg[iarg], "max") == 0    ? &max_
+                                                    : nullptr;
+    if (!flag) error->all(FLERR, "Illegal compute llpr command: unknown keyword {} (expected {})", arg[iarg], usage);
+    if (iarg + 1 >= narg)
+      error->all(FLERR, "Illegal compute llpr command: {} needs yes or no (expected {})", arg[iarg], usage);
+    *flag = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+  }
+  offset_ = max_ ? 3 : 1;
   if (atom->tag_enable == 0) error->all(FLERR, "compute llpr requires atom IDs");
+  if (virial_ && !ensemble_)
+    error->all(FLERR, "compute llpr: virial yes adds the ensemble members' pressures next to their energies; "
+                      "use ensemble yes virial yes");
+  if (virial_ && igroup != 0)
+    error->all(FLERR, "compute llpr virial yes: the members' virial is that of the whole system (as in compute "
+                      "pressure), not of group {}; use group all for it (the energy deviations of a group need "
+                      "only ensemble yes)",
+               group->names[igroup]);
+  if (ensemble_) {
+    // the vector's length is K: it must be known now, for thermo_style and fix ave/time
+    auto pair = dynamic_cast<PairLLPR *>(force->pair_match("llpr", 1, 0));
+    if (!pair)
+      error->all(FLERR, "compute llpr ensemble yes needs pair_style llpr defined first: its vector holds one "
+                        "value per member of the model file's ensemble; put the compute after pair_style");
+    members_ = pair->ensemble_size();
+    model_path_ = pair->model_path();
+    if (members_ == 0)
+      error->all(FLERR, "compute llpr ensemble yes: the model file {}",
+                 llpr::no_ensemble_message(model_path_, "member energy deviations"));
+  }
+  const int K = members_, o = offset_;
   vector_flag = 1;
-  size_vector = 3;
-  extvector = 0;
-  vector = new double[3];
-  vector[0] = vector[1] = vector[2] = 0.0;
+  size_vector = o + K + (virial_ ? 7 * K : 0);
+  vector = new double[size_vector];
+  std::fill(vector, vector + size_vector, 0.0);
+  // the members' energy deviations are extensive like pe (thermo_modify norm yes divides both)
+  extvector = -1;
+  extlist = new int[size_vector];
+  std::fill(extlist, extlist + size_vector, 0);
+  std::fill(extlist + o, extlist + o + K, 1);
+  if (ensemble_ && comm->me == 0) {
+    // the layout, in the log for the reader (and for `llpr reweight`)
+    std::string text = fmt::format("llpr: compute {} (group {}): {} members; dE_k in c_{}[{}]..c_{}[{}]", id,
+                                   group->names[igroup], K, id, o + 1, id, o + K);
+    if (virial_)
+      text += fmt::format("; dP_k in c_{}[{}]..c_{}[{}]; pressure tensor deviations (xx yy zz xy xz yz per member) "
+                          "in c_{}[{}]..c_{}[{}]",
+                          id, o + K + 1, id, o + 2 * K, id, o + 2 * K + 1, id, o + 8 * K);
+    utils::logmesg(lmp, text + "\n");
+  }
 }
 
 ComputeLLPR::~ComputeLLPR()
 {
   delete[] vector;
+  delete[] extlist;
 }
 
 void ComputeLLPR::init()
 {
-  find_pair(lmp, "llpr");
+  PairLLPR *pair = find_pair(lmp, "llpr");
+  if (ensemble_ && pair->ensemble_size() != members_)
+    error->all(FLERR,
+               "compute {} llpr ensemble yes: its vector was laid out for the {} members of {}, but pair_style "
+               "llpr now runs {} with {} members; define the compute again after pair_style (uncompute {}, then "
+               "compute)",
+               id, members_, model_path_, pair->model_path(), pair->ensemble_size(), id);
+  virial_evaluation_ = -1;
+}
+
+double ComputeLLPR::memory_usage()
+{
+  const size_t n = local_sum_.capacity() + total_sum_.capacity() + energy_dev_.capacity() +
+                   virial_local_.capacity() + virial_total_.capacity() + pressure_dev_.capacity();
+  return static_cast<double>(n + 2 * static_cast<size_t>(size_vector)) * sizeof(double);
+}
+
+void ComputeLLPR::compute_virial_deviations(PairLLPR *pair)
+{
+  const int K = members_;
+  // several consumers on one step (thermo, fix ave/time) share one re-run of the model
+  if (virial_evaluation_ != pair->evaluations()) {
+    pair->ensemble_virial_deviations("compute llpr virial yes", virial_local_);
+    virial_total_.assign(virial_local_.size(), 0.0);
+    MPI_Allreduce(virial_local_.data(), virial_total_.data(), static_cast<int>(virial_local_.size()), MPI_DOUBLE,
+                  MPI_SUM, world);
+    // as compute pressure: P_ab = nktv2p W_ab / V; the kinetic part is the same for every member
+    const bool two_d = domain->dimension == 2;
+    const double volume = two_d ? domain->xprd * domain->yprd : domain->xprd * domain->yprd * domain->zprd;
+    const double scale = force->nktv2p / volume;
+    static const int vidx[6] = {0, 4, 8, 1, 2, 5};  // LAMMPS order xx, yy, zz, xy, xz, yz
+    pressure_dev_.assign(static_cast<size_t>(7) * K, 0.0);
+    for (int k = 0; k < K; k++) {
+      const double *w = &virial_total_[static_cast<size_t>(9) * k];
+      double *t = &pressure_dev_[static_cast<size_t>(K) + 6 * k];
+      for (int c = 0; c < 6; c++) t[c] = scale * w[vidx[c]];
+      pressure_dev_[k] = two_d ? (t[0] + t[1]) / 2.0 : (t[0] + t[1] + t[2]) / 3.0;
+    }
+    virial_evaluation_ = pair->evaluations();
+  }
+  std::copy(pressure_dev_.begin(), pressure_dev_.end(), vector + offset_ + K);
 }
 
 void ComputeLLPR::compute_vector()
@@ -198,7 +287,18 @@ void ComputeLLPR::compute_vector()
   MPI_Allreduce(local_sum_.data(), total_sum_.data(), static_cast<int>(local_sum_.size()), MPI_DOUBLE,
                 MPI_SUM, world);
   vector[0] = pair->energy_sigma(total_sum_);
+  if (max_) max_sigma(pair);
+  if (!ensemble_) return;
 
+  // [o+1 .. o+K] member energy deviations dE_k = dw_k . s of the same all-reduced sum (an
+  // empty group's s is 0, so are its dE_k); one (K x F) product, by the model file's LLPR head
+  pair->ensemble_energy_deviations("compute llpr ensemble yes", total_sum_, energy_dev_);
+  std::copy(energy_dev_.begin(), energy_dev_.end(), vector + offset_);
+  if (virial_) compute_virial_deviations(pair);
+}
+
+void ComputeLLPR::max_sigma(PairLLPR *pair)
+{
   // [2], [3] largest sigma_i in the group and the ID of its atom (lowest ID on ties)
   pair->update_uncertainty();
   const double *sigma = pair->sigma_atom();

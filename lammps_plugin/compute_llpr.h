@@ -2,8 +2,13 @@
 //                            : per-atom array [sigma_i (energy units), LPR_i] and, with
 //                              forces yes, [force sigma_i (force units)] from the model
 //                              file's last-layer ensemble
-// compute ID group llpr      : global vector [sigma of the group's total energy,
-//                                             max sigma_i in the group, atom ID of that atom]
+// compute ID group llpr [ensemble yes|no] [virial yes|no] [max yes|no]
+//                            : global vector [sigma of the group's total energy,
+//                                             max sigma_i in the group, atom ID of that atom
+//                                             (these two not with max no)]
+//                              and, with ensemble yes, the K members' energy deviations dE_k of
+//                              the group; with virial yes (group all), the members' pressure
+//                              deviations dP_k and pressure tensor deviations (6 per member)
 // Both use the features that pair_style llpr cached during the force evaluation of the
 // current timestep (no extra model evaluation), except the force sigma: on the steps where
 // compute llpr/atom forces yes is invoked, the model is run once more on the inputs cached by
@@ -12,6 +17,7 @@
 
 #include "compute.h"
 
+#include <string>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -49,9 +55,23 @@ class ComputeLLPR : public Compute {
   ~ComputeLLPR() override;
   void init() override;
   void compute_vector() override;
+  double memory_usage() override;
 
  private:
-  std::vector<double> local_sum_, total_sum_;
+  void compute_virial_deviations(PairLLPR *pair);
+  void max_sigma(PairLLPR *pair);
+
+  bool ensemble_ = false;
+  bool virial_ = false;
+  bool max_ = true;         // elements [2], [3]: they need every atom's sigma_i
+  int offset_ = 3;          // elements before the members' values
+  int members_ = 0;         // K of the model file the vector was laid out for
+  std::string model_path_;  // that file
+  std::vector<double> local_sum_, total_sum_, energy_dev_;
+  // virial yes: this rank's and all ranks' member virial deviations (K x 9), the pressure
+  // deviations (K scalars, then K x 6) and the force evaluation they belong to
+  std::vector<double> virial_local_, virial_total_, pressure_dev_;
+  bigint virial_evaluation_ = -1;
 };
 
 }  // namespace LAMMPS_NS

@@ -548,11 +548,10 @@ int PairLLPR::ensemble_size() const
   return model_ ? static_cast<int>(model_->metadata().ensemble_size) : 0;
 }
 
-void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &out)
+void PairLLPR::run_ensemble(const char *who, bool forces, bool virial)
 {
   require_current_features(who);
-  const int K = ensemble_size();
-  if (K == 0)
+  if (ensemble_size() == 0)
     error->all(FLERR, "{}: the model file {}", who, llpr::no_ensemble_message(model_path_));
   // the cached inputs must still describe every atom (ghosts too) LAMMPS holds now
   if (!all_ranks_hold_evaluated_atoms(ModelInputs::ALL))
@@ -562,8 +561,8 @@ void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &o
                who, update->ntimestep);
 
   llpr::Request request;
-  request.forces = true;
-  request.virial = false;
+  request.forces = forces;
+  request.virial = virial;
   std::string message;
   try {
     model_->compute_ensemble(inputs_.inputs(), request, ensemble_out_);
@@ -571,7 +570,33 @@ void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &o
     message = std::string(who) + ": " + e.what();
   }
   collective_check(lmp, world, message.empty(), message);
+}
 
+void PairLLPR::ensemble_virial_deviations(const char *who, std::vector<double> &out)
+{
+  run_ensemble(who, false, true);
+  out.resize(ensemble_out_.virial_deviations.size());
+  for (size_t k = 0; k < out.size(); k++) out[k] = energy_conversion_ * ensemble_out_.virial_deviations[k];
+}
+
+void PairLLPR::ensemble_energy_deviations(const char *who, const std::vector<double> &sum, std::vector<double> &out)
+{
+  out.assign(ensemble_size(), 0.0);
+  std::string message;
+  try {
+    model_->ensemble_energy_deviations(sum.data(), out.data());
+  } catch (const std::exception &e) {
+    message = fmt::format("{}: {} on timestep {}", who, e.what(), update->ntimestep);
+  }
+  // the same all-reduced sum on every rank: the same outcome everywhere
+  if (!message.empty()) error->all(FLERR, message);
+  for (double &d : out) d *= energy_conversion_;
+}
+
+void PairLLPR::ensemble_force_deviations(const char *who, std::vector<double> &out)
+{
+  run_ensemble(who, true, false);
+  const int K = ensemble_size();
   const size_t nall = static_cast<size_t>(atom->nlocal + atom->nghost);
   const size_t n_atoms = static_cast<size_t>(inputs_.n_atoms());
   out.assign(static_cast<size_t>(K) * 3 * nall, 0.0);

@@ -56,6 +56,14 @@ class PairLLPR : public Pair {
   // inputs cached by the force evaluation of this step (ensemble_forward); errors (naming
   // `who`) if there is no such step or the file has no ensemble.
   void ensemble_force_deviations(const char *who, std::vector<double> &out);
+  // Member virial deviations dW_k = W_k - W (LAMMPS energy units), out[k * 9 + 3 a + b] in the
+  // model's row-major order, of this rank's centres (their sum over ranks is the total), from
+  // the same kind of re-run as ensemble_force_deviations (virial only)
+  void ensemble_virial_deviations(const char *who, std::vector<double> &out);
+  // Member energy deviations dE_k = dw_k . s (LAMMPS energy units, K values) of an energy whose
+  // summed features (over all ranks) are `sum`, by the core (LLPRHead.ensemble_energy_deviations);
+  // a LAMMPS error naming `who` if the result is not finite (call it on every rank)
+  void ensemble_energy_deviations(const char *who, const std::vector<double> &sum, std::vector<double> &out);
   // LAMMPS error unless `value` is a finite, non-negative variance or sigma (call it on every
   // rank with the same value, e.g. one computed from all-reduced sums)
   void check_sigma(double value, const char *what) const;
@@ -68,6 +76,8 @@ class PairLLPR : public Pair {
   void grow_peratom(int n);
   std::string non_finite_message(const llpr::NonFiniteOutput &e) const;
   void check_special_neighbors();
+  // the checks of the ensemble re-runs, then compute_ensemble on the cached inputs
+  void run_ensemble(const char *who, bool forces, bool virial);
 
   std::string model_path_;
   std::string device_request_ = "auto";

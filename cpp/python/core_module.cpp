@@ -186,6 +186,16 @@ class PyModel {
     return model_.energy_variance(feature_sum.data());
   }
 
+  py::array_t<double> ensemble_energy_deviations(DArray feature_sum) const
+  {
+    const int64_t F = model_.metadata().n_features;
+    if (feature_sum.size() != F)
+      throw py::value_error("feature_sum must have " + std::to_string(F) + " values");
+    std::vector<double> out(static_cast<size_t>(model_.metadata().ensemble_size));
+    model_.ensemble_energy_deviations(feature_sum.data(), out.data());
+    return to_array(out, {static_cast<py::ssize_t>(out.size())});
+  }
+
  private:
   llpr::Model model_;
 };
@@ -243,7 +253,8 @@ PYBIND11_MODULE(_core, m)
   m.def("check_device", &llpr::check_device, py::arg("device"),
         "ValueError (ModelError) naming the problem unless `device` is usable: cpu, cuda, cuda:N");
   m.def("no_ensemble_message", &llpr::no_ensemble_message, py::arg("path"),
-        "The message for a file without the last-layer ensemble that force uncertainties need");
+        py::arg("need") = "force uncertainties",
+        "The message for a file without the last-layer ensemble that `need` needs");
   m.def("torch_version_runtime", &llpr::torch_version_runtime);
   m.def("cuda_available", &llpr::cuda_available);
   m.def("cuda_device_count", &llpr::cuda_device_count);
@@ -270,5 +281,8 @@ PYBIND11_MODULE(_core, m)
            "ValueError if the file has no ensemble")
       .def("quadratic_form", &PyModel::quadratic_form, py::arg("features"))
       .def("local_uncertainty", &PyModel::local_uncertainty, py::arg("features"))
-      .def("energy_variance", &PyModel::energy_variance, py::arg("feature_sum"));
+      .def("energy_variance", &PyModel::energy_variance, py::arg("feature_sum"))
+      .def("ensemble_energy_deviations", &PyModel::ensemble_energy_deviations, py::arg("feature_sum"),
+           "The K members' energy deviations dw_k . s (eV) of one summed feature vector s, as "
+           "compute llpr ensemble yes gives them (empty when the file has no ensemble)");
 }

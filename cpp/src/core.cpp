@@ -633,13 +633,28 @@ double Model::energy_variance(const double *feature_sum) const
   return impl_->head.get_method("energy_variance")({f}).toTensor().to(torch::kCPU).item<double>();
 }
 
+void Model::ensemble_energy_deviations(const double *feature_sum, double *out) const
+{
+  const int64_t K = impl_->meta.ensemble_size;
+  if (K == 0) return;
+  auto s = impl_->host_features(feature_sum, 1).view({-1});
+  auto d = impl_->head.get_method("ensemble_energy_deviations")({s}).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  if (d.numel() != K)
+    throw Error("the model's ensemble_energy_deviations() gave " + std::to_string(d.numel()) + " values, expected " +
+                std::to_string(K));
+  std::memcpy(out, d.data_ptr<double>(), sizeof(double) * K);
+  for (int64_t k = 0; k < K; ++k)
+    if (!std::isfinite(out[k]))
+      throw NonFiniteOutput("the last-layer ensemble gave non-finite energy deviations (NaN or inf)", "ensemble", {});
+}
+
 // ------------------------------------------------------------------------------------------
 
 void check_device(const std::string &device) { parse_device(device); }
 
-std::string no_ensemble_message(const std::string &path)
+std::string no_ensemble_message(const std::string &path, const std::string &need)
 {
-  return path + " has no last-layer ensemble, which force uncertainties need; export it with "
+  return path + " has no last-layer ensemble, which " + need + " need; export it with "
                 "`llpr export llpr.ckpt --ensemble 32 -o model.pt` (or export_model(..., ensemble=32))";
 }
 

@@ -1,5 +1,5 @@
 """Command-line interface: ``llpr data | train | calibrate | export | evaluate | check |
-plugin-path``.
+reweight | plugin-path``.
 
 Each command imports what it needs when it runs: torch, scipy and ASE take seconds to
 import, and ``llpr --help`` or ``llpr plugin-path`` need none of them.
@@ -129,6 +129,26 @@ def cmd_check(args) -> None:
         print(f"{key:20s} {value}")
 
 
+def cmd_reweight(args) -> None:
+    import warnings
+
+    from .reweight import ReweightWarning, format_report, plot_result, reweight_lammps, write_json
+
+    blocks = "auto" if args.blocks == "auto" else int(args.blocks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReweightWarning)  # they are printed with the report
+        result = reweight_lammps(
+            args.temperature, log=args.log, deviations=args.deviations, observables=args.observable or None,
+            compute=args.compute, members=args.members, units=args.units, start=args.start, run=args.run,
+            blocks=blocks, min_ess_fraction=args.min_ess,
+        )
+    print(format_report(result))
+    if args.json:
+        print(f"json: {write_json(result, args.json)}")
+    if args.plot:
+        print(f"plot: {plot_result(result, args.plot)}")
+
+
 def cmd_plugin_path(args) -> None:
     from .plugin import plugin_dir
 
@@ -192,6 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate an exported file exactly as LAMMPS loads it")
     p.add_argument("model")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("reweight", help="model uncertainty of MD averages: reweight a run to the ensemble members")
+    p.add_argument("log", nargs="?", default=None,
+                   help="LAMMPS log whose thermo table holds c_ID[*] of compute ID all llpr ensemble yes")
+    p.add_argument("--temperature", type=float, required=True, help="the thermostat's temperature (K)")
+    p.add_argument("--deviations", action="append", metavar="FILE",
+                   help="fix ave/time file with the members' energy (or pressure) deviations, if not in the thermo "
+                        "table; repeat for several")
+    p.add_argument("--observable", action="append", metavar="NAME|FILE:COLUMN[@AXIS]",
+                   help="a thermo column (pe, press, vol, v_rho, ...) or a fix ave/time column, e.g. "
+                        "rdf.dat:c_rdf[2]; repeat for several (default: every thermo column)")
+    p.add_argument("--compute", default=None, help="ID of the compute llpr ensemble yes (default: from the log)")
+    p.add_argument("--members", type=int, default=None, help="K, where the log does not give it")
+    p.add_argument("--units", default=None, choices=["metal", "real"], help="default: from the log")
+    p.add_argument("--start", type=int, default=None, help="first time step to use (drop equilibration)")
+    p.add_argument("--run", type=int, default=None, help="which run of the log (1, 2, ...; 0: all; default: last)")
+    p.add_argument("--blocks", default="auto", help="number of blocks for the sampling errors (default: auto)")
+    p.add_argument("--min-ess", type=float, default=0.1,
+                   help="warn when a member's effective sample size is below this fraction of the frames")
+    p.add_argument("--plot", default=None, help="write a PNG: each observable with its model-uncertainty band")
+    p.add_argument("--json", default=None, help="write every number to this JSON file")
+    p.set_defaults(func=cmd_reweight)
 
     p = sub.add_parser("plugin-path", help="print the folder holding the LAMMPS plugin")
     p.set_defaults(func=cmd_plugin_path)

@@ -143,6 +143,11 @@ class Model {
   void local_uncertainty(const double *features, int64_t n, double *sigma, double *lpr) const;
   // alpha^2 s^T C^-1 s for one summed feature vector s (n_features)
   double energy_variance(const double *feature_sum) const;
+  // the K members' energy deviations dE_k = dw_k . s (eV) of one summed feature vector s
+  // (n_features) by LLPRHead.ensemble_energy_deviations; writes K = metadata().ensemble_size
+  // values to `out` (nothing when the file has no ensemble). Throws NonFiniteOutput for a
+  // non-finite result.
+  void ensemble_energy_deviations(const double *feature_sum, double *out) const;
 
  private:
   struct Impl;
@@ -153,8 +158,9 @@ class Model {
 // that GPU usable by this libtorch.
 void check_device(const std::string &device);
 
-// The message for a file without a last-layer ensemble where one is needed (force sigma).
-std::string no_ensemble_message(const std::string &path);
+// The message for a file without a last-layer ensemble where one is needed for `need`
+// (force uncertainties, member energy deviations, ...).
+std::string no_ensemble_message(const std::string &path, const std::string &need = "force uncertainties");
 
 // Load `path` on the CPU exactly as the LAMMPS plugin does and return its metadata (the file's
 // integrity is verified first, as on every load).
