@@ -16,9 +16,10 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import torch
+
+from timing import best_time, write_report  # benchmarks/ is on the path of a script run from it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -31,15 +32,6 @@ class _Blob(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.blob[0]
-
-
-def _best(fn, repeat=3):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main(argv=None) -> int:
@@ -61,8 +53,8 @@ def main(argv=None) -> int:
             files.append((f"TorchScript file with a {mb:.0f} MB tensor", path))
         for name, path in files:
             _core.verify_file(path)  # warm the page cache: both timings read from memory
-            verify = _best(lambda: _core.verify_file(path))
-            load = _best(lambda: torch.jit.load(path))
+            verify = best_time(lambda: _core.verify_file(path))
+            load = best_time(lambda: torch.jit.load(path))
             size = os.path.getsize(path)
             rows.append((name, size / 1e6, verify, load, size / verify / 1e9))
 
@@ -73,8 +65,8 @@ def main(argv=None) -> int:
     for n in (8000, 32768):
         for f in (64, 128):
             feats = torch.randn(n, f, dtype=torch.float64)
-            t = _best(lambda: float(feats.sum()), repeat=20)
-            t_isfinite = _best(lambda: bool(torch.isfinite(feats).all()), repeat=20)
+            t = best_time(lambda: float(feats.sum()), repeat=20)
+            t_isfinite = best_time(lambda: bool(torch.isfinite(feats).all()), repeat=20)
             step_rows.append((n, f, t, t / step_time[n], t_isfinite))
 
     lines = [
@@ -101,11 +93,7 @@ def main(argv=None) -> int:
         lines.append(f"| {n} | {f} | {1e3 * t:.3f} | {100 * share:.3f} % | {1e3 * t_isfinite:.3f} |")
     lines += ["", "(The step times are those of a model with F = 64; a model with F = 128 costs more per "
               "step, so its share is smaller than shown.)"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        fh.write(text)
+    write_report(lines, args.output)
     return 0
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
+from llpr.head import LLPRHead
+
+from timing import best_time, write_report  # benchmarks/ is on the path of a script run from it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
 
 def covariance(n_features: int, condition: float, seed: int = 0) -> torch.Tensor:
@@ -46,22 +47,12 @@ def inverse_q(Linv_t, f, block):
     return torch.cat(out)
 
 
-def best(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=os.path.join(HERE, "results", "quadratic_form.md"))
     parser.add_argument("--block", type=int, default=4096)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from llpr.head import LLPRHead
 
     rows = []
     for n_features in (32, 64, 128):
@@ -71,8 +62,8 @@ def main(argv=None) -> int:
         for n in (1000, 8000, 32768):
             f = torch.randn(n, n_features, dtype=torch.float64)
             repeat = 20 if n <= 8000 else 8
-            t_solve = best(lambda: solve_q(L, f, args.block), repeat)
-            t_inv = best(lambda: inverse_q(Linv_t, f, args.block), repeat)
+            t_solve = best_time(lambda: solve_q(L, f, args.block), repeat)
+            t_inv = best_time(lambda: inverse_q(Linv_t, f, args.block), repeat)
             flops = n * n_features * n_features  # multiply-adds of the product with a full (F, F) factor
             rows.append((n, n_features, t_solve, t_inv, t_solve / t_inv, flops / t_inv / 1e9))
 
@@ -109,11 +100,7 @@ def main(argv=None) -> int:
     ]
     for name, cond, nf, d_is, d_se in accuracy:
         lines.append(f"| {name} | {cond:.0e} | {nf} | {d_is:.2e} | {d_se:.2e} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        fh.write(text)
+    write_report(lines, args.output)
     return 0
 
 

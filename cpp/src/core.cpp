@@ -349,6 +349,36 @@ struct Model::Impl {
     else shifts = torch::zeros({E, 3}, opts);
     return {positions, numbers, edges, shifts, C, req.forces, req.virial};
   }
+  // run `method` (evaluate or ensemble_forward) on the inputs; its dict of outputs
+  c10::Dict<c10::IValue, c10::IValue> run(const char *method, const Inputs &in, const Request &req)
+  {
+    c10::IValue output;
+    try {
+      output = module.get_method(method)(arguments(in, req));
+    } catch (const std::exception &e) {
+      throw Error(std::string("the model's ") + method + "() failed: " + first_line(e.what()));
+    }
+    if (!output.isGenericDict()) throw Error(std::string("the model's ") + method + "() did not return a dict");
+    return output.toGenericDict();
+  }
+  // output `key` of `method`'s dict as float64 on the host; an error unless it has n values
+  static torch::Tensor take(const c10::Dict<c10::IValue, c10::IValue> &result, const char *method,
+                            const char *key, int64_t n)
+  {
+    auto it = result.find(key);
+    if (it == result.end()) throw Error(std::string("the model's ") + method + "() returned no '" + key + "'");
+    auto t = it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (n >= 0 && t.numel() != n)
+      throw Error(std::string("the model's output '") + key + "' has " + std::to_string(t.numel()) +
+                  " values, expected " + std::to_string(n));
+    return t;
+  }
+  static void copy(const c10::Dict<c10::IValue, c10::IValue> &result, const char *method, const char *key,
+                   std::vector<double> &v)
+  {
+    auto t = take(result, method, key, static_cast<int64_t>(v.size()));
+    if (!v.empty()) std::memcpy(v.data(), t.data_ptr<double>(), sizeof(double) * v.size());
+  }
   torch::Tensor host_features(const double *features, int64_t n) const
   {
     if (n < 0) throw Error("negative number of feature rows");
@@ -466,43 +496,25 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
     I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
     return;
   }
-  c10::IValue output;
-  try {
-    // evaluate() skips the per-atom sigma/lpr of forward(): the computes derive them from the
-    // cached features, and only on the steps they are invoked
-    output = I.module.get_method("evaluate")(I.arguments(in, req));
-  } catch (const std::exception &e) {
-    throw Error(std::string("model evaluation failed: ") + first_line(e.what()));
-  }
-  if (!output.isGenericDict()) throw Error("the model's forward() did not return a dict");
-  auto result = output.toGenericDict();
-  auto take = [&](const char *key) -> torch::Tensor {
-    auto it = result.find(key);
-    if (it == result.end()) throw Error(std::string("the model's forward() returned no '") + key + "'");
-    return it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  };
-  auto copy = [](const torch::Tensor &t, std::vector<double> &v, int64_t n, const char *key) {
-    if (t.numel() != n)
-      throw Error(std::string("the model's output '") + key + "' has " + std::to_string(t.numel()) +
-                  " values, expected " + std::to_string(n));
-    std::memcpy(v.data(), t.data_ptr<double>(), sizeof(double) * n);
-  };
-  out.energy = take("energy").item<double>();
-  copy(take("energies"), out.energies, C, "energies");
-  if (req.forces) copy(take("forces"), out.forces, 3 * N, "forces");
+  // evaluate() skips the per-atom sigma/lpr of forward(): the computes derive them from the
+  // cached features, and only on the steps they are invoked
+  const auto result = I.run("evaluate", in, req);
+  out.energy = Impl::take(result, "evaluate", "energy", 1).item<double>();
+  Impl::copy(result, "evaluate", "energies", out.energies);
+  if (req.forces) Impl::copy(result, "evaluate", "forces", out.forces);
   if (req.virial) {
-    copy(take("virial"), out.virial, 9, "virial");
-    copy(take("virial_atom"), out.virial_atom, 9 * N, "virial_atom");
+    Impl::copy(result, "evaluate", "virial", out.virial);
+    Impl::copy(result, "evaluate", "virial_atom", out.virial_atom);
   }
   auto it = result.find("features");
-  if (it == result.end()) throw Error("the model's forward() returned no 'features'");
+  if (it == result.end()) throw Error("the model's evaluate() returned no 'features'");
   auto feats = it->value().toTensor().detach();
   if (feats.dim() != 2 || feats.size(0) != C || feats.size(1) != I.meta.n_features)
     throw Error("the model's features have the wrong shape");
   // a NaN must never pass for a number: the uncertainty of a broken evaluation is not zero
   I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
   check_finite(out, N, C, req);
-  // one pass without a temporary (isfinite().all() costs ~15x more): any NaN or inf makes the
+  // one pass without a temporary (cheaper than isfinite().all()): any NaN or inf makes the
   // sum non-finite; the rows are looked for only then
   if (!std::isfinite(feats.sum().item<double>())) {
     auto rows = (~torch::isfinite(feats)).any(1).nonzero().flatten().to(torch::kCPU).contiguous();
@@ -529,33 +541,15 @@ void Model::compute_ensemble(const Inputs &in, const Request &req, EnsembleOutpu
   if (req.forces) out.force_sigma.assign(N, 0.0);
   if (C == 0) return;  // no centres: every deviation is zero
 
-  c10::IValue output;
-  try {
-    output = I.module.get_method("ensemble_forward")(I.arguments(in, req));
-  } catch (const std::exception &e) {
-    throw Error(std::string("ensemble evaluation failed: ") + first_line(e.what()));
-  }
-  if (!output.isGenericDict()) throw Error("the model's ensemble_forward() did not return a dict");
-  auto result = output.toGenericDict();
-  auto copy = [&](const char *key, std::vector<double> &v) {
-    auto it = result.find(key);
-    if (it == result.end())
-      throw Error(std::string("the model's ensemble_forward() returned no '") + key + "'");
-    auto t = it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    if (t.numel() != static_cast<int64_t>(v.size()))
-      throw Error(std::string("the model's ensemble output '") + key + "' has " +
-                  std::to_string(t.numel()) + " values, expected " + std::to_string(v.size()));
-    std::memcpy(v.data(), t.data_ptr<double>(), sizeof(double) * v.size());
-  };
-  copy("energy_deviations", out.energy_deviations);
+  const auto result = I.run("ensemble_forward", in, req);
+  Impl::copy(result, "ensemble_forward", "energy_deviations", out.energy_deviations);
   if (req.forces) {
-    copy("force_deviations", out.force_deviations);
-    out.force_sigma.assign(N, 0.0);
-    copy("force_sigma", out.force_sigma);
+    Impl::copy(result, "ensemble_forward", "force_deviations", out.force_deviations);
+    Impl::copy(result, "ensemble_forward", "force_sigma", out.force_sigma);
   } else {
     out.force_sigma.clear();
   }
-  if (req.virial) copy("virial_deviations", out.virial_deviations);
+  if (req.virial) Impl::copy(result, "ensemble_forward", "virial_deviations", out.virial_deviations);
   std::vector<int64_t> bad;
   for (int64_t a = 0; req.forces && a < N; ++a)
     for (int64_t k = 0; k < K; ++k) {
