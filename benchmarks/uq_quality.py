@@ -40,9 +40,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from llpr.calibrate import gaussian_nll
 from llpr.ensemble import DeepEnsemble
-from llpr.evaluate import Z95, coverage, miscalibration_area
+from llpr.evaluate import uncertainty_metrics
 from llpr.graphs import AtomisticDataset, make_loader
 from llpr.sampling import generate_dataset
 from llpr.train import TrainConfig, predict_batch, train_model
@@ -125,6 +124,14 @@ def llpr_predict(llpr: LLPR, atoms_list, weights: torch.Tensor | None = None, ba
     return pred
 
 
+
+def _calibration(errors, sigmas, prefix=""):
+    """llpr.evaluate's calibration metrics under this report's key names."""
+    m = uncertainty_metrics(errors, sigmas, prefix)
+    m[f"{prefix}spearman"] = m.pop(f"{prefix}spearman_abs_error_sigma")
+    m.pop(f"{prefix}binned")
+    return m
+
 def metrics(pred: dict, atoms_list) -> dict:
     ref = np.array([a.info["energy"] for a in atoms_list])
     n = np.array([len(a) for a in atoms_list])
@@ -138,13 +145,8 @@ def metrics(pred: dict, atoms_list) -> dict:
         "energy_rmse": float(np.sqrt(np.mean(err**2))),
         "energy_sigma_rms": float(np.sqrt(np.mean(sigma**2))),
         "force_rmse": float(np.sqrt(np.mean((pred["forces"] - f_ref) ** 2))),
-        "nll": gaussian_nll(err, sigma**2),
-        "spearman": float(spearmanr(np.abs(err), sigma).correlation),
-        "miscalibration_area": miscalibration_area(err, sigma),
-        "coverage_68": coverage(err, sigma, 1.0),
-        "coverage_95": coverage(err, sigma, Z95),
-        "mean_z2": float(np.mean((err / sigma) ** 2)),
         "mean_sigma_mev_per_atom": 1000 * float(np.mean(sigma / n)),
+        **_calibration(err, sigma),
     }
     if "force_variance" in pred:
         # per Cartesian component: each component's error against its own sigma
@@ -152,12 +154,7 @@ def metrics(pred: dict, atoms_list) -> dict:
         fe = (pred["forces"] - f_ref).ravel()
         out.update({
             "force_sigma_rms": float(np.sqrt(np.mean(fs**2))),
-            "force_nll": gaussian_nll(fe, fs**2),
-            "force_spearman": float(spearmanr(np.abs(fe), fs).correlation),
-            "force_miscalibration_area": miscalibration_area(fe, fs),
-            "force_coverage_68": coverage(fe, fs, 1.0),
-            "force_coverage_95": coverage(fe, fs, Z95),
-            "force_mean_z2": float(np.mean((fe / fs) ** 2)),
+            **_calibration(fe, fs, "force_"),
         })
         # per atom, as `llpr evaluate` reports it: |force error| against the atom's sigma
         atom_err = np.linalg.norm(pred["forces"] - f_ref, axis=1)

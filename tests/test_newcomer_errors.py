@@ -121,6 +121,21 @@ def _error(out):
     return lines[0]
 
 
+def _diamond_script(n, atom_style="atomic", box="", post=""):
+    """A perfect n x n x n diamond Si crystal built in LAMMPS with the Si model, then `post`."""
+    return f"""
+units metal
+atom_style {atom_style}
+lattice diamond 5.431
+region box block 0 {n} 0 {n} 0 {n}
+create_box 1 box {box}
+create_atoms 1 box
+mass 1 28.0855
+pair_style llpr model.pt
+pair_coeff * * Si
+{post}"""
+
+
 # ------------------------------------------------------------------- mistakes in the input
 def test_path_typo(files, tmp_path):
     proc, out = _lmp(files, tmp_path, _script(model="modle.pt"))
@@ -139,17 +154,9 @@ def test_checkpoint_given_to_lammps(files, tmp_path):
     proc, out = _lmp(files, tmp_path, _script(model="model.ckpt"))
     error = _error(out)
     assert "'model.ckpt' is not a readable TorchScript file" in error and "llpr export" in error
+    # named as what it is, not as a damaged file
+    assert "checkpoint" in error and "corrupted" not in error and "damaged" not in error
     check_quote("checkpoint-in-lammps", out)
-
-
-def test_checkpoint_given_to_lammps_is_named_as_such(files, tmp_path):
-    from llpr.checkpoint import save_model
-    from llpr.model import LocalPotential
-
-    save_model(LocalPotential([14], hidden=(8,)), str(tmp_path / "model.ckpt"))
-    proc, out = _lmp(files, tmp_path, _script(model="model.ckpt"))
-    error = _error(out)
-    assert "checkpoint" in error and "corrupted" not in error
 
 
 def test_newton_off(files, tmp_path):
@@ -273,23 +280,13 @@ def test_damaged_model_file(files, tmp_path):
 
 def test_overlapping_atoms_stop_the_run(files, tmp_path):
     """Two atoms at the same position: NaN energy; `fix halt` on sigma must not be needed."""
-    script = """
-units metal
-atom_style atomic
-lattice diamond 5.431
-region box block 0 3 0 3 0 3
-create_box 1 box
-create_atoms 1 box
-create_atoms 1 single 0.25 0.25 0.25
-mass 1 28.0855
-pair_style llpr model.pt
-pair_coeff * * Si
+    script = _diamond_script(3, post="""create_atoms 1 single 0.25 0.25 0.25
 compute usum all llpr
 variable se equal c_usum[1]
 thermo_style custom step pe c_usum[1] c_usum[2] c_usum[3]
 fix halt all halt 1 v_se > 1.0 error hard
 run 0
-"""
+""")
     proc, out = _lmp(files, tmp_path, script)
     error = _error(out)
     assert "non-finite" in error and "on timestep 0" in error and "0 A apart" in error
@@ -299,36 +296,26 @@ run 0
 
 
 def test_bonds_remove_neighbors(files, tmp_path):
-    script = """
-units metal
-atom_style bond
-lattice diamond 5.431
-region box block 0 2 0 2 0 2
-create_box 1 box bond/types 1 extra/bond/per/atom 4 extra/special/per/atom 20
-create_atoms 1 box
-mass 1 28.0855
-pair_style llpr model.pt
-pair_coeff * * Si
-bond_style zero
+    bonds = """bond_style zero
 bond_coeff 1 2.35
 create_bonds many all all 1 2.2 2.5
 {special}
-thermo_style custom step pe
+"""
+    energy = """thermo_style custom step pe
 run 0
 print "PE $(pe:%.12f)"
 """
-    proc, out = _lmp(files, tmp_path, script.format(special=""))
+    box = "bond/types 1 extra/bond/per/atom 4 extra/special/per/atom 20"
+    proc, out = _lmp(files, tmp_path, _diamond_script(2, "bond", box, bonds.format(special="") + energy))
     error = _error(out)
     assert "special_bonds lj/coul 1 1 1" in error and "1-2 special neighbors" in error
     check_quote("special-bonds", out)
     # the fix given in the message works and gives the energy of the same crystal without bonds
-    proc, out = _lmp(files, tmp_path, script.format(special="special_bonds lj/coul 1 1 1"))
+    fixed = bonds.format(special="special_bonds lj/coul 1 1 1") + energy
+    proc, out = _lmp(files, tmp_path, _diamond_script(2, "bond", box, fixed))
     assert proc.returncode == 0, out[-3000:]
     bonded = float(re.search(r"^PE (\S+)", out, re.M).group(1))
-    proc, out = _lmp(files, tmp_path, script.replace("atom_style bond", "atom_style atomic")
-                     .replace(" bond/types 1 extra/bond/per/atom 4 extra/special/per/atom 20", "")
-                     .replace("bond_style zero\nbond_coeff 1 2.35\ncreate_bonds many all all 1 2.2 2.5\n", "")
-                     .format(special=""))
+    proc, out = _lmp(files, tmp_path, _diamond_script(2, post=energy))
     assert proc.returncode == 0, out[-3000:]
     assert abs(bonded - float(re.search(r"^PE (\S+)", out, re.M).group(1))) < 1e-9
 
