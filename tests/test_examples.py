@@ -28,12 +28,15 @@ EXTRA_ENV = {
     "active_learning": {"ROUNDS": "1", "HALT_THRESH": "0", "DUMP_THRESH": "0"},
     # enough structures for a validation set of 4-coordinated ones
     "local_rigidity": {"N_PER_TYPE": "3"},
+    # two temperatures (the README's command reweights the 1200 K run), a small ensemble
+    "observables": {"TEMPS": "1200 1500", "MEMBERS": "8"},
 }
 
 
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory):
-    """What examples/silicon/run.sh leaves in demo_output/, in miniature."""
+    """What examples/silicon/run.sh leaves in demo_output/ (data, model.ckpt, llpr.ckpt,
+    model.pt), in miniature."""
     import torch
 
     from llpr.data import split_dataset, write_dataset
@@ -42,7 +45,7 @@ def demo_output(tmp_path_factory):
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.sampling import generate_dataset
     from llpr.train import TrainConfig, train_model
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty import LLPR, save_llpr
 
     d = tmp_path_factory.mktemp("demo_output")
     structures = generate_dataset(potential="sw", n_per_type=1, seed=0, progress=False)
@@ -57,7 +60,9 @@ def demo_output(tmp_path_factory):
     def loader(part):
         return make_loader(AtomisticDataset(part, model.cutoff, torch.float64), 8)
 
-    export_model(LLPR(model).fit(loader(train)).calibrate(loader(val)), str(d / "model.pt"))
+    llpr = LLPR(model).fit(loader(train)).calibrate(loader(val))
+    save_llpr(llpr, str(d / "llpr.ckpt"))  # as `llpr calibrate` leaves it
+    export_model(llpr, str(d / "model.pt"))
     proc = subprocess.run([LMP, "-in", os.path.join(ROOT, "examples", "silicon", "in.silicon"), "-var", "model",
                            "model.pt", "-var", "nsteps", "20", "-var", "every", "10", "-log", "log.lammps"],
                           cwd=str(d), env=plugin_env(), capture_output=True, text=True, timeout=300)
@@ -161,7 +166,23 @@ def check_local_rigidity(root, output):
     _png(root / "lpr_results" / "lpr_by_coordination.png")
 
 
+def check_observables(root, output):
+    out = root / "runs" / "observables"
+    _png(out / "observables.png")
+    _png(out / "rdf_1200.png")
+    table = (out / "observables.md").read_text()
+    assert all(f"| {t} |" in table for t in (1200, 1500)), table
+    assert "member values (pe + dE_k" in output and "reweighting to 8 ensemble members at T = 1200 K" in output
+    import json
+
+    result = json.loads((out / "rdf_1200.json").read_text())
+    rdf = result["observables"]["rdf_1200.dat:c_rdf[2]"]
+    assert len(rdf["axis"]) == 100 and len(rdf["model_sigma"]["cea"]) == 100
+    assert all(np.isfinite(rdf["model_sigma"]["cea"])) and result["frames"] == 21  # NSTEPS=20: a frame per step
+
+
 CHECKS = {
+    "observables": check_observables,
     "silicon": check_silicon,
     "local_rigidity": check_local_rigidity,
     "active_learning": check_active_learning,
@@ -181,6 +202,12 @@ def test_example_errors_are_clear(tmp_path, demo_output):
     proc = subprocess.run(["bash", os.path.join(ROOT, "examples", "active_learning", "run.sh"),
                            str(tmp_path / "nothing")], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert proc.returncode == 2 and "run bash examples/silicon/run.sh first" in proc.stderr
+    # the observables example without a trained model
+    proc = subprocess.run(["bash", os.path.join(ROOT, "examples", "observables", "run.sh"), str(tmp_path / "obs")],
+                          capture_output=True, text=True, env=dict(env, DEMO=str(tmp_path / "nothing")),
+                          cwd=str(tmp_path))
+    assert proc.returncode == 2 and "no trained model in" in proc.stderr
+    assert "run bash examples/silicon/run.sh first" in proc.stderr
     # your own file, with other key names
     from ase.io import read, write
 

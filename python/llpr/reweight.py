@@ -483,7 +483,8 @@ def reweight_observable(
     # how far apart the two estimators are beyond their (correlated) sampling noise
     members_error["direct-cea"] = _jackknife(full["direct"] - full["cea"], jack["direct"] - jack["cea"])
     model_sigma = {e: full[e].std(axis=0, ddof=1) for e in ("direct", "cea")}
-    model_sigma_error = {e: _jackknife(model_sigma[e], jack[e].std(axis=1, ddof=1)) for e in ("direct", "cea")}
+    with np.errstate(invalid="ignore"):  # NaN leave-one-out estimates make an infinite error
+        model_sigma_error = {e: _jackknife(model_sigma[e], jack[e].std(axis=1, ddof=1)) for e in ("direct", "cea")}
     ess = _ess(u)
     if ess_warning:
         note = _ess_note(ess, beta * dE_b.reshape(used, K), min_ess_fraction, min_ess_frames, f"{name}: ")
