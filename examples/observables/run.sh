@@ -6,7 +6,7 @@
 #
 # Usage: bash examples/observables/run.sh [output folder]   (default: runs/observables)
 # Needs the silicon demo's output (bash examples/silicon/run.sh), or DEMO=folder with its
-# model.ckpt and data/. Sizes (environment): NSTEPS (40000 steps of 1 fs per temperature),
+# llpr.ckpt (or model.ckpt and data/). Sizes (environment): NSTEPS (40000 steps of 1 fs per temperature),
 # TEMPS ("900 1200 1500" K), MEMBERS (32), CELLS (2: 64 atoms).
 set -euo pipefail
 . "$(dirname "$0")/../_env.sh"  # here, root, and the environment
@@ -16,9 +16,9 @@ NSTEPS=${NSTEPS:-40000}
 TEMPS=${TEMPS:-"900 1200 1500"}
 MEMBERS=${MEMBERS:-32}
 CELLS=${CELLS:-2}
-if [ -z "$demo" ] || [ ! -f "$demo/model.ckpt" ]; then
+if [ -z "$demo" ] || { [ ! -f "$demo/llpr.ckpt" ] && [ ! -f "$demo/model.ckpt" ]; }; then
   echo "error: no trained model in ${DEMO:-$root/demo_output}: run bash examples/silicon/run.sh first" \
-    "(or set DEMO to a folder with model.ckpt and data/)" >&2
+    "(or set DEMO to a folder with llpr.ckpt, or with model.ckpt and data/)" >&2
   exit 2
 fi
 every=$(( NSTEPS >= 2000 ? NSTEPS / 2000 : 1 ))  # about 2000 frames per run
