@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# one thread: the test systems are small, and OpenMP threads that wait on a core another
+# process holds make every parallel region crawl (the in-process LAMMPS runs share them)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
