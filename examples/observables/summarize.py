@@ -13,6 +13,28 @@ import sys
 import numpy as np
 
 
+def thermal_expansion(results) -> dict:
+    """-dln(rho)/dT from a straight line through ln(density) at the temperatures, for the mean
+    model (with the sampling error of the slope, the runs being independent) and for each
+    member (its reweighted densities): the members' spread is the slope's model uncertainty.
+    The same members at every temperature, so their errors in the density largely cancel."""
+    temps = np.array(list(results))
+    dens = [r.observables["density"] for r in results.values()]
+    x = temps - temps.mean()
+    weights = x / np.sum(x * x)  # slope = sum_i weights_i y_i
+
+    def slope(y):
+        return -float(np.dot(weights, np.log(y)))
+
+    out = {"mean_model": slope(np.array([d.mean_model[0] for d in dens]))}
+    relative = np.array([d.mean_model_error[0] / d.mean_model[0] for d in dens])
+    out["sampling"] = float(np.sqrt(np.sum((weights * relative) ** 2)))
+    for est in ("direct", "cea"):
+        per_member = np.stack([d.members[est][:, 0] for d in dens], axis=1)  # (K, temperatures)
+        out[est] = float(np.std([slope(m) for m in per_member], ddof=1))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--temps", type=float, nargs="+", required=True, help="the runs' temperatures (K)")
@@ -46,6 +68,12 @@ def main(argv=None) -> int:
         lines.append(f"| {T:g} | {d.mean_model[0]:.5f} | {d.mean_model_error[0]:.5f} | {d.model_sigma['cea'][0]:.5f} | "
                      f"{d.model_sigma['direct'][0]:.5f} | {e.mean_model[0]:.4f} | {e.model_sigma['cea'][0]:.4f} | "
                      f"{r.ess.min():.0f} / {r.frames} |")
+    expansion = thermal_expansion(results) if len(results) >= 2 else None
+    if expansion:
+        lines += ["", f"Volumetric thermal expansion -dln(density)/dT, {min(results):g} to {max(results):g} K (a line "
+                  f"through the temperatures): {expansion['mean_model']:.3g} /K, sampling error "
+                  f"{expansion['sampling']:.2g} /K, model sigma {expansion['direct']:.2g} /K (direct) and "
+                  f"{expansion['cea']:.2g} /K (CEA), from each member's own line."]
     table = "\n".join(lines)
     print(table)
     with open(args.output.rsplit(".", 1)[0] + ".md", "w") as fh:
@@ -71,7 +99,11 @@ def main(argv=None) -> int:
                   label="sampling error (1 sigma)")
     ax_d.set_xlabel("T (K)")
     ax_d.set_ylabel("density (g/cm^3)")
-    ax_d.set_title("thermal expansion at 0 bar", fontsize=9)
+    title = "density at 0 bar"
+    if expansion:
+        title += (f"; -dln(rho)/dT = {1e6 * expansion['mean_model']:.1f} +- {1e6 * expansion['direct']:.1f} (model) "
+                  f"+- {1e6 * expansion['sampling']:.1f} (sampling) 1e-6/K")
+    ax_d.set_title(title, fontsize=9)
     ax_d.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.output, dpi=120)
