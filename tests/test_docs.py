@@ -45,7 +45,7 @@ DOCS = os.path.join(ROOT, "docs")
 PAGES = sorted(f"docs/{name}" for name in os.listdir(DOCS) if name.endswith(".md")) + ["README.md"]
 RUN_LANGS = {"bash", "python", "lammps"}
 TEXT_LANGS = {"text", ""}
-COMMANDISH = re.compile(r"^\s*(\$ |llpr (-q )?(data|train|calibrate|export|evaluate|check|plugin-path)( |$)|lmp -|python |pip |mpirun |bash )")
+COMMANDISH = re.compile(r"^\s*(\$ |llpr (-q )?(data|train|calibrate|export|evaluate|check|reweight|plugin-path)( |$)|lmp -|python |pip |mpirun |bash )")
 
 # LAMMPS warnings that a documentation example may trigger on purpose
 BENIGN_WARNINGS = ("No fixes with time integration, atoms won't move",)  # `run 0` to evaluate a structure
