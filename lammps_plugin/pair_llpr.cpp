@@ -41,16 +41,6 @@ void collective_check(LAMMPS *lmp, MPI_Comm world, bool ok, const std::string &m
   lmp->error->all(FLERR, text);
 }
 
-// auto, cpu, cuda or cuda:N with N a non-negative integer
-bool valid_device(const std::string &d)
-{
-  if (d == "auto" || d == "cpu" || d == "cuda") return true;
-  if (d.rfind("cuda:", 0) != 0 || d.size() == 5 || d.size() > 9) return false;
-  for (size_t k = 5; k < d.size(); k++)
-    if (d[k] < '0' || d[k] > '9') return false;
-  return true;
-}
-
 // at most `limit` atom IDs, space-separated, with "..." when there are more
 std::string id_list(const std::vector<tagint> &ids, size_t limit = 10)
 {
@@ -132,7 +122,7 @@ void PairLLPR::settings(int narg, char **arg)
       if (iarg + 1 >= narg)
         error->all(FLERR, "Illegal pair_style llpr command: device needs auto, cpu or cuda");
       device_request_ = arg[iarg + 1];
-      if (!valid_device(device_request_))
+      if (device_request_ != "auto" && !llpr::is_device_name(device_request_))
         error->all(FLERR, "Illegal pair_style llpr command: device must be auto, cpu, cuda or cuda:N "
                           "(N = 0, 1, ...), got {}",
                    device_request_);

@@ -67,9 +67,7 @@ torch::Device parse_device(const std::string &device)
 {
   std::string d = device.empty() ? "cpu" : device;
   if (d == "cpu") return torch::Device(torch::kCPU);
-  bool known = d == "cuda" || (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() <= 9);
-  for (size_t k = 5; known && d != "cuda" && k < d.size(); ++k) known = d[k] >= '0' && d[k] <= '9';
-  if (!known) throw Error("unknown device '" + device + "': use 'cpu', 'cuda' or 'cuda:N'");
+  if (!is_device_name(d)) throw Error("unknown device '" + device + "': use 'cpu', 'cuda' or 'cuda:N'");
   if (!torch::cuda::is_available())
     throw Error("device '" + device +
                 "' requested, but no CUDA GPU is usable by this libtorch (torch " +
@@ -643,6 +641,15 @@ void Model::ensemble_energy_deviations(const double *feature_sum, double *out) c
 }
 
 // ------------------------------------------------------------------------------------------
+
+bool is_device_name(const std::string &d)
+{
+  if (d == "cpu" || d == "cuda") return true;
+  if (d.rfind("cuda:", 0) != 0 || d.size() == 5 || d.size() > 9) return false;
+  for (size_t k = 5; k < d.size(); ++k)
+    if (d[k] < '0' || d[k] > '9') return false;
+  return true;
+}
 
 void check_device(const std::string &device) { parse_device(device); }
 

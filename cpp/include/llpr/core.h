@@ -154,6 +154,9 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
+// "cpu", "cuda" or "cuda:N" (N a non-negative integer): the device names the core accepts
+bool is_device_name(const std::string &device);
+
 // Error (the message every loader gives) unless `device` is "cpu", or "cuda" / "cuda:N" with
 // that GPU usable by this libtorch.
 void check_device(const std::string &device);
