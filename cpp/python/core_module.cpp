@@ -36,6 +36,7 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["varsigma"] = m.varsigma;
   d["calibration"] = m.calibration;
   d["package_version"] = m.package_version;
+  d["model_info"] = m.model_info;
   d["ensemble_size"] = m.ensemble_size;
   d["integrity"] = m.integrity;
   d["sealed"] = m.sealed;

@@ -191,6 +191,9 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
   get_string("calibration", meta.calibration);
   if (module.hasattr("llpr_package_version") && module.attr("llpr_package_version").isString())
     meta.package_version = module.attr("llpr_package_version").toStringRef();
+  // optional (what the wrapped model is, e.g. MACE with its layers): shown by llpr check
+  if (module.hasattr("model_info") && module.attr("model_info").isString())
+    meta.model_info = module.attr("model_info").toStringRef();
 
   // the LLPR head (submodule `head`, llpr.head.LLPRHead): float64 buffers
   c10::optional<torch::jit::Module> head;

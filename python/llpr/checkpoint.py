@@ -16,6 +16,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from .mace import MACEModel
 from .model import LocalPotential
 from .tabular import MLPRegressor
 
@@ -64,6 +65,7 @@ def registered_model(name: str) -> type:
 
 register_model("LocalPotential", LocalPotential)
 register_model("MLPRegressor", MLPRegressor)
+register_model("MACEModel", MACEModel)
 
 
 def _dtype_name(model: nn.Module) -> str:

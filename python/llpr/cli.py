@@ -14,10 +14,39 @@ import sys
 import time
 
 
-def _read(path: str):
+def _read(path: str, args=None):
     from .data import read_dataset
 
-    return read_dataset(path)
+    keys = {k: getattr(args, k) for k in ("energy_key", "forces_key", "stress_key") if getattr(args, k, None)}
+    return read_dataset(path, **keys)
+
+
+def _load_model(args):
+    """The model to calibrate: an `llpr train` checkpoint, or a MACE model file."""
+    from .checkpoint import load_model
+    from .mace import MACEModel, is_torchscript, mace_file_kind
+
+    exists = os.path.exists(args.model)
+    if exists and (mace_file_kind(args.model) is not None or is_torchscript(args.model)):
+        return MACEModel.from_file(args.model, head=args.head, allow_pickle=args.allow_pickle)
+    if args.head:
+        raise ValueError(f"--head selects the head of a multi-head MACE model; '{args.model}' is not one")
+    try:
+        return load_model(args.model)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; --model takes an `llpr train` checkpoint or a MACE model file") from None
+
+
+def _distributed():
+    """Join the process group torchrun describes (WORLD_SIZE > 1); (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world
 
 
 def cmd_data(args) -> None:
@@ -42,7 +71,7 @@ def cmd_train(args) -> None:
     from .train import TrainConfig, evaluate_errors, train_model
     from .graphs import AtomisticDataset
 
-    train, val = _read(args.train), _read(args.val)
+    train, val = _read(args.train, args), _read(args.val, args)
     model_kwargs = {"cutoff": args.cutoff} if args.cutoff else {}
     config = TrainConfig(
         max_epochs=args.epochs,
@@ -66,12 +95,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from .checkpoint import load_model
-    from .graphs import AtomisticDataset, make_loader
+    from .graphs import AtomisticDataset, StreamingDataset, make_loader
     from .protocol import check_atomistic_model
     from .uncertainty import LLPR, save_llpr
 
-    model = load_model(args.model)
+    model = _load_model(args)
     try:
         check_atomistic_model(model)
     except TypeError as exc:
@@ -81,9 +109,16 @@ def cmd_calibrate(args) -> None:
             "(llpr.uncertainty.LLPR, docs/python_api.md)"
         ) from None
     dtype = next(model.parameters()).dtype
-    train = AtomisticDataset(_read(args.train), model.cutoff, dtype)
-    val = AtomisticDataset(_read(args.val), model.cutoff, dtype)
-    llpr = LLPR(model).fit(make_loader(train, 16), progress=not args.quiet).calibrate(make_loader(val, 16))
+    rank, world = _distributed()
+    # the training set is streamed (and shared out between torchrun's processes); the
+    # validation set is small and every process calibrates on all of it, identically
+    train = StreamingDataset(args.train, model.cutoff, dtype, energy_key=args.energy_key,
+                             forces_key=args.forces_key, rank=rank, world_size=world)
+    val = AtomisticDataset(_read(args.val, args), model.cutoff, dtype)
+    llpr = LLPR(model).fit(make_loader(train, args.batch_size), progress=not args.quiet and rank == 0)
+    llpr.calibrate(make_loader(val, args.batch_size))
+    if rank != 0:
+        return
     save_llpr(llpr, args.output)
     s = llpr.calibration_summary()
     print(
@@ -110,7 +145,7 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_model, format_summary, write_plots
 
     ensemble = False if args.no_ensemble else None
-    result = evaluate_model(args.model, _read(args.data), progress=not args.quiet, ensemble=ensemble)
+    result = evaluate_model(args.model, _read(args.data, args), progress=not args.quiet, ensemble=ensemble)
     m = result["metrics"]
     print(format_summary(m))
     if args.plots:
@@ -155,6 +190,12 @@ def cmd_plugin_path(args) -> None:
     print(plugin_dir())
 
 
+def _label_keys(p) -> None:
+    p.add_argument("--energy-key", default="energy", help="extxyz key of the energies (e.g. REF_energy)")
+    p.add_argument("--forces-key", default="forces", help="extxyz key of the forces (e.g. REF_forces)")
+    p.add_argument("--stress-key", default="stress", help="extxyz key of the stresses (e.g. REF_stress)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llpr", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -181,13 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", type=float, default=None, help="cutoff in Angstrom (default 4.0)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
+    _label_keys(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="fit the LLPR covariance and calibrate alpha, varsigma")
-    p.add_argument("--model", required=True, help="checkpoint from `llpr train`")
-    p.add_argument("--train", required=True, help="training structures (for F^T F)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint from `llpr train`, or a MACE model (*_compiled.model; *.model with --allow-pickle)")
+    p.add_argument("--train", required=True, help="training structures (for F^T F; read as a stream)")
     p.add_argument("--val", required=True, help="validation structures (for alpha, varsigma)")
     p.add_argument("-o", "--output", default="llpr.ckpt")
+    p.add_argument("--head", default=None, help="the head of a multi-head MACE model")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read a pickled MACE *.model file (this runs code stored in the file: only for files you trust)")
+    p.add_argument("--batch-size", type=int, default=16, help="structures per batch")
+    _label_keys(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write one TorchScript file for LAMMPS and ASE")
@@ -207,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--no-ensemble", action="store_true",
                    help="skip the force uncertainties even if the file has a last-layer ensemble")
+    _label_keys(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("check", help="validate an exported file exactly as LAMMPS loads it")

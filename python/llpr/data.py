@@ -52,8 +52,27 @@ def _normalise(atoms: Atoms) -> Atoms:
     return atoms
 
 
-def read_dataset(path: str, require_labels: bool = True) -> list[Atoms]:
-    """Read an extended-XYZ file of labelled structures (see the module's label convention)."""
+def rename_labels(atoms: Atoms, energy_key: str = "energy", forces_key: str = "forces",
+                  stress_key: str = "stress") -> Atoms:
+    """Move labels stored under other keys (e.g. MACE's ``REF_energy``, ``REF_forces``,
+    ``REF_stress``) to llpr's ``energy`` / ``forces`` / ``stress``; missing ones are left out."""
+    for key, name, where in ((energy_key, "energy", atoms.info), (stress_key, "stress", atoms.info),
+                             (forces_key, "forces", atoms.arrays)):
+        if key != name and key in where:
+            value = where.pop(key)
+            if name == "forces":
+                atoms.arrays["forces"] = np.asarray(value, dtype=float)
+            else:
+                atoms.info[name] = value
+    return _normalise(atoms)
+
+
+def read_dataset(path: str, require_labels: bool = True, energy_key: str = "energy",
+                 forces_key: str = "forces", stress_key: str = "stress") -> list[Atoms]:
+    """Read an extended-XYZ file of labelled structures (see the module's label convention).
+
+    ``energy_key``, ``forces_key``, ``stress_key``: where the file keeps the labels, if not
+    under llpr's names (e.g. ``REF_energy`` in files written for MACE)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset file '{path}' does not exist; check the path (or run `llpr data`)")
     if os.path.getsize(path) == 0:
@@ -62,7 +81,7 @@ def read_dataset(path: str, require_labels: bool = True) -> list[Atoms]:
         frames = read(path, ":", format="extxyz")
     except Exception as exc:
         raise ValueError(f"could not read '{path}' as extended XYZ: {exc}") from exc
-    frames = [_normalise(a) for a in frames]
+    frames = [rename_labels(_normalise(a), energy_key, forces_key, stress_key) for a in frames]
     if not frames:
         raise ValueError(f"dataset file '{path}' holds no structures")
     if require_labels:
@@ -72,8 +91,9 @@ def read_dataset(path: str, require_labels: bool = True) -> list[Atoms]:
                 raise ValueError(
                     f"structure {k} in '{path}' has no energy/forces labels; the file must carry "
                     "energy= in the comment line and a forces column (found keys: "
-                    f"{', '.join(found) or 'none'}; rename yours to energy/forces, or label the "
-                    "structures with llpr.labelling.label_structures)"
+                    f"{', '.join(found) or 'none'}; name yours with --energy-key / --forces-key "
+                    "(energy_key= / forces_key=), or label the structures with "
+                    "llpr.labelling.label_structures)"
                 )
     return frames
 

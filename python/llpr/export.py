@@ -68,6 +68,7 @@ class ExportedLLPRModel(nn.Module):
     calibration: str
     llpr_package_version: str
     ensemble_info: str
+    model_info: str
     chunk_centers: int
 
     def __init__(
@@ -98,6 +99,9 @@ class ExportedLLPRModel(nn.Module):
         self.llpr_package_version = package_version
         self.head = head
         self.ensemble_info = json.dumps(ensemble_info or {}, sort_keys=True)
+        describe = getattr(model, "describe", None)
+        info = describe() if callable(describe) else {"architecture": type(model).__name__}
+        self.model_info = json.dumps(info, sort_keys=True)
         # centres per block of the force evaluation on a CPU (see evaluate)
         self.chunk_centers = 4096
 

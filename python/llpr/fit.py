@@ -32,6 +32,23 @@ class CovarianceAccumulator:
         self.covariance += f.t() @ f
         self.n_samples += f.shape[0]
 
+    def all_reduce(self) -> None:
+        """Sum ``F^T F`` and the row count over the processes of ``torch.distributed`` (when
+        it is initialised with more than one process; a no-op otherwise), so that every
+        process holds the covariance of the whole training set, each having fitted its share."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        if self.covariance is None:
+            if self.n_features is None:
+                raise ValueError("a process with no training structures cannot take part in the all-reduce "
+                                 "without n_features; give CovarianceAccumulator(n_features)")
+            self.covariance = torch.zeros((self.n_features, self.n_features), dtype=torch.float64)
+        count = torch.tensor([float(self.n_samples)], dtype=torch.float64)
+        dist.all_reduce(self.covariance, op=dist.ReduceOp.SUM)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        self.n_samples = int(count.item())
+
     def result(self) -> torch.Tensor:
         if self.covariance is None or self.n_samples == 0:
             raise ValueError("no features were accumulated: the data loader given to fit() is empty")

@@ -91,6 +91,51 @@ class AtomisticDataset(torch.utils.data.Dataset):
         return self.items[index]
 
 
+class StreamingDataset(torch.utils.data.IterableDataset):
+    """The structures of an extended-XYZ file, read and turned into graphs one at a time, so
+    that a training set of any size is fitted in bounded memory.
+
+    With ``rank`` / ``world_size`` (default: from ``torch.distributed`` when it is initialised)
+    each process takes every ``world_size``-th structure, starting at ``rank``. Labels are kept
+    when present (``energy_key`` / ``forces_key`` name them, see :func:`llpr.data.rename_labels`);
+    fitting the covariance needs none."""
+
+    def __init__(self, path: str, cutoff: float, dtype=torch.float32, energy_key: str = "energy",
+                 forces_key: str = "forces", rank: int | None = None, world_size: int | None = None):
+        import os
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"dataset file '{path}' does not exist; check the path")
+        if rank is None or world_size is None:
+            dist = torch.distributed
+            initialised = dist.is_available() and dist.is_initialized()
+            rank = dist.get_rank() if initialised else 0
+            world_size = dist.get_world_size() if initialised else 1
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.path, self.cutoff, self.dtype = path, cutoff, dtype
+        self.energy_key, self.forces_key = energy_key, forces_key
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        from ase.io import iread
+
+        from .data import rename_labels
+
+        for k, atoms in enumerate(iread(self.path, index=":", format="extxyz")):
+            if k % self.world_size != self.rank:
+                continue
+            if len(atoms) == 0:
+                raise ValueError(f"structure {k} in '{self.path}' has no atoms")
+            atoms = rename_labels(atoms, self.energy_key, self.forces_key)
+            item = graph_tensors(atoms, self.cutoff, self.dtype)
+            if "energy" in atoms.info:
+                item["energy"] = torch.tensor(float(atoms.info["energy"]), dtype=torch.float64)
+            if "forces" in atoms.arrays:
+                item["forces"] = torch.tensor(np.asarray(atoms.arrays["forces"]), dtype=self.dtype)
+            yield item
+
+
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     """Join per-structure graphs into one disconnected graph with a ``batch`` index."""
     offsets = 0
@@ -126,6 +171,8 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
 
 def make_loader(dataset: AtomisticDataset, batch_size: int = 8, shuffle: bool = False, seed: int = 0):
     """A torch DataLoader over ``dataset`` with :func:`collate` (deterministic shuffling)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator

@@ -64,9 +64,10 @@ def check_model(path: str) -> dict:
         raise FileNotFoundError(str(exc)) from None
     except ValueError as exc:
         raise ValueError(str(exc)) from None
-    try:
-        meta["calibration"] = json.loads(meta["calibration"]) if meta["calibration"] else {}
-    except json.JSONDecodeError:
-        pass
+    for key in ("calibration", "model_info"):
+        try:
+            meta[key] = json.loads(meta[key]) if meta.get(key) else {}
+        except json.JSONDecodeError:
+            pass
     meta["torch_version"] = core.TORCH_VERSION
     return meta

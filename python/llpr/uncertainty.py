@@ -163,10 +163,15 @@ class LLPR:
 
     # ------------------------------------------------------------------ fit
     def fit(self, loader, progress: bool = False) -> "LLPR":
-        """Accumulate F^T F (float64) over the training ``loader`` (streaming)."""
-        acc = CovarianceAccumulator()
+        """Accumulate F^T F (float64) over the training ``loader`` (streaming).
+
+        Under ``torch.distributed`` (e.g. ``torchrun``), each process fits the batches of its
+        own loader (e.g. a :class:`llpr.graphs.StreamingDataset`, which shards by rank) and the
+        sums are all-reduced: every process ends with the covariance of the whole set."""
+        acc = CovarianceAccumulator(getattr(self.model, "n_features", None))
         for batch in tqdm(loader, desc="llpr fit", disable=not progress, leave=False):
             acc.update(self._outputs(batch)["features"])
+        acc.all_reduce()
         self.covariance = acc.result()
         self.n_train = acc.n_samples
         self.calibration = None

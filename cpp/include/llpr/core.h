@@ -59,6 +59,7 @@ struct Metadata {
   int64_t n_features = 0;
   std::string calibration;       // JSON text
   std::string package_version;   // llpr version that wrote the file ("" if absent)
+  std::string model_info;        // JSON describing the wrapped model ("" if absent)
   double alpha = 0.0;
   double varsigma = 0.0;
   // members K of the last-layer ensemble (buffer head.ensemble_deviations, K x F; 0: none)
