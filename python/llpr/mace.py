@@ -358,7 +358,7 @@ class MACEModel(nn.Module):
                 parts.append(hidden.narrow(1, self.hidden_ranges[0], self.hidden_ranges[1]))
         features = torch.cat(parts, dim=1) * self.scale
         energies = features @ self.weights + self.element_energies[index[:n_centers]]
-        if self.has_pair_repulsion:
+        if hasattr(self, "pair_repulsion_fn"):  # decided when scripted
             pair = self.pair_repulsion_fn(lengths, node_attrs, edges, self.mace_atomic_numbers)
             energies = energies + self.scale * pair[:n_centers]
         return energies, features
