@@ -461,13 +461,14 @@ void PairLLPR::request_ghost_shell()
 {
   const double shell = ghost_shell();
   const auto &meta = model_->metadata();
-  // per-collection ghost cutoffs (comm_modify mode multi) ignore comm_modify cutoff
-  if (comm->mode != Comm::SINGLE)
+  // LAMMPS has no stencils for neighbor lists of ghost atoms in neighbor style multi (whose
+  // comm_modify mode multi would also ignore the communication cutoff)
+  if (neighbor->style == Neighbor::MULTI || neighbor->style == Neighbor::MULTI_OLD)
     error->all(FLERR,
-               "pair_style llpr: the model passes messages (receptive field {} A) and needs ghost atoms "
-               "out to {} A, but comm_modify mode multi makes ghost atoms per collection out to the "
-               "neighbor cutoffs only; use comm_modify mode single (the default)",
-               meta.receptive_field, shell);
+               "pair_style llpr: the model passes messages (receptive field {} A) and needs the neighbor "
+               "lists of ghost atoms, which LAMMPS does not build with neighbor style {}; use `neighbor {} "
+               "bin` (the default style) or nsq, with comm_modify mode single",
+               meta.receptive_field, neighbor->style == Neighbor::MULTI ? "multi" : "multi/old", neighbor->skin);
   // comm_style tiled sends each ghost atom once: it cannot repeat a periodic image to fill a shell
   // wider than the box (comm_style brick can)
   if (comm->style == Comm::TILED) {

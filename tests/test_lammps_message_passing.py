@@ -5,7 +5,7 @@ only. Energies, forces, virials, sigma_i, LPR_i, the global sigma, the force sig
 members' energy and pressure deviations against the Python reference (the exported module on
 the periodic graph) on 1, 2 and 3 MPI ranks, cells smaller than the receptive field included;
 finite-difference forces, NVE energy conservation, MD across ranks; the ghost shell raised and
-given back, and the setups that cannot give it refused."""
+given back; comm_style tiled, neighbor style nsq and pair_style hybrid."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    assert_lammps_error,
     cluster_left_half,
     compare,
     finite_difference_force_error,
@@ -275,24 +274,36 @@ run 0
     assert len(raised) == 1 and "raised to 10 A" in raised[0]
 
 
-def test_comm_style_tiled(models, tmp_path):
-    """comm_style tiled gives the shell in a box wider than it (results as the reference) and
-    is refused in a box narrower than it, which only comm_style brick can fill with images."""
-    big = si_diamond((2, 2, 2), rattle=0.08, seed=48)
-    ref = reference(models["si"], big)
-    data = write_data(big, tmp_path / "big.lmp", ["Si"])
-    script = lammps_script(models["si"], data, ["Si"], pre="comm_style tiled", post="balance 1.0 rcb\n")
-    dev = compare(subprocess_results(script, tmp_path, 2), ref, tol=1e-10)
-    print("tiled, 2 ranks", {k: f"{v:.1e}" for k, v in dev.items()})
+@pytest.mark.parametrize("pre, post, build", [("comm_style tiled", "balance 1.0 rcb\n", "full/bin/ghost"),
+                                               ("neighbor 2.0 nsq", "", "full/nsq/ghost")])
+def test_comm_style_tiled_and_neighbor_style_nsq(models, tmp_path, pre, post, build):
+    """comm_style tiled (rcb) gives the shell in a box wider than it, and neighbor style nsq
+    lists the ghosts' neighbours too: results as the reference on 2 ranks (a box narrower than
+    the shell under tiled, and neighbor style multi, are refused: tests/test_newcomer_errors.py)."""
+    atoms = si_diamond((2, 2, 2), rattle=0.08, seed=48)
+    ref = reference(models["si"], atoms)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    res = subprocess_results(lammps_script(models["si"], data, ["Si"], pre=pre, post=post), tmp_path, 2)
+    assert "ghost atom cutoff = 10\n" in res["stdout"] and f"pair build: {build}" in res["stdout"]
+    dev = compare(res, ref, tol=1e-10)
+    print(pre, "2 ranks", {k: f"{v:.1e}" for k, v in dev.items()})
 
-    small = write_data(si_diamond(rattle=0.08, seed=49), tmp_path / "small.lmp", ["Si"])
-    proc = run_lmp(lammps_script(models["si"], small, ["Si"], pre="comm_style tiled", post="run 0"), tmp_path, nprocs=2)
-    assert_lammps_error(proc, "pair_style llpr: the model passes messages and needs ghost atoms out to 10 A",
-                        "more than the periodic box is wide along x (5.431 A)", "use comm_style brick")
-
-
-def test_comm_mode_multi_is_refused(models, tmp_path):
-    data = write_data(si_diamond(rattle=0.08, seed=50), tmp_path / "data.lmp", ["Si"])
-    proc = run_lmp(lammps_script(models["si"], data, ["Si"], pre="neighbor 2.0 multi\ncomm_modify mode multi",
-                                 post="run 0"), tmp_path)
-    assert_lammps_error(proc, "needs ghost atoms out to 10 A, but comm_modify mode multi", "comm_modify mode single")
+def test_hybrid_with_null_type_on_two_ranks(models, tmp_path):
+    """`pair_coeff * * llpr Si NULL` under pair_style hybrid (a skip list of the ghost list):
+    the C atoms, local or ghost, are invisible to the model."""
+    atoms = sic_triclinic(seed=51)
+    si = atoms.numbers == 14
+    ref = reference(models["sic"], atoms[si])
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
+    plain = f"pair_style llpr {models['sic']} device cpu\npair_coeff * * Si C\n"
+    script = lammps_script(models["sic"], data, ["Si", "C"])
+    assert plain in script
+    script = script.replace(plain, f"pair_style hybrid llpr {models['sic']} device cpu zero 4.0\n"
+                                   "pair_coeff * * llpr Si NULL\npair_coeff 1 2 zero\npair_coeff 2 2 zero\n")
+    res = subprocess_results(script, tmp_path, 2)
+    assert "pair build: skip/ghost" in res["stdout"]
+    assert abs(res["energy"] - ref["energy"]) < 1e-10 * max(1.0, abs(ref["energy"]))
+    np.testing.assert_allclose(res["forces"][si], ref["forces"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(res["sigma"][si], ref["sigma"], rtol=0, atol=1e-10)
+    assert np.all(res["forces"][~si] == 0.0) and np.all(res["sigma"][~si] == 0.0)
+    assert abs(res["global"][0] - ref["energy_sigma"]) < 1e-10
