@@ -307,3 +307,25 @@ def test_hybrid_with_null_type_on_two_ranks(models, tmp_path):
     np.testing.assert_allclose(res["sigma"][si], ref["sigma"], rtol=0, atol=1e-10)
     assert np.all(res["forces"][~si] == 0.0) and np.all(res["sigma"][~si] == 0.0)
     assert abs(res["global"][0] - ref["energy_sigma"]) < 1e-10
+
+
+def _declared_not_strictly_local(species):
+    """The pair network without message passing (receptive field == cutoff), declared not
+    strictly local: the declaration alone decides the graph."""
+    model = PairwiseModel(species)
+    model.strictly_local = False
+    return model
+
+
+def test_not_strictly_local_within_the_cutoff(models, tmp_path):
+    """A file that says strictly_local false with receptive field == cutoff (a centre's energy
+    may use its neighbours' edges) also gets the graph of local and ghost atoms, its ghost
+    shell being the neighbour cutoff."""
+    path = make_model(tmp_path / "not_local.pt", species=(6, 14), seed=1, n_structures=12,
+                      model_class=_declared_not_strictly_local)
+    atoms = sic_triclinic(seed=52)
+    ref = reference(path, atoms)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
+    res = subprocess_results(lammps_script(path, data, ["Si", "C"]), tmp_path, 2)
+    assert "pair build: full/bin/ghost" in res["stdout"] and "ghost atom cutoff = 5.5\n" in res["stdout"]
+    compare(res, ref, tol=1e-10)
