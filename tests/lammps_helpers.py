@@ -399,6 +399,43 @@ run {nsteps}
         lmp.close()
 
 
+def check_nve_energy_conservation(model, data, n_atoms, nsteps, max_drift, max_oscillation, elements=("Si",)):
+    """Assert the criteria of nve_drift_and_oscillations: the oscillation drops ~4x when dt is
+    halved, the drift stays below it, and both stay below the given absolute bounds (eV/atom)."""
+    drift, amp1, amp2 = nve_drift_and_oscillations(model, data, n_atoms, nsteps, elements)
+    assert 3.0 < amp1 / amp2 < 5.0
+    assert drift < amp1
+    assert drift < max_drift and amp1 < max_oscillation
+
+
+def hot_md_finals(model, data, nsteps, folder, rank_counts, elements=("Si",)):
+    """NVE from 1500 K for `nsteps` steps of 1 fs, with a 0.5 A skin and neighbour lists rebuilt
+    whenever needed (atoms migrate between ranks), on each number of ranks in `rank_counts`,
+    each in its own subfolder: per run the final [pe, etotal, c_g[1]] and the stdout. Each run
+    must have rebuilt its neighbour lists at least once."""
+    script = lammps_script(model, data, list(elements)) + f"""
+neighbor 0.5 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 1500 777 mom yes rot yes
+timestep 0.001
+fix nve all nve
+thermo_style custom step temp pe etotal c_g[1]
+run {nsteps}
+print "FINAL $(pe:%.17g) $(etotal:%.17g) $(c_g[1]:%.17g)"
+"""
+    finals, outputs = [], []
+    for nprocs in rank_counts:
+        d = os.path.join(str(folder), f"np{nprocs}")
+        os.makedirs(d, exist_ok=True)
+        proc = run_lmp(script, d, nprocs=nprocs)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        finals.append([float(x) for x in [ln for ln in proc.stdout.splitlines() if ln.startswith("FINAL")][-1].split()[1:]])
+        builds = [ln for ln in proc.stdout.splitlines() if ln.startswith("Neighbor list builds")]
+        assert builds and int(builds[-1].split()[-1]) > 0
+        outputs.append(proc.stdout)
+    return finals, outputs
+
+
 def nve_drift_and_oscillations(model, data, n_atoms, nsteps, elements=("Si",)):
     """NVE for nsteps x 1 fs, and the same time again in 0.5 fs steps: the drift (least-squares
     slope times the run's length) and the oscillation amplitudes (max - min) of the total

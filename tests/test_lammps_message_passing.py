@@ -16,15 +16,16 @@ import pytest
 import torch
 
 from lammps_helpers import (
+    check_nve_energy_conservation,
     cluster_left_half,
     compare,
     finite_difference_force_error,
+    hot_md_finals,
     lammps_module_marks,
     lammps_results,
     lammps_script,
     make_model,
     NKTV2P_METAL,
-    nve_drift_and_oscillations,
     open_lammps_quiet,
     reference,
     run_in_process,
@@ -214,10 +215,7 @@ def test_nve_energy_conservation(models, tmp_path):
     it, both bounded in absolute terms at ~20x the values measured for this model."""
     atoms = si_diamond((2, 2, 2), rattle=0.05, seed=3)
     data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    drift, amp1, amp2 = nve_drift_and_oscillations(models["si"], data, len(atoms), 500)
-    assert 3.0 < amp1 / amp2 < 5.0
-    assert drift < amp1
-    assert drift < 2e-5 and amp1 < 3e-3
+    check_nve_energy_conservation(models["si"], data, len(atoms), 500, 2e-5, 3e-3)
 
 
 def test_md_on_three_ranks_follows_one_rank(models, tmp_path):
@@ -225,26 +223,8 @@ def test_md_on_three_ranks_follows_one_rank(models, tmp_path):
     3-rank trajectory (ghosts made through several ranks and periodic images) matches 1 rank."""
     atoms = si_diamond((2, 2, 2), rattle=0.1, seed=46)
     data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    script = lammps_script(models["si"], data, ["Si"]) + """
-neighbor 0.5 bin
-neigh_modify every 1 delay 0 check yes
-velocity all create 1500 777 mom yes rot yes
-timestep 0.001
-fix nve all nve
-thermo_style custom step temp pe etotal c_g[1]
-run 100
-print "FINAL $(pe:%.17g) $(etotal:%.17g) $(c_g[1]:%.17g)"
-"""
-    finals = []
-    for nprocs in (1, 3):
-        d = tmp_path / f"np{nprocs}"
-        d.mkdir()
-        proc = run_lmp(script, d, nprocs=nprocs)
-        assert proc.returncode == 0, proc.stdout[-3000:]
-        assert "ghost atom cutoff = 8.5\n" in proc.stdout  # receptive field + skin 0.5
-        finals.append([float(x) for x in [ln for ln in proc.stdout.splitlines() if ln.startswith("FINAL")][-1].split()[1:]])
-        builds = [ln for ln in proc.stdout.splitlines() if ln.startswith("Neighbor list builds")]
-        assert builds and int(builds[-1].split()[-1]) > 0
+    finals, outputs = hot_md_finals(models["si"], data, 100, tmp_path, (1, 3))
+    assert all("ghost atom cutoff = 8.5\n" in out for out in outputs)  # receptive field + skin 0.5
     np.testing.assert_allclose(finals[0], finals[1], rtol=1e-8, atol=1e-8)
 
 
