@@ -11,7 +11,7 @@
 using namespace LAMMPS_NS;
 
 void ModelInputs::build(const NeighList *list, const Atom *atom, const std::vector<int64_t> &type_z,
-                        double cutoff)
+                        double cutoff, Graph graph)
 {
   double **x = atom->x;
   const int *type = atom->type;
@@ -25,17 +25,22 @@ void ModelInputs::build(const NeighList *list, const Atom *atom, const std::vect
 
   model_index_.assign(nall, -1);
   lammps_index_.clear();
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    if (type_z[type[i]] <= 0) continue;
+  auto add = [&](int i) {
     model_index_[i] = static_cast<int>(lammps_index_.size());
     lammps_index_.push_back(i);
-  }
+  };
+  for (int ii = 0; ii < inum; ii++)
+    if (type_z[type[ilist[ii]]] > 0) add(ilist[ii]);
   n_centers_ = static_cast<int>(lammps_index_.size());
+  if (graph == GHOST_GRAPH)
+    for (int ii = inum; ii < inum + list->gnum; ii++)
+      if (type_z[type[ilist[ii]]] > 0) add(ilist[ii]);
+  // atoms 0 .. with_edges - 1 carry edges; neighbours not yet seen join after them
+  const int with_edges = graph == GHOST_GRAPH ? static_cast<int>(lammps_index_.size()) : n_centers_;
   edges_.clear();
   neighbors_tmp_.clear();
-  for (int c = 0; c < n_centers_; c++) {
-    const int i = lammps_index_[c];
+  for (int a = 0; a < with_edges; a++) {
+    const int i = lammps_index_[a];
     const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
     const int *jlist = firstneigh[i];
     const int jnum = numneigh[i];
@@ -44,11 +49,8 @@ void ModelInputs::build(const NeighList *list, const Atom *atom, const std::vect
       if (type_z[type[j]] <= 0) continue;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
       if (dx * dx + dy * dy + dz * dz >= cutsq) continue;
-      if (model_index_[j] < 0) {
-        model_index_[j] = static_cast<int>(lammps_index_.size());
-        lammps_index_.push_back(j);
-      }
-      edges_.push_back(c);
+      if (model_index_[j] < 0) add(j);
+      edges_.push_back(a);
       neighbors_tmp_.push_back(model_index_[j]);
     }
   }

@@ -24,15 +24,27 @@ class ModelInputs {
     ALL       // every atom the model saw, ghosts included (nlocal + nghost must not have changed)
   };
 
-  // Centres: the atoms of `list` whose type has an element (type_z[type] > 0), in list order;
-  // then, in order of first appearance, their neighbours of mapped types closer than `cutoff`.
-  // Ghost atoms are explicit periodic images, so the edges need no shifts.
-  void build(const NeighList *list, const Atom *atom, const std::vector<int64_t> &type_z, double cutoff);
+  // Which atoms carry edges, i.e. which graph the model is given.
+  enum Graph {
+    OWN_EDGES,    // a strictly local model: the centres' edges only; the other model atoms are
+                  // the centres' neighbours
+    GHOST_GRAPH   // a model that passes messages: every local and ghost atom of the list (which
+                  // must hold the ghosts' neighbours too) is a model atom with its own edges
+  };
+
+  // Centres: the local atoms of `list` whose type has an element (type_z[type] > 0), in list
+  // order; then the other model atoms: with OWN_EDGES the centres' neighbours of mapped types
+  // closer than `cutoff`, in order of first appearance; with GHOST_GRAPH the ghost atoms of
+  // mapped types, in list order. Edges: every pair closer than `cutoff` of an atom that carries
+  // edges (see Graph) with an atom of a mapped type. Ghost atoms are explicit periodic images,
+  // so the edges need no shifts.
+  void build(const NeighList *list, const Atom *atom, const std::vector<int64_t> &type_z, double cutoff,
+             Graph graph);
 
   llpr::Inputs inputs() const;
   int n_atoms() const { return static_cast<int>(lammps_index_.size()); }
   int n_centers() const { return n_centers_; }
-  // LAMMPS index (local or ghost) of model atom a; centres are a < n_centers()
+  // LAMMPS index (local or ghost) of model atom a; centres are a < n_centers() (local atoms)
   int lammps_index(int a) const { return lammps_index_[a]; }
   tagint tag(int a) const { return tags_[a]; }
 
@@ -63,7 +75,7 @@ class ModelInputs {
   std::vector<int> lammps_index_;  // model index -> LAMMPS index (centres first)
   std::vector<double> positions_;
   std::vector<int64_t> numbers_;
-  std::vector<int64_t> edges_;     // row 0 (centres) then row 1 (neighbours)
+  std::vector<int64_t> edges_;     // row 0 (atoms with edges) then row 1 (their neighbours)
   std::vector<int64_t> neighbors_tmp_;
   std::vector<tagint> tags_;       // atom IDs of lammps_index_ (0 without atom IDs)
   int n_centers_ = 0;

@@ -73,6 +73,7 @@ PairLLPR::PairLLPR(LAMMPS *lmp) : Pair(lmp)
 PairLLPR::~PairLLPR()
 {
   if (copymode) return;
+  release_ghost_shell();
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -178,17 +179,19 @@ void PairLLPR::load_model()
 
   const auto &meta = model_->metadata();
   cutoff_ = meta.cutoff;
-  if (meta.receptive_field > meta.cutoff * (1.0 + 1e-12))
-    error->all(FLERR,
-               "pair_style llpr: the model's receptive field ({} A) exceeds its cutoff ({} A); "
-               "models that pass messages beyond the cutoff are not supported by this plugin",
-               meta.receptive_field, meta.cutoff);
+  message_passing_ = meta.passes_messages();
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "llpr: loaded {} (format {}, elements {}, cutoff {} A, {}, {} features, "
                    "alpha {:.6g}) on {}\n",
                    model_path_, meta.format_version, symbols_of(meta.species), meta.cutoff,
                    meta.dtype, meta.n_features, meta.alpha, model_->device());
+  if (comm->me == 0 && message_passing_)
+    utils::logmesg(lmp,
+                   "llpr: the model passes messages (receptive field {} A, {}strictly local): it is "
+                   "evaluated on the graph of local and ghost atoms, with ghost atoms out to the "
+                   "receptive field plus the neighbor skin\n",
+                   meta.receptive_field, meta.strictly_local ? "" : "not ");
   features_step_ = -1;
   uncertainty_step_ = -1;
 
@@ -269,7 +272,10 @@ void PairLLPR::init_style()
                "pair_style llpr requires newton pair on: forces on ghost atoms are sent back to "
                "their owners. Use `newton on` (the default) in the input script");
   energy_conversion_ = unit_conversion(lmp);
-  neighbor->add_request(this, NeighConst::REQ_FULL);
+  // a model that passes messages needs the ghost atoms' own neighbours as well
+  neighbor->add_request(this, message_passing_ ? NeighConst::REQ_FULL | NeighConst::REQ_GHOST : NeighConst::REQ_FULL);
+  if (message_passing_) request_ghost_shell();
+  else release_ghost_shell();
   // pairs removed from the neighbor list are invisible to the model (see check_special_neighbors)
   for (int k = 0; k < neighbor->nex_type; k++) {
     const int a = neighbor->ex1_type[k], b = neighbor->ex2_type[k];
@@ -332,7 +338,7 @@ void PairLLPR::compute(int eflag, int vflag)
   // inputs that describe it are about to be replaced
   features_step_ = -1;
   uncertainty_step_ = -1;
-  inputs_.build(list, atom, type_z_, cutoff_);
+  inputs_.build(list, atom, type_z_, cutoff_, message_passing_ ? ModelInputs::GHOST_GRAPH : ModelInputs::OWN_EDGES);
   if (neighbor->ago == 0) check_special_neighbors();
 
   llpr::Request request;
@@ -437,6 +443,82 @@ void PairLLPR::check_special_neighbors()
     }
   }
   collective_check(lmp, world, message.empty(), message);
+}
+
+/* ----------------------------------------------------------------------
+   the ghost shell of a model that passes messages
+------------------------------------------------------------------------- */
+
+// Atoms move by at most half the skin between neighbor list builds, so an atom within the
+// receptive field of a local atom at any step of that interval was within receptive field + skin
+// of it when the ghosts were made.
+double PairLLPR::ghost_shell() const
+{
+  return model_ ? model_->metadata().receptive_field + neighbor->skin : 0.0;
+}
+
+void PairLLPR::request_ghost_shell()
+{
+  const double shell = ghost_shell();
+  const auto &meta = model_->metadata();
+  // LAMMPS has no stencils for neighbor lists of ghost atoms in neighbor style multi (whose
+  // comm_modify mode multi would also ignore the communication cutoff)
+  if (neighbor->style == Neighbor::MULTI || neighbor->style == Neighbor::MULTI_OLD)
+    error->all(FLERR,
+               "pair_style llpr: the model passes messages (receptive field {} A) and needs the neighbor "
+               "lists of ghost atoms, which LAMMPS does not build with neighbor style {}; use `neighbor {} "
+               "bin` (the default style) or nsq, with comm_modify mode single",
+               meta.receptive_field, neighbor->style == Neighbor::MULTI ? "multi" : "multi/old", neighbor->skin);
+  // comm_style tiled sends each ghost atom once: it cannot repeat a periodic image to fill a shell
+  // wider than the box (comm_style brick can)
+  if (comm->style == Comm::TILED) {
+    const char *axis = "xyz";
+    for (int d = 0; d < domain->dimension; d++) {
+      if (!domain->periodicity[d]) continue;
+      // the box's width across its faces (the distance between the periodic images' planes)
+      double width = domain->prd[d];
+      if (domain->triclinic) {
+        const double *h = domain->h_inv;
+        const double norm = d == 0 ? std::sqrt(h[0] * h[0] + h[5] * h[5] + h[4] * h[4])
+                            : d == 1 ? std::sqrt(h[1] * h[1] + h[3] * h[3])
+                                     : h[2];
+        width = 1.0 / norm;
+      }
+      if (shell > width)
+        error->all(FLERR,
+                   "pair_style llpr: the model passes messages and needs ghost atoms out to {} A "
+                   "(receptive field {} A + neighbor skin {} A), more than the periodic box is wide "
+                   "along {} ({} A); comm_style tiled cannot repeat periodic images to fill that: use "
+                   "comm_style brick (the default), or a larger box (replicate)",
+                   shell, meta.receptive_field, neighbor->skin, axis[d], width);
+    }
+  }
+  // start from the user's value (comm_modify cutoff): the one replaced earlier, unless the user
+  // has set another since
+  const double user = (cutghost_raised_ >= 0.0 && comm->cutghostuser == cutghost_raised_) ? cutghost_before_
+                                                                                           : comm->cutghostuser;
+  if (user >= shell) {
+    comm->cutghostuser = user;
+    cutghost_raised_ = -1.0;
+    return;
+  }
+  if (comm->me == 0 && comm->cutghostuser != shell)
+    utils::logmesg(lmp,
+                   "llpr: ghost atoms out to {} A (receptive field {} A + neighbor skin {} A), with "
+                   "their own neighbor lists: communication cutoff raised to {} A (comm_modify cutoff "
+                   "{} A)\n",
+                   shell, meta.receptive_field, neighbor->skin, shell, user);
+  cutghost_before_ = user;
+  comm->cutghostuser = shell;
+  cutghost_raised_ = shell;
+}
+
+void PairLLPR::release_ghost_shell()
+{
+  if (cutghost_raised_ < 0.0) return;
+  // unless someone set another value since (comm_modify cutoff)
+  if (comm && comm->cutghostuser == cutghost_raised_) comm->cutghostuser = cutghost_before_;
+  cutghost_raised_ = -1.0;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -76,6 +76,12 @@ class PairLLPR : public Pair {
   void grow_peratom(int n);
   std::string non_finite_message(const llpr::NonFiniteOutput &e) const;
   void check_special_neighbors();
+  // a model that passes messages needs ghost atoms out to its receptive field (plus the skin):
+  // raise the communication cutoff for it (or refuse a setup that cannot give that shell); a
+  // strictly local model gives back what an earlier one raised
+  void request_ghost_shell();
+  void release_ghost_shell();
+  double ghost_shell() const;
   // the checks of the ensemble re-runs, then compute_ensemble on the cached inputs
   void run_ensemble(const char *who, bool forces, bool virial);
 
@@ -85,6 +91,10 @@ class PairLLPR : public Pair {
   double cutoff_ = 0.0;
   double energy_conversion_ = 1.0;  // eV -> LAMMPS energy unit
   std::vector<int64_t> type_z_;     // atomic number of each LAMMPS type (0 = NULL)
+  // the model passes messages (llpr::Metadata::passes_messages): graph over local + ghost atoms
+  bool message_passing_ = false;
+  double cutghost_raised_ = -1.0;   // comm->cutghostuser as set for it (< 0: not raised)
+  double cutghost_before_ = 0.0;    // the value it replaced
 
   ModelInputs inputs_;  // of the latest force evaluation (reused from step to step)
   llpr::Outputs out_;

@@ -159,6 +159,17 @@ def _export_modified(llpr_module_path, out_path, head_changes=None, **changes):
     return out_path
 
 
+def test_strictly_local_is_read_and_checked(models):
+    """The file's strictly_local reaches the metadata (LAMMPS picks the graph by it); True with a
+    receptive field beyond the cutoff contradicts itself and is refused."""
+    assert core.check(models["sic"])["strictly_local"] is True
+    passing = _export_modified(models["sic"], str(models["dir"] / "not_local.pt"), strictly_local=False)
+    assert core.check(passing)["strictly_local"] is False
+    wrong = _export_modified(models["sic"], str(models["dir"] / "contradiction.pt"), receptive_field=8.0)
+    with pytest.raises(ValueError, match=r"strictly_local is True but receptive_field \(8\) exceeds cutoff \(4\)"):
+        core.check(wrong)
+
+
 def test_version_1_file_is_refused_with_one_message(models):
     """Format version 1 (llpr 0.1) kept the LLPR state in top-level buffers: this llpr does not
     read it, and says so in one message instead of listing what the old layout lacks."""

@@ -11,7 +11,9 @@ import torch
 
 from lammps_helpers import (
     assert_lammps_error,
+    check_nve_energy_conservation,
     compare,
+    finite_difference_force_error,
     lammps_module_marks,
     lammps_results,
     lammps_script,
@@ -161,19 +163,7 @@ def test_forces_are_minus_energy_gradient(models, tmp_path):
     h = 1e-4
     try:
         lmp.commands_string(lammps_script(models["sic"], data, ["Si", "C"], post="run 0"))
-        forces = lammps_results(lmp)["forces"]
-        worst = 0.0
-        for atom_id in (1, 6, 11):
-            lmp.command(f"group one id {atom_id}")
-            for axis, (dx, dy, dz) in enumerate([(h, 0, 0), (0, h, 0), (0, 0, h)]):
-                lmp.commands_string(f"displace_atoms one move {dx} {dy} {dz} units box\nrun 0")
-                e_plus = lmp.get_thermo("pe")
-                lmp.commands_string(f"displace_atoms one move {-2 * dx} {-2 * dy} {-2 * dz} units box\nrun 0")
-                e_minus = lmp.get_thermo("pe")
-                lmp.commands_string(f"displace_atoms one move {dx} {dy} {dz} units box")
-                fd = -(e_plus - e_minus) / (2 * h)
-                worst = max(worst, abs(fd - forces[atom_id - 1, axis]))
-            lmp.command("group one delete")
+        worst = finite_difference_force_error(lmp, (1, 6, 11), h)
         print(f"max |F - (-dE/dx)_FD| = {worst:.2e} eV/A (h = {h} A)")
         # central differences: O(h^2) truncation (~1e-9 here) + rounding 1e-16 * |E| / h
         assert worst < 1e-6
@@ -181,52 +171,14 @@ def test_forces_are_minus_energy_gradient(models, tmp_path):
         lmp.close()
 
 
-def _nve_energies(model, data, dt, nsteps, every):
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(lammps_script(model, data, ["Si"], post=f"""
-velocity all create 300 4928 mom yes rot yes dist gaussian
-timestep {dt}
-fix nve all nve
-thermo_style custom step temp pe ke etotal
-variable e equal etotal
-fix rec all vector {every} v_e
-thermo 100
-run {nsteps}
-"""))
-        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
-
-        return np.array([lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, i)
-                         for i in range(nsteps // every + 1)])
-    finally:
-        lmp.close()
-
-
 def test_nve_energy_conservation(models, tmp_path):
     """NVE, 64 Si atoms at 300 K, velocity Verlet: 1000 steps of 1 fs, and the same 1 ps again
-    with 0.5 fs steps.
-
-    Velocity Verlet conserves a shadow Hamiltonian: with forces that are the exact gradient of
-    the energy, the total energy only oscillates, with an amplitude that scales as dt^2, and
-    shows no secular drift. So (1) the amplitude must drop ~4x when dt is halved (any force
-    error, e.g. a lost ghost-atom force or a missed neighbour, gives an energy error that does
-    not shrink with dt), and (2) the drift (least-squares slope times run length) must stay
-    below the dt^2 oscillation amplitude itself; both are also bounded in absolute terms at
-    1e-6 eV/atom, ~20x the values measured for this model."""
+    with 0.5 fs steps (see nve_drift_and_oscillations): the oscillation drops ~4x with dt^2, the
+    drift stays below it, and both are bounded in absolute terms at 1e-6 eV/atom, ~20x the
+    values measured for this model."""
     atoms = si_diamond((2, 2, 2), rattle=0.05, seed=3)
     data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    n = len(atoms)
-    e1 = _nve_energies(models["si"], data, 0.001, 1000, 10)
-    e2 = _nve_energies(models["si"], data, 0.0005, 2000, 20)
-    t = np.linspace(0.0, 1.0, len(e1))  # ps
-    drift = abs(np.polyfit(t, e1, 1)[0]) * 1.0 / n  # eV/atom over the 1 ps run
-    amp1 = (e1.max() - e1.min()) / n
-    amp2 = (e2.max() - e2.min()) / n
-    print(f"NVE 1000 x 1 fs: drift {drift:.2e} eV/atom, oscillation {amp1:.2e} eV/atom; "
-          f"0.5 fs: oscillation {amp2:.2e} eV/atom (ratio {amp1 / amp2:.2f}, dt^2 -> 4)")
-    assert 3.0 < amp1 / amp2 < 5.0
-    assert drift < amp1
-    assert drift < 1e-6 and amp1 < 1e-6
+    check_nve_energy_conservation(models["si"], data, len(atoms), 1000, 1e-6, 1e-6)
 
 
 # ------------------------------------------------------------------ computes and fixes

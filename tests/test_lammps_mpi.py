@@ -13,6 +13,7 @@ import torch
 
 from lammps_helpers import (
     compare,
+    hot_md_finals,
     lammps_module_marks,
     lammps_script,
     MPI_CASES,
@@ -125,23 +126,5 @@ def test_md_on_two_ranks_follows_one_rank(models, tmp_path):
     the 2-rank trajectory matches the 1-rank one (up to summation-order round-off)."""
     atoms = si_diamond((2, 2, 2), rattle=0.1, seed=26)
     data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    script = lammps_script(models["si"], data, ["Si"]) + """
-neighbor 0.5 bin
-neigh_modify every 1 delay 0 check yes
-velocity all create 1500 777 mom yes rot yes
-timestep 0.001
-fix nve all nve
-thermo_style custom step temp pe etotal c_g[1]
-run 200
-print "FINAL $(pe:%.17g) $(etotal:%.17g) $(c_g[1]:%.17g)"
-"""
-    finals = []
-    for nprocs in (1, 2):
-        d = tmp_path / f"np{nprocs}"
-        d.mkdir()
-        proc = run_lmp(script, d, nprocs=nprocs)
-        assert proc.returncode == 0, proc.stdout[-3000:]
-        finals.append([float(x) for x in [ln for ln in proc.stdout.splitlines() if ln.startswith("FINAL")][-1].split()[1:]])
-        builds = [ln for ln in proc.stdout.splitlines() if ln.startswith("Neighbor list builds")]
-        assert builds and int(builds[-1].split()[-1]) > 0
+    finals, _ = hot_md_finals(models["si"], data, 200, tmp_path, (1, 2))
     np.testing.assert_allclose(finals[0], finals[1], rtol=1e-8, atol=1e-8)

@@ -35,6 +35,7 @@ from lammps_helpers import (
     sic_zincblende,
     write_data,
 )
+from pairwise_model import PairwiseModel
 
 pytestmark = lammps_module_marks()
 
@@ -49,6 +50,7 @@ DOC_QUOTES = (
     "wrong-symbol-count", "lowercase-element", "element-not-in-model", "newton-off", "units-lj",
     "compute-before-run", "xyz-keys", "ase-unknown-element",
     "damaged-file", "non-finite", "special-bonds", "atoms-changed",
+    "tiled-message-passing", "neighbor-multi",
 )
 
 
@@ -82,9 +84,12 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("newcomer")
     si = make_model(d / "model.pt", species=(14,), seed=0)
     sic = make_model(d / "sic.pt", species=(6, 14), seed=1)
+    # passes messages: receptive field 7 A (2 x cutoff 3.5 A)
+    mp = make_model(d / "mp.pt", species=(14,), seed=2, n_structures=12, model_class=PairwiseModel,
+                    message_passing=True)
     write_data(si_diamond(rattle=0.05, seed=1), d / "si.data", ["Si"])
     write_data(sic_zincblende(rattle=0.05, seed=2), d / "sic.data", ["Si", "C"])  # type 1 Si, type 2 C
-    return {"dir": d, "model.pt": si, "sic.pt": sic}
+    return {"dir": d, "model.pt": si, "sic.pt": sic, "mp.pt": mp}
 
 
 def _script(model="model.pt", data="si.data", coeff="* * Si", units="metal", newton="on", pre="", post="run 0"):
@@ -104,7 +109,7 @@ thermo_style custom step pe c_usum[1] c_usum[2]
 
 
 def _lmp(files, tmp_path, script):
-    for name in ("model.pt", "sic.pt"):
+    for name in ("model.pt", "sic.pt", "mp.pt"):
         if not (tmp_path / name).exists():
             shutil.copy(files[name], tmp_path / name)
     for name in ("si.data", "sic.data"):
@@ -507,3 +512,25 @@ def test_ase_unknown_element(files):
         atoms.get_potential_energy()
     assert "[6]" in str(exc.value) and "trained for [14]" in str(exc.value)
     check_quote("ase-unknown-element", f"ValueError: {exc.value}")
+
+
+# ------------------------------------------------------- models that pass messages
+def test_message_passing_model_with_comm_style_tiled_in_a_small_box(files, tmp_path):
+    """An 8-atom cell (5.431 A) under the 9 A ghost shell of the message-passing model."""
+    proc, out = _lmp(files, tmp_path, _script(model="mp.pt", pre="comm_style tiled"))
+    error = _error(out)
+    assert "comm_style tiled cannot repeat periodic images" in error and "use comm_style brick" in error
+    check_quote("tiled-message-passing", out)
+    # the fix given in the message: the default comm_style brick fills the shell with images
+    proc, out = _lmp(files, tmp_path, _script(model="mp.pt", pre="comm_style brick"))
+    assert proc.returncode == 0 and "ghost atom cutoff = 9" in out, out[-3000:]
+
+
+def test_message_passing_model_with_neighbor_style_multi(files, tmp_path):
+    proc, out = _lmp(files, tmp_path, _script(model="mp.pt", pre="neighbor 2.0 multi\ncomm_modify mode multi"))
+    error = _error(out)
+    assert "neighbor lists of ghost atoms" in error and "neighbor style multi" in error and "bin" in error
+    check_quote("neighbor-multi", out)
+    # the fix given in the message
+    proc, out = _lmp(files, tmp_path, _script(model="mp.pt", pre="neighbor 2 bin\ncomm_modify mode single"))
+    assert proc.returncode == 0 and "ghost atom cutoff = 9" in out, out[-3000:]

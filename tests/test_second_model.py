@@ -2,7 +2,8 @@
 pair network registered here): train -> checkpoint -> fit -> calibrate -> save/load -> export
 -> LAMMPS on 1 rank (in-process) and 2 ranks (mpirun), against the Python reference, with no
 line of code for this model outside its own module; and its message-passing variant, which
-is exported with its receptive field, evaluated in one block, and refused by the pair style."""
+is exported with its receptive field and evaluated in one block (in LAMMPS:
+tests/test_lammps_message_passing.py)."""
 
 from __future__ import annotations
 
@@ -161,7 +162,3 @@ def test_message_passing_model_is_exported_with_its_receptive_field(message_pass
     wrongly_blocked = _evaluate(module, atoms)
     assert float((wrongly_blocked["features"] - whole["features"]).abs().max()) > 1e-3
 
-
-def test_lammps_refuses_a_receptive_field_beyond_the_cutoff(message_passing, tmp_path):
-    with pytest.raises(Exception, match=r"receptive field \(7 A\) exceeds its cutoff \(3.5 A\)"):
-        run_in_process(tmp_path, message_passing, si_diamond(seed=35), ["Si"], post="run 0")

@@ -27,6 +27,7 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["elements"] = elements;
   d["cutoff"] = m.cutoff;
   d["receptive_field"] = m.receptive_field;
+  d["strictly_local"] = m.strictly_local;
   d["energy_unit"] = m.energy_unit;
   d["length_unit"] = m.length_unit;
   d["dtype"] = m.dtype;

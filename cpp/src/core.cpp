@@ -182,6 +182,16 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
       !(meta.receptive_field > 0.0 && std::isfinite(meta.receptive_field)))
     wrong.push_back("receptive_field is " + fmt_double(meta.receptive_field) +
                     ", expected a positive number");
+  // strictly_local came after the first files of this format: without it, the receptive field decides
+  meta.strictly_local = !(meta.receptive_field > meta.cutoff * (1.0 + 1e-12));
+  if (module.hasattr("strictly_local")) {
+    auto v = module.attr("strictly_local");
+    if (!v.isBool()) wrong.push_back(std::string("strictly_local is a ") + v.tagKind() + ", expected bool");
+    else if (v.toBool() && !meta.strictly_local)
+      wrong.push_back("strictly_local is True but receptive_field (" + fmt_double(meta.receptive_field) +
+                      ") exceeds cutoff (" + fmt_double(meta.cutoff) + ")");
+    else meta.strictly_local = v.toBool();
+  }
   expect_string("energy_unit", meta.energy_unit, {"eV"});
   expect_string("length_unit", meta.length_unit, {"Angstrom"});
   expect_string("dtype", meta.dtype, {"float32", "float64"});

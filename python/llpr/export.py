@@ -35,8 +35,11 @@ class ExportedLLPRModel(nn.Module):
     * ``positions`` (N, 3), model dtype, Angstrom: centre atoms first (``n_centers`` of them),
       then any ghost/image atoms;
     * ``atomic_numbers`` (N,) int64;
-    * ``edge_index`` (2, E) int64: row 0 centre atom (< n_centers), row 1 neighbour; every
-      neighbour of every centre within the cutoff must be listed (a full list);
+    * ``edge_index`` (2, E) int64: row 1 a neighbour of row 0; every neighbour within the
+      cutoff of every atom in row 0 must be listed (a full list). For a strictly local model
+      row 0 holds centres (< n_centers); for one that passes messages, ghost atoms carry their
+      own edges too (LAMMPS gives every local and ghost atom's), and their messages reach the
+      centres;
     * ``edge_shifts`` (E, 3) model dtype: Cartesian periodic offset added to
       ``positions[j] - positions[i]`` (zeros when images are explicit ghost atoms);
     * ``n_centers``: number of atoms whose energy is computed;

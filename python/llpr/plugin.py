@@ -50,9 +50,10 @@ def check_model(path: str) -> dict:
     """Validate an exported model file as LAMMPS will load it; return its metadata.
 
     The dict has ``path``, ``format_version``, ``species`` (atomic numbers), ``elements``
-    (symbols), ``cutoff``, ``receptive_field``, ``energy_unit``, ``length_unit``, ``dtype``,
-    ``feature_reduction``, ``n_features``, ``alpha``, ``varsigma``, ``calibration`` (parsed
-    JSON dict), ``package_version`` and ``torch_version`` (of the C++ build).
+    (symbols), ``cutoff``, ``receptive_field``, ``strictly_local``, ``energy_unit``,
+    ``length_unit``, ``dtype``, ``feature_reduction``, ``n_features``, ``alpha``, ``varsigma``,
+    ``calibration`` (parsed JSON dict), ``package_version`` and ``torch_version`` (of the C++
+    build).
 
     Raises FileNotFoundError for a missing file and ValueError naming each problem otherwise.
     """

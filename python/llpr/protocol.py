@@ -45,9 +45,11 @@ class AtomisticModel(Protocol):
 
     * ``forward(atomic_numbers (N,) int64, edge_index (2, E) int64, edge_vectors (E, 3),
       n_centers: int) -> (energies (n_centers,), features (n_centers, F))``: atoms
-      ``0 .. n_centers-1`` are the centres, the others neighbours only;
+      ``0 .. n_centers-1`` are the centres, whose energies and features are returned;
       ``edge_vectors[e] = r[edge_index[1, e]] - r[edge_index[0, e]]`` (with periodic shifts);
-      a strictly local model is given only edges whose first atom is a centre;
+      a strictly local model is given only edges whose first atom is a centre, a model that
+      is not strictly local also the edges of the other atoms (in LAMMPS: of every ghost
+      atom, out to the receptive field), through which their messages reach the centres;
     * ``readout_weights() -> (F,)``: the read-out ``w``;
     * ``species_energies() -> (len(species),)``: the per-species constant ``E0`` (in the
       order of ``species``), so that ``energies = features @ w + E0[species index]``.

@@ -52,6 +52,9 @@ struct Metadata {
   std::vector<int64_t> species;  // atomic numbers
   double cutoff = 0.0;           // Angstrom
   double receptive_field = 0.0;  // Angstrom
+  // a centre's energy and features depend only on its own edges (the file's `strictly_local`;
+  // a file without that attribute counts as strictly local when receptive_field == cutoff)
+  bool strictly_local = true;
   std::string energy_unit;       // "eV"
   std::string length_unit;       // "Angstrom"
   std::string dtype;             // "float32" or "float64"
@@ -67,6 +70,10 @@ struct Metadata {
   // how the file's integrity was verified on load (IntegrityReport::summary)
   std::string integrity;
   bool sealed = false;
+
+  // The model passes messages: a centre's energy depends on its neighbours' edges, so it needs
+  // the graph over centres and ghost atoms out to the receptive field, not only its own edges.
+  bool passes_messages() const { return !strictly_local || receptive_field > cutoff * (1.0 + 1e-12); }
 };
 
 // Host-side inputs of one evaluation (see ExportedLLPRModel.forward).
@@ -76,7 +83,9 @@ struct Inputs {
   int64_t n_edges = 0;
   const double *positions = nullptr;        // n_atoms x 3
   const int64_t *atomic_numbers = nullptr;  // n_atoms
-  const int64_t *edge_index = nullptr;      // 2 x n_edges: row 0 = centres, row 1 = neighbours
+  // 2 x n_edges: row 0 = the atom, row 1 = its neighbour; row 0 holds centres only for a
+  // strictly local model, any atom (centre or not) for one that passes messages
+  const int64_t *edge_index = nullptr;
   const double *edge_shifts = nullptr;      // n_edges x 3, or nullptr for zero shifts
 };
 
