@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <torch/cuda.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/version.h>
 
@@ -470,6 +471,11 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
                 "); export a model with `llpr export` or llpr.export_model()");
   }
   impl_->meta = validate(impl_->module, path);
+  // The profiling graph executor re-specialises a graph to the tensor sizes it sees, and the
+  // sizes of a message-passing graph (local + ghost atoms, their edges) change every step: for
+  // MACE's e3nn code that re-optimisation made a step about 10x slower than running the graph
+  // unoptimised (benchmarks/results/mace_lammps.md). The switch is process-wide.
+  if (impl_->meta.passes_messages()) torch::jit::setGraphExecutorOptimize(false);
   impl_->meta.integrity = integrity.summary;
   impl_->meta.sealed = integrity.sealed;
   impl_->module.eval();

@@ -108,4 +108,9 @@ def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     path = os.fspath(path)
     core.check_device(str(device))
     core.check(path)
-    return torch.jit.load(path, map_location=device)
+    module = torch.jit.load(path, map_location=device)
+    if not module.strictly_local or module.receptive_field > module.cutoff:
+        # as the C++ core does for such models (cpp/src/core.cpp, Model::Model): their graph
+        # sizes change with every structure, and re-optimising for each costs more than it saves
+        torch._C._set_graph_executor_optimize(False)
+    return module
