@@ -137,3 +137,16 @@ def test_training_with_stress_lowers_the_stress_error(si_splits):
     assert with_stress["stress_rmse"] < 0.8 * without["stress_rmse"], (with_stress, without)
     # and the stress term does not come at a large cost in forces
     assert with_stress["force_rmse"] < 1.3 * without["force_rmse"], (with_stress, without)
+
+
+def test_training_stress_is_the_exported_files(small_model, exported_path, si_splits):
+    """The stress the loss sees is the one the exported file gives (ASE calculator, from the
+    file's virial), to round-off."""
+    from llpr.ase import LLPRCalculator
+
+    structures = [a.copy() for a in si_splits[2][:3]]
+    stress = predict(small_model, _batch(structures, small_model), stress=True)["stress"].detach().numpy()
+    calc = LLPRCalculator(exported_path)
+    for k, atoms in enumerate(structures):
+        atoms.calc = calc
+        np.testing.assert_allclose(stress[k], atoms.get_stress(), rtol=1e-9, atol=1e-12)
