@@ -127,7 +127,9 @@ def predict(model: AtomisticModel, batch: dict, forces: bool = True, stress: boo
             out["forces"] = torch.zeros_like(batch["positions"]).index_add(0, centres, g).index_add(0, neighbours, -g)
         if stress:
             per_edge = -vectors.detach().unsqueeze(2) * g.unsqueeze(1)  # -r_e (x) dE/dr_e
-            virial = torch.zeros((n_struct, 3, 3), dtype=g.dtype).index_add(0, batch["batch"][centres], per_edge)
+            virial = torch.zeros((n_struct, 3, 3), dtype=g.dtype, device=g.device).index_add(
+                0, batch["batch"][centres], per_edge
+            )
             volume = torch.where(batch["has_stress"], batch["volume"], torch.ones_like(batch["volume"]))
             out["stress"] = voigt_stress(virial, volume) * batch["has_stress"].unsqueeze(1)
     return out
