@@ -284,6 +284,18 @@ def _pyplot():
     return plt
 
 
+def _component_parity(ax, reference, predicted, quantity: str, title: str, style: dict) -> None:
+    """Predicted against reference values (every component), with the y = x line."""
+    ref, pred = np.ravel(reference), np.ravel(predicted)
+    style = dict(style)
+    ax.plot(ref, pred, style.pop("fmt"), **style)
+    lim = [min(ref.min(), pred.min()), max(ref.max(), pred.max())]
+    ax.plot(lim, lim, "k--", lw=0.8)
+    ax.set_xlabel(f"reference {quantity}")
+    ax.set_ylabel(f"predicted {quantity}")
+    ax.set_title(title)
+
+
 def plot_parity(arrays: dict, path: str) -> str:
     """Predicted against reference energies (with sigma bars), force components and, where
     there are stress labels, stress components (GPa)."""
@@ -300,25 +312,12 @@ def plot_parity(arrays: dict, path: str) -> str:
     ax.set_xlabel("reference energy (eV/atom)")
     ax.set_ylabel("predicted energy (eV/atom)")
     ax.set_title("energy (bars: LLPR sigma)")
-    ax = axes[1]
-    fr = arrays["forces_reference"].ravel()
-    fp = arrays["forces_predicted"].ravel()
-    ax.plot(fr, fp, ".", ms=1.5, alpha=0.4)
-    lim = [min(fr.min(), fp.min()), max(fr.max(), fp.max())]
-    ax.plot(lim, lim, "k--", lw=0.8)
-    ax.set_xlabel("reference force component (eV/A)")
-    ax.set_ylabel("predicted force component (eV/A)")
-    ax.set_title("forces")
+    _component_parity(axes[1], arrays["forces_reference"], arrays["forces_predicted"], "force component (eV/A)",
+                      "forces", dict(fmt=".", ms=1.5, alpha=0.4))
     if has_stress:
-        ax = axes[2]
-        sr = arrays["stress_reference"].ravel() * EV_PER_A3_IN_GPA
-        sp = arrays["stress_predicted"].ravel() * EV_PER_A3_IN_GPA
-        ax.plot(sr, sp, "o", ms=2.5, alpha=0.5)
-        lim = [min(sr.min(), sp.min()), max(sr.max(), sp.max())]
-        ax.plot(lim, lim, "k--", lw=0.8)
-        ax.set_xlabel("reference stress component (GPa)")
-        ax.set_ylabel("predicted stress component (GPa)")
-        ax.set_title("stress (Voigt components)")
+        _component_parity(axes[2], arrays["stress_reference"] * EV_PER_A3_IN_GPA,
+                          arrays["stress_predicted"] * EV_PER_A3_IN_GPA, "stress component (GPa)",
+                          "stress (Voigt components)", dict(fmt="o", ms=2.5, alpha=0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
