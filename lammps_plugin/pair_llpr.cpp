@@ -115,10 +115,17 @@ void PairLLPR::settings(int narg, char **arg)
 {
   if (narg < 1)
     error->all(FLERR, "Illegal pair_style llpr command: expected pair_style llpr <model.pt> "
-                      "[device auto|cpu|cuda]");
+                      "[device auto|cpu|cuda] [mass_check yes|no]");
   model_path_ = arg[0];
   device_request_ = "auto";
+  mass_check_ = true;
   for (int iarg = 1; iarg < narg; iarg += 2) {
+    if (strcmp(arg[iarg], "mass_check") == 0) {
+      if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "yes") != 0 && strcmp(arg[iarg + 1], "no") != 0))
+        error->all(FLERR, "Illegal pair_style llpr command: mass_check needs yes or no");
+      mass_check_ = strcmp(arg[iarg + 1], "yes") == 0;
+      continue;
+    }
     if (strcmp(arg[iarg], "device") == 0) {
       if (iarg + 1 >= narg)
         error->all(FLERR, "Illegal pair_style llpr command: device needs auto, cpu or cuda");
@@ -129,7 +136,7 @@ void PairLLPR::settings(int narg, char **arg)
                    device_request_);
     } else {
       error->all(FLERR, "Illegal pair_style llpr command: unknown keyword {} (expected "
-                        "pair_style llpr <model.pt> [device auto|cpu|cuda])",
+                        "pair_style llpr <model.pt> [device auto|cpu|cuda] [mass_check yes|no])",
                  arg[iarg]);
     }
   }
@@ -298,23 +305,65 @@ void PairLLPR::init_style()
                    "removes from the neighbor list; the model needs every pair. Use `special_bonds "
                    "lj/coul 1 1 1`");
   }
-  // a type whose mass (g/mol in units metal and real) is far from its element's: most likely
-  // pair_coeff lists the elements in another order than the atom types
-  if (comm->me == 0 && atom->mass != nullptr && atom->mass_setflag != nullptr) {
-    for (int t = 1; t <= atom->ntypes; t++) {
-      if (type_z_[t] <= 0 || !atom->mass_setflag[t]) continue;
-      const double expected = llpr::atomic_mass(type_z_[t]);
-      if (expected <= 0.0 || std::fabs(atom->mass[t] - expected) <= 0.05 * expected) continue;
-      std::string fits;  // the model's element whose mass this type has, if any
-      for (auto z : model_->metadata().species)
-        if (std::fabs(atom->mass[t] - llpr::atomic_mass(z)) <= 0.05 * llpr::atomic_mass(z))
-          fits = " (the mass of " + llpr::element_symbol(z) + ")";
-      error->warning(FLERR,
-                     "pair_coeff for llpr: atom type {} has mass {:.4g}{} but is mapped to {} ({:.4g}); "
-                     "pair_coeff * * must list one element per atom type, in type order",
-                     t, atom->mass[t], fits, llpr::element_symbol(type_z_[t]), expected);
+  if (mass_check_) check_masses();
+}
+
+/* ----------------------------------------------------------------------
+   A type whose mass (g/mol in units metal and real) is far from its element's: most likely
+   pair_coeff lists the elements in another order than the atom types. When every mapped
+   type has the mass of another element of the model, the order is swapped: an error (on
+   every rank: masses are global). Otherwise a warning per such type (rank 0).
+------------------------------------------------------------------------- */
+
+void PairLLPR::check_masses()
+{
+  if (atom->mass == nullptr || atom->mass_setflag == nullptr) return;  // per-atom masses
+  const auto &species = model_->metadata().species;
+  auto fits = [](double mass, int64_t z) {
+    const double m = llpr::atomic_mass(z);
+    return m > 0.0 && std::fabs(mass - m) <= 0.05 * m;
+  };
+  int mapped = 0;
+  bool all_fit_another = true;
+  std::vector<std::string> warnings, swaps, order;  // order: the elements the masses fit, per type
+  for (int t = 1; t <= atom->ntypes; t++) {
+    if (type_z_[t] <= 0) {
+      order.push_back("NULL");
+      continue;
     }
+    const std::string mapped_to = llpr::element_symbol(type_z_[t]);
+    const double expected = llpr::atomic_mass(type_z_[t]);
+    if (!atom->mass_setflag[t] || expected <= 0.0 || fits(atom->mass[t], type_z_[t])) {
+      if (atom->mass_setflag[t]) mapped++;
+      all_fit_another = false;
+      order.push_back(mapped_to);
+      continue;
+    }
+    mapped++;
+    const double mass = atom->mass[t];
+    int64_t other = 0;  // the model's element whose mass this type has, if any
+    for (auto z : species)
+      if (z != type_z_[t] && fits(mass, z)) other = z;
+    if (other == 0) all_fit_another = false;
+    const std::string other_symbol = other ? llpr::element_symbol(other) : "";
+    order.push_back(other ? other_symbol : mapped_to);
+    warnings.push_back(fmt::format("atom type {} has mass {:.4g}{} but is mapped to {} ({:.4g})", t, mass,
+                                   other ? " (the mass of " + other_symbol + ")" : "", mapped_to, expected));
+    swaps.push_back(fmt::format("type {} has the mass of {} ({:.4g}) and is mapped to {}", t, other_symbol, mass,
+                                mapped_to));
   }
+  if (mapped >= 2 && all_fit_another)
+    error->all(FLERR,
+               "pair_coeff for llpr: every atom type has the mass of another element of the model than "
+               "the one it is mapped to ({}), so pair_coeff most likely lists the elements in another "
+               "order than the atom types: the masses fit the element order {}. If the masses are "
+               "meant (isotopes, a changed mass), add mass_check no to pair_style llpr",
+               utils::join_words(swaps, "; "), utils::join_words(order, " "));
+  if (comm->me == 0)
+    for (const auto &message : warnings)
+      error->warning(FLERR, "pair_coeff for llpr: {}; pair_coeff * * must list one element per atom type, in "
+                            "type order (mass_check no in pair_style llpr turns this check off)",
+                     message);
 }
 
 double PairLLPR::init_one(int i, int j)

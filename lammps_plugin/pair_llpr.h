@@ -1,6 +1,6 @@
 // pair_style llpr: an exported llpr model (TorchScript) evaluated through libllpr_core.
 //
-//   pair_style llpr model.pt [device auto|cpu|cuda]
+//   pair_style llpr model.pt [device auto|cpu|cuda] [mass_check yes|no]
 //   pair_coeff * * Si C            (one element symbol per atom type, NULL under hybrid)
 #pragma once
 
@@ -82,11 +82,16 @@ class PairLLPR : public Pair {
   void request_ghost_shell();
   void release_ghost_shell();
   double ghost_shell() const;
+  // the types' masses against their elements' (init_style): an error when every mapped type
+  // has the mass of another element of the model (a swapped pair_coeff order), else a warning
+  // per type whose mass fits no element it could be
+  void check_masses();
   // the checks of the ensemble re-runs, then compute_ensemble on the cached inputs
   void run_ensemble(const char *who, bool forces, bool virial);
 
   std::string model_path_;
   std::string device_request_ = "auto";
+  bool mass_check_ = true;  // compare each type's mass with its element's (keyword mass_check)
   std::unique_ptr<llpr::Model> model_;
   double cutoff_ = 0.0;
   double energy_conversion_ = 1.0;  // eV -> LAMMPS energy unit

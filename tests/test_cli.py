@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -98,3 +99,68 @@ def test_plumbing_cli_check_and_plugin_path(exported_path, tmp_path):
     bad.write_text("garbage")
     proc = _llpr("check", str(bad))
     assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_describes_the_commands_and_every_option():
+    from llpr.cli import DESCRIPTION, build_parser
+
+    proc = _llpr("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert " ".join(DESCRIPTION.split()) in text and "``" not in proc.stdout and "`" not in DESCRIPTION
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"llpr {name} {action.option_strings or action.dest} has no help"
+    # the defaults are shown, where there is one to show
+    train = " ".join(_llpr("train", "--help").stdout.split())
+    for piece in ("(default: 400)", "(default: 8)", "(default: 0.005)", "(default: 100.0)", "(default: 1.0)",
+                  "(default: float32)", "(default: model.ckpt)", "(default: 0)", "--stress-weight"):
+        assert piece in train, piece
+    assert "(default: None)" not in train and "(default: False)" not in train
+
+
+def test_cli_train_defaults_are_the_train_config_defaults():
+    from llpr.cli import build_parser
+    from llpr.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--train", "a.xyz", "--val", "b.xyz"])
+    config = TrainConfig()
+    assert (args.epochs, args.batch_size, args.lr, args.energy_weight, args.force_weight, args.stress_weight,
+            args.dtype, args.seed) == (config.max_epochs, config.batch_size, config.learning_rate,
+                                       config.energy_weight, config.force_weight, config.stress_weight,
+                                       config.dtype, config.seed)
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    from llpr.cli import _progress
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+        def write(self, text):
+            pass
+
+    for tty, quiet, expected in ((True, False, True), (True, True, False), (False, False, False)):
+        monkeypatch.setattr(sys, "stderr", Stream(tty))
+        assert _progress(argparse.Namespace(quiet=quiet)) is expected
+
+
+def test_cli_train_into_a_log_has_no_bars_and_counts_the_epochs(si_splits, tmp_path):
+    """`llpr train > log 2>&1` (no -q): no progress bar lines; the epochs run are the epochs
+    asked for, the best one is named, and the stress RMSE is reported (the labels have stress)."""
+    train, val, _ = si_splits
+    write_dataset(train, str(tmp_path / "train.xyz"))
+    write_dataset(val, str(tmp_path / "val.xyz"))
+    proc = _llpr("train", "--train", "train.xyz", "--val", "val.xyz", "--epochs", "3", "--dtype", "float64",
+                 cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr and "train:" not in proc.stderr, proc.stderr
+    out = proc.stdout
+    assert "trained 3 epochs (stopped: max_epochs; best validation loss at epoch " in out, out
+    assert "stress RMSE" in out and "eV/A^3" in out

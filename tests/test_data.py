@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from llpr.data import read_dataset, split_dataset, write_dataset
+from llpr.data import read_dataset, split_dataset, stress_label, write_dataset
 
 
 def _labelled(k: int):
@@ -60,6 +60,45 @@ def test_full_stress_tensor_is_read_as_voigt(tmp_path):
     atoms.info["stress"] = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
     write_dataset([atoms], str(tmp_path / "full.xyz"))
     np.testing.assert_allclose(read_dataset(str(tmp_path / "full.xyz"))[0].info["stress"], voigt, atol=1e-14)
+
+
+def test_virial_key_is_read_as_stress(tmp_path):
+    """A file that gives `virial` (eV, virial = -stress * volume, the MACE/GAP convention)
+    instead of `stress`; a file with both keeps its stress."""
+    atoms = _labelled(0)
+    voigt = atoms.info.pop("stress")
+    xx, yy, zz, yz, xz, xy = voigt
+    full = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    atoms.info["virial"] = -full * atoms.get_volume()
+    write_dataset([atoms], str(tmp_path / "virial.xyz"))
+    back = read_dataset(str(tmp_path / "virial.xyz"))[0]
+    np.testing.assert_allclose(back.info["stress"], voigt, rtol=1e-12, atol=1e-16)
+    atoms.info["stress"] = 2 * voigt
+    write_dataset([atoms], str(tmp_path / "both.xyz"))
+    np.testing.assert_allclose(read_dataset(str(tmp_path / "both.xyz"))[0].info["stress"], 2 * voigt, atol=1e-14)
+
+
+def test_stress_labels_that_cannot_be_a_stress_are_named():
+    atoms = _labelled(0)
+    np.testing.assert_array_equal(stress_label(atoms), atoms.info["stress"])
+    assert stress_label(_labelled(2)) is None  # the slab has none
+    slab = _labelled(2)
+    slab.info["stress"] = np.zeros(6)
+    with pytest.raises(ValueError, match=r"structure 4 has a stress label but is periodic only along \[True, True, "
+                                         r"False\].*del atoms.info\['stress'\]"):
+        stress_label(slab, 4)
+    bad = _labelled(0)
+    bad.info["stress"][2] = np.nan
+    with pytest.raises(ValueError, match="structure 1 has a non-finite"):
+        stress_label(bad, 1)
+    bad.info["stress"] = np.zeros(4)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        stress_label(bad)
+    # a dataset of graphs refuses them with the same message
+    from llpr.graphs import AtomisticDataset
+
+    with pytest.raises(ValueError, match="structure 1 has a stress label but is periodic only"):
+        AtomisticDataset([_labelled(0), slab], cutoff=4.0)
 
 
 def test_split_is_deterministic_disjoint_and_sized(structures):

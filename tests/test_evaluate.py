@@ -16,7 +16,7 @@ from llpr.ase import LLPRCalculator
 from llpr.cli import main
 from llpr.data import read_dataset, write_dataset
 from llpr.evaluate import (
-    Z95, binned_error_vs_sigma, coverage, evaluate_model, format_summary, miscalibration_area, uncertainty_metrics,
+    Z95, binned_error_vs_sigma, calibration_verdict, coverage, evaluate_model, format_summary, miscalibration_area, uncertainty_metrics,
     write_plots,
 )
 
@@ -186,3 +186,95 @@ def test_plumbing_cli_evaluate_summary_json_and_plots(paths, test_set, tmp_path,
     expected = evaluate_model(paths["ensemble"], read_dataset(str(tmp_path / "test.xyz")))["metrics"]
     assert metrics == json.loads(json.dumps(expected))
     assert (tmp_path / "plots" / "error_vs_sigma.png").read_bytes()[:8] == PNG
+
+
+def test_evaluate_reports_the_stress_rmse_of_labelled_structures(paths, test_set, tmp_path):
+    """Structures with a stress label (here 5 of 8, random labels) get their stress from the
+    file's virial; the RMSE over their Voigt components is the calculator's; without labels
+    the summary says there are none."""
+    labelled = [a.copy() for a in test_set]
+    rng = np.random.default_rng(7)
+    for atoms in labelled[:5]:
+        atoms.info["stress"] = rng.normal(scale=0.01, size=6)
+    result = evaluate_model(paths["plain"], labelled)
+    m, arrays = result["metrics"], result["arrays"]
+    assert m["n_stress_structures"] == 5 and arrays["stress_predicted"].shape == (5, 6)
+    predicted = []
+    for atoms in labelled[:5]:
+        atoms = atoms.copy()
+        atoms.calc = LLPRCalculator(paths["plain"])
+        predicted.append(atoms.get_stress())
+    np.testing.assert_allclose(arrays["stress_predicted"], predicted, rtol=1e-10, atol=1e-14)
+    errors = np.array(predicted) - np.array([a.info["stress"] for a in labelled[:5]])
+    assert m["stress_rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-10)
+    assert m["stress_mae"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-10)
+    text = format_summary(m)
+    assert f"stress RMSE              {m['stress_rmse']:.5f} eV/A^3 ({m['stress_rmse'] * 160.21766208:.3f} GPa; " \
+           "5 structures with a stress label)" in text
+    parity = write_plots(arrays, str(tmp_path / "plots"))["parity"]
+    assert open(parity, "rb").read()[:8] == PNG
+    m0 = evaluate_model(paths["plain"], test_set)["metrics"]
+    assert m0["n_stress_structures"] == 0 and m0["stress_rmse"] is None
+    assert "stress RMSE              none: no structure has a stress label" in format_summary(m0)
+
+
+@pytest.mark.parametrize("ratio, n, verdict", [
+    (1.05, 100, "ratio 1.05: consistent with calibrated, 1 +- 0.14 for 100 values"),
+    (8.0, 100, "ratio 8.00: errors larger than sigma, overconfident"),
+    (1.3, 100, "ratio 1.30: errors larger than sigma, overconfident"),
+    (1.3, 10, "ratio 1.30: consistent with calibrated, 1 +- 0.45 for 10 values"),
+    (0.2, 10, "ratio 0.20: errors smaller than sigma, underconfident"),
+    (0.95, 10**6, "ratio 0.95: consistent with calibrated, 1 +- 0.10 for 1000000 values"),
+])
+def test_calibration_verdict_follows_the_numbers(ratio, n, verdict):
+    assert calibration_verdict(0.25 * ratio, 0.25, n) == verdict
+
+
+def test_summary_verdict_is_computed(paths, test_set):
+    """The line RMSE vs RMS sigma ends with the verdict of its own numbers: the fixture's
+    random labels lie far from its sigmas, and a metrics dict made calibrated says so."""
+    m = evaluate_model(paths["ensemble"], test_set)["metrics"]
+    text = format_summary(m)
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("RMSE vs RMS sigma") and "eV " in ln)
+    assert calibration_verdict(m["energy_rmse"], m["energy_sigma_rms"], m["n_structures"]) in line
+    assert m["energy_error_sigma_ratio"] == pytest.approx(m["energy_rmse"] / m["energy_sigma_rms"], rel=1e-12)
+    force_line = next(ln for ln in text.splitlines() if "RMSE vs RMS sigma" in ln and "eV/A" in ln)
+    assert calibration_verdict(m["force_rmse"], m["force_sigma_rms"], m["n_atoms"]) in force_line
+    assert "calibrated: equal" not in text
+    calibrated = dict(m, energy_sigma_rms=m["energy_rmse"] * 1.02)
+    assert "ratio 0.98: consistent with calibrated" in format_summary(calibrated)
+    assert "ratio 8.00: errors larger than sigma, overconfident" in format_summary(
+        dict(m, energy_sigma_rms=m["energy_rmse"] / 8))
+
+
+def _overlaps(labels):
+    boxes = [t.get_window_extent() for t in labels if t.get_visible() and t.get_text()]
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+@pytest.mark.parametrize("decades", [0.3, 0.7, 3.0])
+def test_error_vs_sigma_tick_labels_do_not_overlap(decades):
+    """The energy panel over a fraction of a decade up to several decades of sigma (with the
+    force panel beside it): no two tick labels of an axis overlap, and each axis has two."""
+    import matplotlib.pyplot as plt
+
+    from llpr.evaluate import error_vs_sigma_figure
+
+    rng = np.random.default_rng(0)
+    sigma = 0.02 * 10 ** rng.uniform(0, decades, 30)
+    arrays = {"energy_predicted": rng.normal(size=30) * sigma, "energy_reference": np.zeros(30),
+              "energy_sigma": sigma, "forces_predicted": rng.normal(size=(64, 3)) * 0.05,
+              "forces_reference": np.zeros((64, 3)), "force_sigma": 0.05 * 10 ** rng.uniform(0, decades, 64)}
+    fig = error_vs_sigma_figure(arrays)
+    try:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                lo, hi = axis.get_view_interval()
+                labels = [t for t, v in zip(axis.get_ticklabels(which="both"),
+                                            list(axis.get_majorticklocs()) + list(axis.get_minorticklocs()))
+                          if lo <= v <= hi]
+                assert not _overlaps(labels), [t.get_text() for t in labels]
+                assert sum(1 for t in labels if t.get_text()) >= 2, [t.get_text() for t in labels]
+    finally:
+        plt.close(fig)

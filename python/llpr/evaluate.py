@@ -5,7 +5,8 @@ Energies: one error and one predicted sigma (the LLPR sigma of the total energy)
 structure. Forces, when the exported file carries a last-layer ensemble (``llpr export
 --ensemble K``): each force component's error against its atom's force sigma
 ``sqrt(sum_k |F_k,i - F_i|^2 / (3 (K-1)))`` (eV/A), i.e. a per-component Gaussian with that
-standard deviation.
+standard deviation. Stresses, where the structures have a stress label (:func:`llpr.data.stress_label`):
+the RMSE of the Voigt components (eV/A^3).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from .calibrate import gaussian_nll
+from .data import stress_label
 from .modelfile import ensemble_size, load_exported, require_ensemble
 from .graphs import graph_tensors
+from .train import voigt_stress
 
 Z95 = 1.959963984540054
+EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/A^3 in GPa
 
 
 def miscalibration_area(errors: np.ndarray, sigmas: np.ndarray, n_levels: int = 99) -> float:
@@ -86,12 +90,36 @@ def uncertainty_metrics(errors: np.ndarray, sigmas: np.ndarray, prefix: str = ""
     }
 
 
-def run_exported(module, atoms, forces: bool = True, ensemble: bool = False) -> dict:
+def _ratio(rmse: float, sigma_rms: float) -> float:
+    """RMSE / RMS sigma; inf for a zero sigma, NaN for a NaN."""
+    return float(rmse / sigma_rms) if sigma_rms > 0 else (math.nan if math.isnan(sigma_rms) else math.inf)
+
+
+def calibration_verdict(rmse: float, sigma_rms: float, n: int) -> str:
+    """What the ratio RMSE / RMS sigma says: calibrated predictions have a ratio of 1, within
+    about two standard errors of an RMS of ``n`` Gaussian values, ``sqrt(2 / n)`` (and within
+    0.1 however many there are)."""
+    ratio = _ratio(rmse, sigma_rms)
+    if not math.isfinite(ratio):
+        return f"ratio undefined: RMS sigma is {sigma_rms:.3g}"
+    tol = max(0.1, math.sqrt(2.0 / max(n, 1)))
+    if abs(ratio - 1.0) <= tol:
+        return f"ratio {ratio:.2f}: consistent with calibrated, 1 +- {tol:.2f} for {n} values"
+    if ratio > 1.0:
+        return f"ratio {ratio:.2f}: errors larger than sigma, overconfident"
+    return f"ratio {ratio:.2f}: errors smaller than sigma, underconfident"
+
+
+def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, stress: bool = False) -> dict:
     """Run an exported module on one ASE structure (vesin neighbour list). ``ensemble=True``
     also runs its last-layer ensemble: ``force_sigma`` (N,), ``force_deviations`` (K, N, 3)
-    and ``energy_deviations`` (K,), all float64."""
+    and ``energy_deviations`` (K,), all float64. ``stress=True`` (a fully periodic cell) adds
+    ``stress`` (6, Voigt, eV/A^3, float64) from the virial."""
     inputs = tuple(graph_tensors(atoms, float(module.cutoff), module.dtype).values())
-    out = module(*inputs, len(atoms), forces, False)
+    out = module(*inputs, len(atoms), forces, stress)
+    if stress:
+        virial = out["virial"].detach().to(torch.float64).unsqueeze(0)
+        out["stress"] = voigt_stress(virial, torch.tensor([atoms.get_volume()], dtype=torch.float64))[0]
     feature_sum = out["features"].to(torch.float64).sum(0)
     out["energy_sigma"] = torch.sqrt(module.energy_variance(feature_sum))[0]
     if ensemble:
@@ -117,11 +145,15 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
     elif ensemble:
         require_ensemble(module, f"'{model_path}'")
     e_ref, e_pred, e_sigma, n_atoms, f_ref, f_pred, atom_sigma = [], [], [], [], [], [], []
-    f_sigma, e_ens_sigma = [], []
+    f_sigma, e_ens_sigma, s_ref, s_pred = [], [], [], []
     for k, atoms in enumerate(tqdm(atoms_list, desc="evaluate", disable=not progress, leave=False)):
         if "energy" not in atoms.info or "forces" not in atoms.arrays:
             raise ValueError(f"structure {k} has no energy/forces labels; evaluate needs labelled data")
-        out = run_exported(module, atoms, ensemble=ensemble)
+        stress = stress_label(atoms, k)
+        out = run_exported(module, atoms, ensemble=ensemble, stress=stress is not None)
+        if stress is not None:
+            s_ref.append(stress)
+            s_pred.append(out["stress"].numpy())
         e_ref.append(float(atoms.info["energy"]))
         e_pred.append(float(out["energy"]))
         e_sigma.append(float(out["energy_sigma"]))
@@ -146,7 +178,15 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
         "energy_sigma_rms": float(np.sqrt(np.mean(e_sigma**2))),
         "force_rmse": float(np.sqrt(np.mean((f_pred - f_ref) ** 2))),
         "force_mae": float(np.mean(np.abs(f_pred - f_ref))),
+        "n_stress_structures": len(s_ref),
+        "stress_rmse": None,
+        "stress_mae": None,
     }
+    if s_ref:
+        s_err = np.array(s_pred) - np.array(s_ref)
+        metrics["stress_rmse"] = float(np.sqrt(np.mean(s_err**2)))
+        metrics["stress_mae"] = float(np.mean(np.abs(s_err)))
+    metrics["energy_error_sigma_ratio"] = _ratio(metrics["energy_rmse"], metrics["energy_sigma_rms"])
     metrics.update(uncertainty_metrics(err, e_sigma))
     metrics["energy_binned"] = metrics.pop("binned")
     arrays = {
@@ -158,6 +198,9 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
         "forces_predicted": f_pred,
         "atom_sigma": np.concatenate(atom_sigma),
     }
+    if s_ref:
+        arrays["stress_reference"] = np.array(s_ref)
+        arrays["stress_predicted"] = np.array(s_pred)
     metrics["ensemble_size"] = int(k_members) if ensemble else 0
     # members the file has but this evaluation skipped (ensemble=False, `--no-ensemble`)
     metrics["ensemble_skipped"] = int(k_members) if not ensemble else 0
@@ -172,6 +215,7 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
             {
                 "force_sigma_mean": float(np.mean(fs)),
                 "force_sigma_rms": float(np.sqrt(np.mean(fs**2))),
+                "force_error_sigma_ratio": _ratio(metrics["force_rmse"], float(np.sqrt(np.mean(fs**2)))),
                 "force_spearman_abs_error_sigma": float(rho),
             }
         )
@@ -191,8 +235,15 @@ def format_summary(metrics: dict) -> str:
         "accuracy",
         f"  energy RMSE              {1000 * m['energy_rmse_per_atom']:.3f} meV/atom ({m['energy_rmse']:.4f} eV/structure)",
         f"  force RMSE               {m['force_rmse']:.4f} eV/A",
+        (
+            f"  stress RMSE              {m['stress_rmse']:.5f} eV/A^3 ({m['stress_rmse'] * EV_PER_A3_IN_GPA:.3f} GPa; "
+            f"{m['n_stress_structures']} structures with a stress label)"
+            if m.get("n_stress_structures")
+            else "  stress RMSE              none: no structure has a stress label"
+        ),
         "energy uncertainty (LLPR sigma of each structure's energy)",
-        f"  RMSE vs RMS sigma        {m['energy_rmse']:.4f} vs {m['energy_sigma_rms']:.4f} eV (calibrated: equal)",
+        f"  RMSE vs RMS sigma        {m['energy_rmse']:.4f} vs {m['energy_sigma_rms']:.4f} eV "
+        f"({calibration_verdict(m['energy_rmse'], m['energy_sigma_rms'], m['n_structures'])})",
         f"  NLL (energy)             {m['nll']:.3f}",
         f"  Spearman(|error|, sigma) {m['spearman_abs_error_sigma']:.3f}",
         f"  miscalibration area      {m['miscalibration_area']:.3f} (0 = calibrated)",
@@ -203,7 +254,8 @@ def format_summary(metrics: dict) -> str:
         lines += [
             f"force uncertainty (last-layer ensemble, K = {m['ensemble_size']}; per component)",
             f"  RMSE vs RMS sigma        {m['force_rmse']:.4f} vs {m['force_sigma_rms']:.4f} eV/A "
-            f"(mean sigma {m['force_sigma_mean']:.4f})",
+            f"({calibration_verdict(m['force_rmse'], m['force_sigma_rms'], m['n_atoms'])}; "
+            f"mean sigma {m['force_sigma_mean']:.4f})",
             f"  NLL (force components)   {m['force_nll']:.3f}",
             f"  Spearman(|F error|, sigma) {m['force_spearman_abs_error_sigma']:.3f} (per atom)",
             f"  miscalibration area      {m['force_miscalibration_area']:.3f}",
@@ -232,9 +284,24 @@ def _pyplot():
     return plt
 
 
+def _component_parity(ax, reference, predicted, quantity: str, title: str, style: dict) -> None:
+    """Predicted against reference values (every component), with the y = x line."""
+    ref, pred = np.ravel(reference), np.ravel(predicted)
+    style = dict(style)
+    ax.plot(ref, pred, style.pop("fmt"), **style)
+    lim = [min(ref.min(), pred.min()), max(ref.max(), pred.max())]
+    ax.plot(lim, lim, "k--", lw=0.8)
+    ax.set_xlabel(f"reference {quantity}")
+    ax.set_ylabel(f"predicted {quantity}")
+    ax.set_title(title)
+
+
 def plot_parity(arrays: dict, path: str) -> str:
+    """Predicted against reference energies (with sigma bars), force components and, where
+    there are stress labels, stress components (GPa)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    has_stress = "stress_reference" in arrays
+    fig, axes = plt.subplots(1, 3 if has_stress else 2, figsize=(13.5 if has_stress else 9, 4.2))
     n = arrays["n_atoms"]
     ref = arrays["energy_reference"] / n
     pred = arrays["energy_predicted"] / n
@@ -245,15 +312,12 @@ def plot_parity(arrays: dict, path: str) -> str:
     ax.set_xlabel("reference energy (eV/atom)")
     ax.set_ylabel("predicted energy (eV/atom)")
     ax.set_title("energy (bars: LLPR sigma)")
-    ax = axes[1]
-    fr = arrays["forces_reference"].ravel()
-    fp = arrays["forces_predicted"].ravel()
-    ax.plot(fr, fp, ".", ms=1.5, alpha=0.4)
-    lim = [min(fr.min(), fp.min()), max(fr.max(), fp.max())]
-    ax.plot(lim, lim, "k--", lw=0.8)
-    ax.set_xlabel("reference force component (eV/A)")
-    ax.set_ylabel("predicted force component (eV/A)")
-    ax.set_title("forces")
+    _component_parity(axes[1], arrays["forces_reference"], arrays["forces_predicted"], "force component (eV/A)",
+                      "forces", dict(fmt=".", ms=1.5, alpha=0.4))
+    if has_stress:
+        _component_parity(axes[2], arrays["stress_reference"] * EV_PER_A3_IN_GPA,
+                          arrays["stress_predicted"] * EV_PER_A3_IN_GPA, "stress component (GPa)",
+                          "stress (Voigt components)", dict(fmt="o", ms=2.5, alpha=0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -275,10 +339,26 @@ def plot_calibration(arrays: dict, path: str) -> str:
     ax.set_ylabel("|error| (eV)")
     ax.set_title("energy error vs LLPR sigma")
     ax.legend(fontsize=8)
+    _readable_log_ticks(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _readable_log_ticks(ax) -> None:
+    """Tick labels of a log-log panel that do not overlap: over less than two decades,
+    matplotlib labels minor ticks in scientific notation (2x10^-2, 3x10^-2, ...), which run
+    into each other; there, label 1, 2 and 5 times the powers of ten as plain numbers and leave
+    the minor ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if lo <= 0 or hi <= 0 or math.log10(hi / lo) >= 2.0:
+            continue
+        axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def _binned_panel(ax, errors, sigmas, unit: str, title: str, point_label: str) -> None:
@@ -300,12 +380,22 @@ def _binned_panel(ax, errors, sigmas, unit: str, title: str, point_label: str) -
     ax.set_ylabel(f"RMS error ({unit})")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
+    _readable_log_ticks(ax)
 
 
 def plot_error_vs_sigma(arrays: dict, path: str) -> str:
+    """The LLPR paper's figure (:func:`error_vs_sigma_figure`), written to ``path``."""
+    plt = _pyplot()
+    fig = error_vs_sigma_figure(arrays)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def error_vs_sigma_figure(arrays: dict):
     """The LLPR paper's figure: points binned by predicted sigma (quantile bins), RMS error per
     bin against RMS sigma per bin (log-log) with the y = x line; energies, and forces when the
-    ensemble gave force sigmas."""
+    ensemble gave force sigmas. Returns the matplotlib figure."""
     plt = _pyplot()
     has_forces = "force_sigma" in arrays
     fig, axes = plt.subplots(1, 2 if has_forces else 1, figsize=(9.2 if has_forces else 4.8, 4.4), squeeze=False)
@@ -317,9 +407,7 @@ def plot_error_vs_sigma(arrays: dict, path: str) -> str:
         _binned_panel(axes[0, 1], f_err, comp_sigma, "eV/A", "forces (per component, ensemble sigma)",
                       "force components")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_plots(arrays: dict, folder: str) -> dict:

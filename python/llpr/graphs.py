@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from vesin import NeighborList
 
+from .data import stress_label
+
 
 def neighbor_list(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """Full neighbour list of ``atoms`` within ``cutoff``.
@@ -58,8 +60,9 @@ class AtomisticDataset(torch.utils.data.Dataset):
 
     Each item is a dict of tensors for one structure; :func:`collate` joins items into a
     batch. Labels follow the convention of :mod:`llpr.data`: ``atoms.info["energy"]`` (eV),
-    ``atoms.arrays["forces"]`` (eV/A); unlabelled structures are allowed when
-    ``require_labels`` is False.
+    ``atoms.arrays["forces"]`` (eV/A) and, where present, ``atoms.info["stress"]`` (eV/A^3,
+    fully periodic cells only; items then also hold the cell ``volume``); unlabelled
+    structures are allowed when ``require_labels`` is False.
     """
 
     def __init__(self, atoms_list, cutoff: float, dtype=torch.float32, require_labels: bool = True):
@@ -82,6 +85,10 @@ class AtomisticDataset(torch.utils.data.Dataset):
                 item["energy"] = torch.tensor(float(energy), dtype=torch.float64)
             if forces is not None:
                 item["forces"] = torch.tensor(np.asarray(forces), dtype=dtype)
+            stress = stress_label(atoms, k)
+            if stress is not None:
+                item["stress"] = torch.tensor(stress, dtype=torch.float64)
+                item["volume"] = torch.tensor(float(atoms.get_volume()), dtype=torch.float64)
             self.items.append(item)
 
     def __len__(self) -> int:
@@ -137,7 +144,11 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Join per-structure graphs into one disconnected graph with a ``batch`` index."""
+    """Join per-structure graphs into one disconnected graph with a ``batch`` index.
+
+    When any item has a stress label, the batch holds ``stress`` (n_structures, 6) and
+    ``volume`` (n_structures,) for every structure (zeros where there is no label) and
+    ``has_stress`` (n_structures,), which says where there is."""
     offsets = 0
     positions, numbers, edges, shifts, batch, forces, energies, n_atoms = [], [], [], [], [], [], [], []
     for k, item in enumerate(items):
@@ -166,6 +177,10 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         out["forces"] = torch.cat(forces)
     if len(energies) == len(items):
         out["energy"] = torch.stack(energies)
+    if any("stress" in item for item in items):
+        out["has_stress"] = torch.tensor(["stress" in item for item in items])
+        out["stress"] = torch.stack([item.get("stress", torch.zeros(6, dtype=torch.float64)) for item in items])
+        out["volume"] = torch.stack([item.get("volume", torch.zeros((), dtype=torch.float64)) for item in items])
     return out
 
 
