@@ -1,0 +1,180 @@
+"""A MACE model (mace-torch, 2 interactions: it passes messages) exported by llpr and run by
+pair_style llpr, with MACE's own ASE calculator as the oracle: energy, per-atom energies,
+forces and virial to 1e-10 on 1, 2 and 3 MPI ranks, orthogonal and triclinic cells, a cell
+smaller than the receptive field, a pair_coeff order unlike the model's; sigma_i, LPR_i,
+the global sigma and the force sigma against llpr's Python reference; finite-difference
+forces; NVE; and the element-missing error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mace", reason="mace-torch is not installed (pip install llpr[mace])")
+
+from lammps_helpers import (  # noqa: E402
+    compare,
+    finite_difference_force_error,
+    lammps_module_marks,
+    lammps_results,
+    lammps_script,
+    nve_drift_and_oscillations,
+    open_lammps_quiet,
+    reference,
+    run_in_process,
+    run_lmp,
+    si_diamond,
+    sic_triclinic,
+    sic_zincblende,
+    subprocess_results,
+    write_data,
+)
+from mace_models import make_mace, save_mace  # noqa: E402
+from test_mace import mace_calculator  # noqa: E402
+
+pytestmark = lammps_module_marks(mpi=True)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Exported llpr files of a Si MACE (r_max 3.5 A, receptive field 7 A) and of a SiC MACE
+    with ZBL repulsion (r_max 4 A), each beside the MACE pickle the oracle reads; with a
+    last-layer ensemble of 4."""
+    import torch
+
+    from llpr.graphs import AtomisticDataset, make_loader
+    from llpr.mace import MACEModel
+    from llpr.modelfile import export_model
+    from llpr.uncertainty import LLPR
+    from test_mace import labelled
+
+    d = tmp_path_factory.mktemp("lammps_mace")
+    out = {}
+    for name, species, kwargs in (("si", [14], {"r_max": 3.5, "seed": 5}),
+                                  ("sic", [6, 14], {"seed": 6, "pair_repulsion": True})):
+        folder = d / name
+        folder.mkdir()
+        pickled, compiled = save_mace(make_mace(species, **kwargs), folder)
+        model = MACEModel.from_file(compiled)
+        loaders = [make_loader(AtomisticDataset(labelled(n, seed, species), model.cutoff, torch.float64), 4)
+                   for n, seed in ((6, 0), (4, 40))]
+        llpr = LLPR(model).fit(loaders[0]).calibrate(loaders[1])
+        out[name] = {"pickle": pickled, "file": export_model(llpr, str(folder / f"{name}.pt"), ensemble=4)}
+    return out
+
+
+def oracle(pickled, atoms, e0):
+    """MACE's own results in the layout of tests/lammps_helpers.compare (per-atom energies with
+    the element energies, the virial from the stress)."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    res = mace_calculator(pickled, atoms)
+    return {"energy": res["energy"], "energies": res["node_energy"] + e0, "forces": res["forces"],
+            "virial": -atoms.get_volume() * voigt_6_to_full_3x3_stress(res["stress"])}
+
+
+def _e0(pickled, atoms):
+    import torch
+
+    own = torch.load(pickled, weights_only=False)
+    energies = own.atomic_energies_fn.atomic_energies.detach().numpy().reshape(-1)
+    species = own.atomic_numbers.tolist()
+    return energies[[species.index(z) for z in atoms.numbers]]
+
+
+CASES = {
+    # 8 atoms, a 5.43 A cube: smaller than the receptive field (7 A) and its ghost shell
+    "si_cubic_8": ("si", lambda: si_diamond(rattle=0.1, seed=51), ["Si"]),
+    "sic_orthogonal_16": ("sic", lambda: sic_zincblende((2, 1, 1), rattle=0.1, seed=52), ["C", "Si"]),
+    # types Si = 1, C = 2: the order opposite to the model's species [6, 14]
+    "sic_triclinic_14_shuffled": ("sic", lambda: sic_triclinic(seed=53), ["Si", "C"]),
+}
+RUNS = [("si_cubic_8", 1), ("si_cubic_8", 2), ("si_cubic_8", 3), ("sic_triclinic_14_shuffled", 1),
+        ("sic_triclinic_14_shuffled", 2), ("sic_triclinic_14_shuffled", 3), ("sic_orthogonal_16", 2)]
+
+
+def _run(models, name, atoms, elements, tmp_path, nprocs):
+    if nprocs == 1:
+        return run_in_process(tmp_path, models[name]["file"], atoms, elements, post="run 0")
+    data = write_data(atoms, tmp_path / "data.lmp", elements)
+    return subprocess_results(lammps_script(models[name]["file"], data, elements), tmp_path, nprocs)
+
+
+@pytest.mark.parametrize("case, nprocs", RUNS)
+def test_lammps_equals_mace_calculator(models, tmp_path, case, nprocs):
+    name, make, elements = CASES[case]
+    atoms = make()
+    res = _run(models, name, atoms, elements, tmp_path, nprocs)
+    want = oracle(models[name]["pickle"], atoms, _e0(models[name]["pickle"], atoms))
+    got = {"energy": res["energy"], "energies": res["energies"], "forces": res["forces"],
+           "virial": np.asarray(res["virial"])}
+    virial = want["virial"]
+    want["virial"] = np.array([virial[0, 0], virial[1, 1], virial[2, 2], virial[0, 1], virial[0, 2], virial[1, 2]])
+    for key in want:
+        dev = float(np.abs(np.asarray(got[key]) - want[key]).max())
+        print(case, nprocs, key, f"{dev:.1e}")
+        assert dev <= 1e-10 * max(1.0, float(np.abs(want[key]).max())), key
+    # and everything, uncertainties included, against llpr's Python reference
+    compare(res, reference(models[name]["file"], atoms), tol=1e-10)
+
+
+def test_force_sigma_and_group_sigma_on_two_ranks(models, tmp_path):
+    import torch
+
+    from llpr.modelfile import load_exported
+    from test_lammps_ensemble import ensemble_reference
+
+    atoms = sic_triclinic(seed=54)
+    ref = ensemble_reference(models["sic"]["file"], atoms)
+    head = load_exported(models["sic"]["file"]).head
+    ids = np.arange(1, len(atoms) + 1, 3)
+    want = float(torch.sqrt(head.energy_variance(torch.tensor(ref["features"])[ids - 1].sum(0))))
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
+    dump = tmp_path / "f.dump"
+    script = lammps_script(models["sic"]["file"], data, ["Si", "C"]) + f"""
+compute uf all llpr/atom forces yes
+group part id {' '.join(map(str, ids))}
+compute gp part llpr
+dump d all custom 1 {dump} id c_uf[3]
+dump_modify d sort id format float %.17g
+run 0
+print "GROUP $(c_gp[1]:%.17g)"
+"""
+    proc = run_lmp(script, tmp_path, nprocs=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = dump.read_text().splitlines()
+    start = [k for k, ln in enumerate(lines) if ln.startswith("ITEM: ATOMS")][0] + 1
+    force_sigma = np.array([float(ln.split()[1]) for ln in lines[start:]])
+    np.testing.assert_allclose(force_sigma, ref["force_sigma"], rtol=1e-10)
+    group = float([ln for ln in proc.stdout.splitlines() if ln.startswith("GROUP")][-1].split()[1])
+    assert abs(group - want) <= 1e-10 * want
+
+
+def test_forces_are_minus_energy_gradient(models, tmp_path):
+    atoms = sic_triclinic(seed=55)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(models["sic"]["file"], data, ["Si", "C"], post="run 0"))
+        assert np.abs(lammps_results(lmp)["forces"]).max() > 0.05
+        worst = finite_difference_force_error(lmp, (2, 9), 1e-4)
+        print(f"max |F - (-dE/dx)_FD| = {worst:.2e} eV/A")
+        assert worst < 1e-6
+    finally:
+        lmp.close()
+
+
+def test_nve_energy_conservation(models, tmp_path):
+    """8 Si atoms at 300 K: the dt^2 criterion of the native model's NVE test."""
+    atoms = si_diamond(rattle=0.05, seed=56)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
+    drift, amp1, amp2 = nve_drift_and_oscillations(models["si"]["file"], data, len(atoms), 100)
+    assert 3.0 < amp1 / amp2 < 5.0 and drift < amp1
+
+
+def test_element_missing_from_the_mace_model(models, tmp_path):
+    atoms = sic_zincblende(seed=57)
+    data = write_data(atoms, tmp_path / "data.lmp", ["C", "Si"])
+    proc = run_lmp(lammps_script(models["si"]["file"], data, ["C", "Si"]), tmp_path)
+    assert proc.returncode != 0
+    assert "pair_coeff for llpr: element C (Z = 6, atom type 1) is not known to the model, which was trained for: Si" in proc.stdout, proc.stdout[-2000:]
