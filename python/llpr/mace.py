@@ -331,21 +331,49 @@ class MACEModel(nn.Module):
             raise ValueError("structure contains an element the MACE model does not know; it knows "
                              + str(self.species))
         dtype = edge_vectors.dtype
-        node_attrs = torch.nn.functional.one_hot(index, self.n_species).to(dtype)
+        n_atoms = atomic_numbers.shape[0]
+        n_layers = self.n_layers
+        centre, neighbour = edge_index[0], edge_index[1]
+        # Which atoms each layer must update: the centres at the last layer, and at each layer
+        # before it also the neighbours of the atoms the next one updates. `level` is the
+        # number of hops from the nearest centre (n_layers + 1: farther than any layer needs).
+        # Beside a structure given whole (every atom a centre), LAMMPS gives the centres with
+        # ghost atoms out to the receptive field; most of those only feed the first layer.
+        level = torch.full((n_atoms,), n_layers + 1, dtype=torch.long, device=atomic_numbers.device)
+        level[:n_centers] = 0
+        for hop in range(1, n_layers):
+            reached = neighbour[level[centre] == hop - 1]
+            level[reached] = torch.clamp(level[reached], max=hop)
+        # atoms in order of level (centres first, as they came), so that each layer works on a
+        # prefix of the atoms
+        order = torch.argsort(level, stable=True)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(n_atoms, dtype=order.dtype, device=order.device)
+        counts: List[int] = [int((level <= n_layers - 1 - i).sum()) for i in range(n_layers)]
+        used = level[centre] <= n_layers - 1
+        receiver_level = level[centre[used]]
         # MACE sends messages from edge_index[0] to edge_index[1] along pos[1] - pos[0]; llpr's
         # edges point from the centre (row 0) to the neighbour (row 1)
-        edges = torch.stack([edge_index[1], edge_index[0]])
-        vectors = -edge_vectors
+        edges = torch.stack([position[neighbour[used]], position[centre[used]]])
+        vectors = -edge_vectors[used]
+        node_attrs = torch.nn.functional.one_hot(index[order], self.n_species).to(dtype)
         lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
         node_feats = self.node_embedding(node_attrs)
         edge_attrs = self.spherical_harmonics(vectors)
         edge_feats, cutoff = self.radial_embedding(lengths, node_attrs, edges, self.mace_atomic_numbers)
         layers: List[torch.Tensor] = []
+        n_inputs = n_atoms
         for i, (interaction, product) in enumerate(zip(self.interactions, self.products)):
-            node_feats, sc = interaction(node_attrs=node_attrs, node_feats=node_feats, edge_attrs=edge_attrs,
-                                         edge_feats=edge_feats, edge_index=edges, cutoff=cutoff,
-                                         first_layer=(i == 0))
-            node_feats = product(node_feats=node_feats, sc=sc, node_attrs=node_attrs)
+            keep = receiver_level <= n_layers - 1 - i
+            layer_cutoff = cutoff
+            if cutoff is not None:
+                layer_cutoff = cutoff[keep]
+            node_feats, sc = interaction(node_attrs=node_attrs[:n_inputs], node_feats=node_feats,
+                                         edge_attrs=edge_attrs[keep], edge_feats=edge_feats[keep],
+                                         edge_index=edges[:, keep], cutoff=layer_cutoff, first_layer=(i == 0))
+            n_inputs = counts[i]
+            node_feats = product(node_feats=node_feats[:n_inputs], sc=sc[:n_inputs] if sc is not None else sc,
+                                 node_attrs=node_attrs[:n_inputs])
             layers.append(node_feats[:n_centers])
         parts: List[torch.Tensor] = []
         n_linear = len(self.readout_ranges)
@@ -359,7 +387,8 @@ class MACEModel(nn.Module):
         features = torch.cat(parts, dim=1) * self.scale
         energies = features @ self.weights + self.element_energies[index[:n_centers]]
         if hasattr(self, "pair_repulsion_fn"):  # decided when scripted
-            pair = self.pair_repulsion_fn(lengths, node_attrs, edges, self.mace_atomic_numbers)
+            own = receiver_level == 0
+            pair = self.pair_repulsion_fn(lengths[own], node_attrs, edges[:, own], self.mace_atomic_numbers)
             energies = energies + self.scale * pair[:n_centers]
         return energies, features
 
