@@ -207,7 +207,7 @@ atom_modify map array
 boundary {boundary}
 {pre}
 read_data {data}
-pair_style llpr {model} device cpu
+pair_style llpr {model} device {device}
 pair_coeff * * {elements}
 compute pe all pe/atom
 compute s all stress/atom NULL
@@ -218,8 +218,8 @@ thermo_style custom step pe press c_g[1] c_g[2] c_g[3]
 """
 
 
-def lammps_script(model, data, elements, units="metal", boundary="p p p", pre="", post=""):
-    return SETUP.format(units=units, boundary=boundary, pre=pre, data=data, model=model,
+def lammps_script(model, data, elements, units="metal", boundary="p p p", pre="", post="", device="cpu"):
+    return SETUP.format(units=units, boundary=boundary, pre=pre, data=data, model=model, device=device,
                         elements=" ".join(elements)) + post
 
 
