@@ -383,20 +383,3 @@ def test_bad_input_is_a_lammps_error(bad_files, tmp_path, kind):
     settings = {key: value.format(**bad_files) for key, value in {**GOOD_SETTINGS, **changes}.items()}
     assert_lammps_error(run_lmp(BAD_INPUT.format(**settings), tmp_path), want)
 
-
-def test_device_cuda_without_gpu_names_the_cause(bad_files, tmp_path):
-    """Without a usable GPU, `device cuda` says why, for the torch installed: a CPU-only build
-    (install the CUDA one and rebuild), or a CUDA build whose CUDA libraries `lmp` did load
-    (through llpr's link to libtorch) but which sees no GPU."""
-    from llpr import _core
-
-    if _core.cuda_available():
-        pytest.skip("a CUDA device is available")
-    settings = {key: value.format(**bad_files) for key, value in {**GOOD_SETTINGS, "device": "cuda"}.items()}
-    proc = run_lmp(BAD_INPUT.format(**settings), tmp_path)
-    if torch.version.cuda:
-        assert_lammps_error(proc, f"torch {torch.__version__.split('+')[0]}, a CUDA {torch.version.cuda} build, "
-                                  "sees 0 CUDA devices: no NVIDIA GPU or driver is visible")
-    else:
-        assert_lammps_error(proc, "is a CPU-only build; to use a GPU, install the CUDA build of torch and rebuild llpr",
-                            "pip install --no-build-isolation --force-reinstall --no-deps .")
