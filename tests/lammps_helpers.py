@@ -300,6 +300,15 @@ def assert_lammps_error(proc, *wants):
     assert "Segmentation" not in out and "Traceback" not in out
 
 
+def dump_table(path):
+    """The first frame of a `dump custom` file as a float array (one row per atom)."""
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
+    end = next((k for k in range(start, len(lines)) if lines[k].startswith("ITEM:")), len(lines))
+    return np.array([[float(x) for x in ln.split()] for ln in lines[start:end]])
+
+
 def subprocess_results(script, cwd, nprocs):
     """Run `script` (ending before `run`) with a dump and a RESULT line; parse both."""
     dump = os.path.join(str(cwd), "dump.out")
@@ -307,10 +316,7 @@ def subprocess_results(script, cwd, nprocs):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
     vals = [float(x) for x in line.split()[1:]]
-    with open(dump) as fh:
-        lines = fh.read().splitlines()
-    start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
-    table = np.array([[float(x) for x in ln.split()] for ln in lines[start:]])
+    table = dump_table(dump)
     return {
         "ids": table[:, 0].astype(int),
         "energy": vals[0],

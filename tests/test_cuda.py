@@ -18,8 +18,10 @@ import torch
 
 from lammps_helpers import (
     atom_array,
+    dump_table,
     lammps_module_marks,
     lammps_results,
+    lammps_script,
     make_model,
     MPI_CASES,
     MPIRUN,
@@ -30,7 +32,6 @@ from lammps_helpers import (
     si_diamond,
     sic_triclinic,
     subprocess_results,
-    lammps_script,
     write_data,
 )
 
@@ -120,9 +121,7 @@ def test_float64_two_ranks_sharing_one_gpu_equal_cpu(models, tmp_path, case, mon
         script = lammps_script(models[name], data, elements, boundary=boundary, pre=pre, device=device) + (
             FORCE_SIGMA + f"dump f all custom 1 {dump} id c_uf[3]\ndump_modify f sort id format float %.17g\n")
         res = subprocess_results(script, folder, nprocs=2)
-        lines = dump.read_text().splitlines()
-        start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
-        res["force_sigma"] = np.array([float(ln.split()[1]) for ln in lines[start:]])
+        res["force_sigma"] = dump_table(dump)[:, 1]
         results[device] = res
     assert "on cuda:0" in results["cuda"]["stdout"] and " on 2 procs " in results["cuda"]["stdout"]
     dev = assert_same(results["cuda"], results["cpu"])
