@@ -157,9 +157,9 @@ std::string PairLLPR::resolve_device()
   if (!have_cuda) {
     if (device_request_ == "auto") return "cpu";
     error->all(FLERR,
-               "pair_style llpr: device {} requested but no CUDA GPU is usable here (this torch, "
-               "{}, sees {} CUDA devices); use device cpu or device auto",
-               device_request_, llpr::torch_version_runtime(), llpr::cuda_device_count());
+               "pair_style llpr: device {} requested but no CUDA GPU is usable here: {}; or run "
+               "on the CPU with device cpu or device auto",
+               device_request_, llpr::cuda_unavailable_reason());
   }
   if (device_request_.rfind("cuda:", 0) == 0) return device_request_;
   // one GPU per MPI rank: node-local rank modulo the number of visible GPUs

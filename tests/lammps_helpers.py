@@ -211,7 +211,7 @@ atom_modify map array
 boundary {boundary}
 {pre}
 read_data {data}
-pair_style llpr {model} device cpu
+pair_style llpr {model} device {device}
 pair_coeff * * {elements}
 compute pe all pe/atom
 compute s all stress/atom NULL
@@ -222,8 +222,8 @@ thermo_style custom step pe press c_g[1] c_g[2] c_g[3]
 """
 
 
-def lammps_script(model, data, elements, units="metal", boundary="p p p", pre="", post=""):
-    return SETUP.format(units=units, boundary=boundary, pre=pre, data=data, model=model,
+def lammps_script(model, data, elements, units="metal", boundary="p p p", pre="", post="", device="cpu"):
+    return SETUP.format(units=units, boundary=boundary, pre=pre, data=data, model=model, device=device,
                         elements=" ".join(elements)) + post
 
 
@@ -304,6 +304,15 @@ def assert_lammps_error(proc, *wants):
     assert "Segmentation" not in out and "Traceback" not in out
 
 
+def dump_table(path):
+    """The first frame of a `dump custom` file as a float array (one row per atom)."""
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
+    end = next((k for k in range(start, len(lines)) if lines[k].startswith("ITEM:")), len(lines))
+    return np.array([[float(x) for x in ln.split()] for ln in lines[start:end]])
+
+
 def subprocess_results(script, cwd, nprocs):
     """Run `script` (ending before `run`) with a dump and a RESULT line; parse both."""
     dump = os.path.join(str(cwd), "dump.out")
@@ -311,10 +320,7 @@ def subprocess_results(script, cwd, nprocs):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
     vals = [float(x) for x in line.split()[1:]]
-    with open(dump) as fh:
-        lines = fh.read().splitlines()
-    start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
-    table = np.array([[float(x) for x in ln.split()] for ln in lines[start:]])
+    table = dump_table(dump)
     return {
         "ids": table[:, 0].astype(int),
         "energy": vals[0],

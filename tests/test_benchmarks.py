@@ -51,23 +51,68 @@ def test_lammps_performance_quick(tmp_path):
         assert target in md
 
 
-def test_lammps_performance_device_without_gpu_is_refused():
+DEVICE_SCRIPTS = ["lammps_performance.py", "gpu_performance.py"]
+
+
+@pytest.mark.parametrize("script", DEVICE_SCRIPTS)
+def test_device_without_gpu_is_refused(script):
     """--device cuda on a machine where torch sees no GPU stops at once with a message naming
     the device and the way out (this test machine has no GPU; skipped where one is visible)."""
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible here")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--device", "cuda"],
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), "--device", "cuda"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert "--device cuda: torch" in proc.stderr and "sees no CUDA GPU here" in proc.stderr
 
 
-def test_lammps_performance_unknown_device_is_refused():
+@pytest.mark.parametrize("script", DEVICE_SCRIPTS)
+def test_unknown_device_is_refused(script):
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--device", "gpu"],
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), "--device", "gpu"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert "--device gpu: unknown device; use cpu, cuda or cuda:N" in proc.stderr
+
+
+def test_gpu_performance_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_performance.py end to end with the model on the CPU (tiny sizes): every
+    section produces finite numbers, the larger sizes stop for a stated reason, and the report
+    has each section. (What it measures on a GPU comes from benchmarks/gpu_check.sh.)"""
+    out = tmp_path / "gpu"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_performance.py"), "--device", "cpu", "--quick",
+         "--max-ranks", "2", "--budget-s", "600", "--out", str(out)],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "gpu.json").read_text())
+    assert r["skipped"] == []
+    for dtype in ("float64", "float32"):
+        rows = r["throughput"][dtype]["rows"]
+        assert [x["atoms"] for x in rows] == [216, 512] and all(x["atom_steps_per_s"] > 0 for x in rows)
+        assert r["throughput"][dtype]["stopped_by"].startswith("the list of sizes ends")
+    assert [x["ranks"] for x in r["mpi_scaling"]] == [1, 2] and r["gpu_vs_cpu"]["cpu_ranks"] == 2
+    assert r["overhead"]["s_per_step"] > 0 and r["bare"]["ratio"] > 0
+    assert r["profile"]["steps"] == 3 and r["profile"]["wall_s_per_step"] > 0 and "evaluate" in r["profile"]["top_operators"]
+    md = (tmp_path / "gpu.md").read_text()
+    for heading in ("## a) Throughput", "## b) Uncertainty every step", "## c) LAMMPS step vs the bare TorchScript call",
+                    "## d) 1 GPU vs CPU ranks", "## e) CPU MPI scaling"):
+        assert heading in md
+
+
+def test_gpu_check_without_gpu_stops_at_once(tmp_path):
+    """benchmarks/gpu_check.sh on a machine without a usable GPU stops before setting anything up,
+    with the reason on screen and in $OUT/summary.txt."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], capture_output=True, text=True,
+                          env=dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable), timeout=120)
+    assert proc.returncode == 2
+    kind = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    want = f"FAILED: no CUDA GPU is usable: torch {torch.__version__} ({kind}) sees 0 CUDA devices"
+    assert want in proc.stdout and want in (tmp_path / "summary.txt").read_text()
+    assert "installed" not in proc.stdout and "pytest" not in proc.stdout  # nothing set up, nothing run

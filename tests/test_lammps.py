@@ -369,3 +369,4 @@ def test_bad_input_is_a_lammps_error(bad_files, tmp_path, kind):
     changes, want = ERROR_CASES[kind]
     settings = {key: value.format(**bad_files) for key, value in {**GOOD_SETTINGS, **changes}.items()}
     assert_lammps_error(run_lmp(BAD_INPUT.format(**settings), tmp_path), want)
+

@@ -49,7 +49,7 @@ DOC_QUOTES = (
     "element-order-mass", "mass-mismatch-warning",
     "wrong-symbol-count", "lowercase-element", "element-not-in-model", "newton-off", "units-lj",
     "compute-before-run", "xyz-keys", "ase-unknown-element",
-    "damaged-file", "non-finite", "special-bonds", "atoms-changed",
+    "damaged-file", "non-finite", "special-bonds", "atoms-changed", "no-cuda-gpu",
     "tiled-message-passing", "neighbor-multi",
 )
 
@@ -176,6 +176,26 @@ def test_units_lj_is_refused(files, tmp_path):
     error = _error(out)
     assert "`units lj` is not supported" in error and "units metal" in error and "units real" in error
     check_quote("units-lj", out)
+
+
+def test_device_cuda_without_a_usable_gpu(files, tmp_path):
+    """`device cuda` where no GPU is usable says why, for the torch installed: a CPU-only build
+    (install the CUDA one and rebuild), or a CUDA build whose CUDA libraries `lmp` did load
+    (llpr links libtorch.so, which brings libtorch_cuda.so) but which sees no GPU."""
+    import torch
+    from llpr import _core
+
+    if _core.cuda_available():
+        pytest.skip("a CUDA GPU is usable here")
+    proc, out = _lmp(files, tmp_path, _script(model="model.pt device cuda"))
+    error = _error(out)
+    if torch.version.cuda:
+        assert (f"torch {torch.__version__.split('+')[0]}, a CUDA {torch.version.cuda} build, sees 0 CUDA devices: "
+                "no NVIDIA GPU or driver is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES") in error
+    else:
+        assert "is a CPU-only build; to use a GPU, install the CUDA build of torch and rebuild llpr" in error
+        assert "pip install --no-build-isolation --force-reinstall --no-deps ." in error
+    check_quote("no-cuda-gpu", out)
 
 
 def test_units_real_values_are_converted(files, tmp_path):

@@ -23,12 +23,13 @@ def cmake_str(value) -> str:
 
 def torch_info(out):
     import torch
-    import torch.utils
 
-    out["LLPR_TORCH_CMAKE_PREFIX"] = torch.utils.cmake_prefix_path
     out["LLPR_TORCH_VERSION"] = torch.__version__
     out["LLPR_TORCH_DIR"] = os.path.dirname(torch.__file__)
     out["LLPR_TORCH_LIB_DIR"] = os.path.join(os.path.dirname(torch.__file__), "lib")
+    # "" for a CPU-only build of torch, else the CUDA version it was built with ("13.0")
+    out["LLPR_TORCH_CUDA_VERSION"] = torch.version.cuda or ""
+    out["LLPR_TORCH_CXX11_ABI"] = int(torch.compiled_with_cxx11_abi())
 
 
 def pybind11_info(out):

@@ -256,6 +256,8 @@ PYBIND11_MODULE(_core, m)
   m.def("torch_version_runtime", &llpr::torch_version_runtime);
   m.def("cuda_available", &llpr::cuda_available);
   m.def("cuda_device_count", &llpr::cuda_device_count);
+  m.def("cuda_unavailable_reason", &llpr::cuda_unavailable_reason,
+        "Why no CUDA GPU is usable: a CPU-only torch, its CUDA library not loaded, or no GPU visible");
   m.def("set_num_threads", &llpr::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &llpr::get_num_threads);
   m.def("atomic_number", &llpr::atomic_number, py::arg("symbol"));

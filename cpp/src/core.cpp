@@ -10,6 +10,7 @@
 #include <torch/script.h>
 #include <torch/version.h>
 
+#include <dlfcn.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -70,10 +71,8 @@ torch::Device parse_device(const std::string &device)
   if (d == "cpu") return torch::Device(torch::kCPU);
   if (!is_device_name(d)) throw Error("unknown device '" + device + "': use 'cpu', 'cuda' or 'cuda:N'");
   if (!torch::cuda::is_available())
-    throw Error("device '" + device +
-                "' requested, but no CUDA GPU is usable by this libtorch (torch " +
-                torch_version_runtime() + ", " + std::to_string(torch::cuda::device_count()) +
-                " CUDA devices); use device cpu");
+    throw Error("device '" + device + "' requested, but no CUDA GPU is usable by this libtorch: " +
+                cuda_unavailable_reason() + "; or use device cpu");
   try {
     torch::Device dev(d);
     if (dev.has_index() && dev.index() >= static_cast<int>(torch::cuda::device_count()))
@@ -695,16 +694,43 @@ int cuda_device_count() { return static_cast<int>(torch::cuda::device_count()); 
 
 std::string torch_version_compiled() { return TORCH_VERSION; }
 
+// KEY=value of the build settings in at::show_config(), which is compiled into the libtorch
+// that is actually loaded ("" when absent)
+static std::string build_setting(const std::string &key)
+{
+  const std::string config = at::show_config();
+  const std::string pattern = key + "=";
+  for (auto pos = config.find(pattern); pos != std::string::npos; pos = config.find(pattern, pos + 1)) {
+    if (pos > 0 && config[pos - 1] != ' ' && config[pos - 1] != ',') continue;  // e.g. X_KEY=
+    const auto start = pos + pattern.size();
+    const auto end = config.find_first_of(", \n", start);
+    return config.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  }
+  return "";
+}
+
 std::string torch_version_runtime()
 {
-  // at::show_config() is compiled into the libtorch that is actually loaded
-  const std::string config = at::show_config();
-  const std::string key = "TORCH_VERSION=";
-  auto pos = config.find(key);
-  if (pos == std::string::npos) return "unknown";
-  pos += key.size();
-  auto end = config.find_first_of(", \n", pos);
-  return config.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+  const std::string version = build_setting("TORCH_VERSION");
+  return version.empty() ? "unknown" : version;
+}
+
+std::string cuda_unavailable_reason()
+{
+  const std::string torch = "torch " + torch_version_runtime();
+  const std::string cuda = build_setting("CUDA_VERSION");
+  const std::string rebuild = "pip install --no-build-isolation --force-reinstall --no-deps . in the llpr sources";
+  if (cuda.empty())
+    return torch + " is a CPU-only build; to use a GPU, install the CUDA build of torch and rebuild llpr "
+           "against it with " + rebuild;
+  // the CUDA part of libtorch registers itself when libtorch_cuda.so is loaded (libtorch.so depends on it)
+  void *handle = dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_NOLOAD);
+  if (handle == nullptr)
+    return torch + " is a CUDA " + cuda + " build but its libtorch_cuda.so is not loaded in this process; "
+           "rebuild llpr against this torch with " + rebuild;
+  dlclose(handle);
+  return torch + ", a CUDA " + cuda + " build, sees " + std::to_string(torch::cuda::device_count()) +
+         " CUDA devices: no NVIDIA GPU or driver is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES";
 }
 
 // standard atomic weights (g/mol) by atomic number, index 0 unused (IUPAC values as in ASE)

@@ -185,6 +185,9 @@ int get_num_threads();
 
 bool cuda_available();
 int cuda_device_count();
+// Why cuda_available() is false, for error messages: a CPU-only torch, a CUDA torch whose CUDA
+// library is not loaded, or no GPU / driver visible
+std::string cuda_unavailable_reason();
 
 // torch version this library was compiled against, and the one found at run time
 std::string torch_version_compiled();
