@@ -11,6 +11,7 @@ out="${1:-$root/mace_output}"
 N_PER_TYPE=${N_PER_TYPE:-32}
 EPOCHS=${EPOCHS:-40}
 NSTEPS=${NSTEPS:-2000}
+EVERY=$(( NSTEPS >= 40 ? NSTEPS / 4 : 10 ))  # dump interval: a few frames whatever the length
 python -c "import mace" 2>/dev/null || { echo "error: mace-torch is not installed: pip install --no-build-isolation '.[mace]'" >&2; exit 1; }
 mkdir -p "$out"
 cd "$out"
@@ -39,7 +40,7 @@ llpr evaluate si_mace.pt --data data/test.xyz --plots plots --json metrics.json
 
 echo "== 6. LAMMPS: NVT MD of a Si slab with a vacancy (message passing over 2 ranks), sigma_i dumped"
 cp "$root/examples/silicon/in.silicon" .
-mpirun -np 2 lmp -in in.silicon -var model si_mace.pt -var nsteps "$NSTEPS" -log log.lammps -screen none
+mpirun -np 2 lmp -in in.silicon -var model si_mace.pt -var nsteps "$NSTEPS" -var every "$EVERY" -log log.lammps -screen none
 sed -n '/^ *Step/,/^Loop time/p' log.lammps
 
 echo "== 7. where is the MACE model unsure? (surface and vacancy atoms vs bulk)"
