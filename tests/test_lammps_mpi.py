@@ -19,6 +19,7 @@ from lammps_helpers import (
     MPIRUN,
     reference,
     run_lmp,
+    runs_on_ranks,
     si_and_sic_models,
     si_diamond,
     subprocess_results,
@@ -135,13 +136,8 @@ thermo_style custom step temp pe etotal c_g[1]
 run 200
 print "FINAL $(pe:%.17g) $(etotal:%.17g) $(c_g[1]:%.17g)"
 """
-    finals = []
-    for nprocs in (1, 2):
-        d = tmp_path / f"np{nprocs}"
-        d.mkdir()
-        proc = run_lmp(script, d, nprocs=nprocs)
-        assert proc.returncode == 0, proc.stdout[-3000:]
-        finals.append([float(x) for x in [ln for ln in proc.stdout.splitlines() if ln.startswith("FINAL")][-1].split()[1:]])
-        builds = [ln for ln in proc.stdout.splitlines() if ln.startswith("Neighbor list builds")]
+    runs = runs_on_ranks(script, tmp_path)
+    for _, stdout in runs:
+        builds = [ln for ln in stdout.splitlines() if ln.startswith("Neighbor list builds")]
         assert builds and int(builds[-1].split()[-1]) > 0
-    np.testing.assert_allclose(finals[0], finals[1], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-8, atol=1e-8)

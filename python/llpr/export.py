@@ -207,15 +207,22 @@ class ExportedLLPRModel(nn.Module):
         compute_forces: bool,
         compute_virial: bool,
         members: bool,
+        graph: Optional[List[torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
-        """The one loop over blocks of centres behind ``evaluate`` and ``ensemble_forward``.
+        """The one loop over blocks of centres behind ``evaluate``, ``ensemble_forward`` and
+        ``forward_graph``.
 
         Per block: the model's energies and features, then the backward passes, reduced to
         atoms (``forces``, (P, N, 3)) and to virials (``virial``, (P, 3, 3)) at once: one pass
         of the energy (P = 1, model dtype, plus the per-atom virial) or, with ``members``, the
         passes of the last-layer ensemble's plan (float64; ``combine_passes`` turns them into
-        members). Both are linear in the summed features, so the blocks add up."""
+        members). Both are linear in the summed features, so the blocks add up. Given a
+        ``graph`` list, the backward passes are left to ``backward_graph``: each block's edge
+        vectors, edges, energies and features (with their autograd graph) are appended to it
+        instead, and the forces and virials come back empty."""
         need_grad = compute_forces or compute_virial
+        if graph is not None:
+            compute_forces, compute_virial = False, False
         n_all = positions.shape[0]
         edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
         dw = self.head.ensemble_deviations
@@ -238,6 +245,9 @@ class ExportedLLPRModel(nn.Module):
             )
             energy_blocks.append(energies.detach())
             feature_blocks.append(features.detach())
+            if graph is not None:
+                graph.extend([edge_vectors, edges, energies, features])
+                continue
             if not need_grad:
                 continue
             if members:
@@ -264,21 +274,11 @@ class ExportedLLPRModel(nn.Module):
         been summed (over MPI ranks in LAMMPS) and the bias gradient is known. The graph is
         opaque to the caller: per block of centres (as in ``evaluate``), its edge vectors,
         edges, energies and features."""
-        need_grad = compute_forces or compute_virial
-        edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
         graph: List[torch.Tensor] = []
-        energy_blocks: List[torch.Tensor] = []
-        feature_blocks: List[torch.Tensor] = []
-        for c0, n, e0, e1 in blocks:
-            edges = edge_index[:, e0:e1]
-            edge_vectors, energies, features = self._run_model(
-                positions, atomic_numbers, edges, edge_shifts[e0:e1], n, need_grad, c0
-            )
-            graph.extend([edge_vectors, edges, energies, features])
-            energy_blocks.append(energies.detach())
-            feature_blocks.append(features.detach())
-        energies = _joined(energy_blocks)
-        return {"energy": energies.sum(), "energies": energies, "features": _joined(feature_blocks)}, graph
+        passes = self._run_blocks(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces,
+                                  compute_virial, False, graph)
+        energies = passes["energies"]
+        return {"energy": energies.sum(), "energies": energies, "features": passes["features"]}, graph
 
     @torch.jit.export
     def backward_graph(
