@@ -130,6 +130,59 @@ def test_exported_biased_evaluation_in_blocks(model, tmp_path, chunk):
     np.testing.assert_allclose(alone["forces"].numpy(), ref["unscaled_forces"], rtol=0, atol=1e-12 * scale)
 
 
+def _biased_by_exported_methods(path, atoms, tau, group):
+    """Forces of E - tau sigma_E(group) by the exported file's forward_graph, head.bias_sigma
+    and backward_graph, run in Python on the whole structure."""
+    from llpr.graphs import graph_tensors
+
+    module = torch.jit.load(path)
+    g = graph_tensors(atoms, module.cutoff, module.dtype)
+    n = len(atoms)
+    outputs, graph = module.forward_graph(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], n,
+                                          True, False)
+    weights = torch.as_tensor(group, dtype=torch.float64)
+    _, _, gradient = module.head.bias_sigma(weights @ outputs["features"], 0.0)
+    return module.backward_graph(graph, n, weights, -tau * gradient, True, True, False, False)["forces"].numpy()
+
+
+@pytest.mark.parametrize("message_passing", [False, True])
+def test_second_model_strictly_local_and_message_passing(tmp_path, message_passing):
+    """The pairwise test model (tests/pairwise_model.py), strictly local and with a message-
+    passing hop (receptive field twice the cutoff, evaluated in one block): the exported
+    file's biased evaluation equals the reference; the strictly local one in LAMMPS too (this
+    pair style refuses models that pass messages beyond the cutoff)."""
+    from llpr.graphs import AtomisticDataset, make_loader
+    from llpr.modelfile import export_model
+    from llpr.uncertainty import LLPR
+
+    from pairwise_model import PairwiseModel
+
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    model = PairwiseModel([14], cutoff=3.5, message_passing=message_passing).double()
+    structures = []
+    for k in range(12):
+        atoms = si_diamond(rattle=0.15, seed=40 + k)
+        atoms.info["energy"] = float(rng.normal())
+        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        structures.append(atoms)
+    llpr = LLPR(model).fit(make_loader(AtomisticDataset(structures[:8], 3.5, torch.float64)))
+    llpr.calibrate(make_loader(AtomisticDataset(structures[8:], 3.5, torch.float64)))
+    path = export_model(llpr, str(tmp_path / "pairwise.pt"))
+    atoms = si_diamond((2, 2, 2), rattle=0.1, seed=38)
+    group = _corner_group(atoms, radius=4.0)
+    ref = biased_reference(path, atoms, 0.8, group)
+    scale = np.abs(ref["forces"]).max()
+    assert np.abs(ref["forces"] - ref["unbiased_forces"]).max() > 1e-3 * scale
+    np.testing.assert_allclose(_biased_by_exported_methods(path, atoms, 0.8, group), ref["forces"], rtol=0,
+                               atol=1e-12 * scale)
+    if message_passing:
+        return
+    post = f"{_group_command('part', group)}\nfix b part llpr/bias tau 0.8\nrun 0"
+    res = run_in_process(tmp_path, path, atoms, ["Si"], post=post)
+    np.testing.assert_allclose(res["forces"], ref["forces"], rtol=0, atol=1e-10 * scale)
+
+
 @pytest.mark.parametrize("case", ["all", "group", "group_capped"])
 def test_biased_forces_energy_and_virial_match_reference(model, tmp_path, case):
     atoms = si_diamond((2, 2, 2), rattle=0.1, seed=31)

@@ -597,6 +597,9 @@ void Model::backward(const double *center_weights, const double *cotangent, bool
   if (req.virial) {
     out.virial.assign(9, 0.0);
     out.virial_atom.assign(9 * N, 0.0);
+  } else {
+    out.virial.clear();
+    out.virial_atom.clear();
   }
   if (!keep_graph) I.has_graph = false;
   if (C == 0) return;
