@@ -277,7 +277,6 @@ run {nsteps}
         order = np.argsort(lmp.numpy.extract_atom("id")[:n])
         out = {key: np.array(lmp.numpy.extract_atom(key)[:n][order]) for key in ("x", "v", "f")}
         out["pe"] = lmp.get_thermo("pe")
-        out["builds"] = lmp.extract_global("ntimestep")
         return out
     finally:
         lmp.close()
