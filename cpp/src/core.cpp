@@ -493,12 +493,9 @@ const Metadata &Model::metadata() const { return impl_->meta; }
 std::string Model::device() const { return impl_->device.str(); }
 bool Model::is_cuda() const { return impl_->device.is_cuda(); }
 
-void Model::compute(const Inputs &in, const Request &req, Outputs &out)
+// forces and virials of N atoms zeroed at their sizes where `req` asks for them, else empty
+static void size_gradients(Outputs &out, int64_t N, const Request &req)
 {
-  auto &I = *impl_;
-  const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
-  if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
-  out.energies.assign(C, 0.0);
   if (req.forces) out.forces.assign(3 * N, 0.0);
   else out.forces.clear();
   if (req.virial) {
@@ -508,6 +505,15 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
     out.virial.clear();
     out.virial_atom.clear();
   }
+}
+
+void Model::compute(const Inputs &in, const Request &req, Outputs &out)
+{
+  auto &I = *impl_;
+  const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
+  if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
+  out.energies.assign(C, 0.0);
+  size_gradients(out, N, req);
   out.energy = 0.0;
   I.graph = c10::IValue();  // a biased evaluation's graph is stale now
   I.has_graph = false;
@@ -593,14 +599,7 @@ void Model::backward(const double *center_weights, const double *cotangent, bool
   if (!I.has_graph) throw Error("Model::backward() without a preceding forward()");
   const int64_t N = I.graph_atoms, C = I.graph_centers, F = I.meta.n_features;
   const Request &req = I.graph_request;
-  out.forces.assign(3 * N, 0.0);
-  if (req.virial) {
-    out.virial.assign(9, 0.0);
-    out.virial_atom.assign(9 * N, 0.0);
-  } else {
-    out.virial.clear();
-    out.virial_atom.clear();
-  }
+  size_gradients(out, N, req);
   if (!keep_graph) I.has_graph = false;
   if (C == 0) return;
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
