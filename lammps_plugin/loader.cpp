@@ -2,7 +2,7 @@
 // entry point, or with `plugin load`).
 //
 // It is small on purpose and does not link libtorch. It registers the styles `pair llpr`,
-// `compute llpr/atom` and `compute llpr`, and checks that the running LAMMPS is the one the
+// `compute llpr/atom`, `compute llpr` and `fix llpr/bias`, and checks that the running LAMMPS is the one the
 // plugin was compiled against. The styles themselves live in libllpr_lammps.so (next to this
 // file), which links libtorch; it is opened the first time a style is created, so LAMMPS runs
 // that do not use llpr never load torch, and a LAMMPS or torch mismatch is reported as a LAMMPS
@@ -144,6 +144,12 @@ void *create_compute_global(void *lmp, int narg, char **arg)
   return fn(lmp, narg, arg);
 }
 
+void *create_fix_bias(void *lmp, int narg, char **arg)
+{
+  auto fn = reinterpret_cast<llpr_style_factory2 *>(implementation(lmp, "llpr_lammps_create_fix_bias"));
+  return fn(lmp, narg, arg);
+}
+
 }  // namespace
 
 extern "C" void lammpsplugin_init(void *ptr, void *handle, void *register_callback)
@@ -176,5 +182,11 @@ extern "C" void lammpsplugin_init(void *ptr, void *handle, void *register_callba
   d.name = "llpr";
   d.info = "llpr: LLPR uncertainty of a group's total energy, max per-atom sigma and its atom";
   d.creator.v2 = &create_compute_global;
+  reg(&d, lmp);
+
+  d.style = "fix";
+  d.name = "llpr/bias";
+  d.info = "llpr/bias: MD biased towards uncertain configurations, E - tau sigma_E of a group";
+  d.creator.v2 = &create_fix_bias;
   reg(&d, lmp);
 }

@@ -2,6 +2,8 @@
 
 #include "pair_llpr.h"
 
+#include "fix_llpr_bias.h"
+
 #include "atom.h"
 #include "comm.h"
 #include "domain.h"
@@ -395,13 +397,16 @@ void PairLLPR::compute(int eflag, int vflag)
   request.virial = vflag_global || vflag_atom;
   std::string message;
   try {
-    model_->compute(inputs_.inputs(), request, out_);
+    if (bias_) model_->forward(inputs_.inputs(), request, out_);  // fix llpr/bias: backward below
+    else model_->compute(inputs_.inputs(), request, out_);
   } catch (const llpr::NonFiniteOutput &e) {
     message = non_finite_message(e);
   } catch (const std::exception &e) {
     message = std::string("pair_style llpr: ") + e.what();
   }
   collective_check(lmp, world, message.empty(), message);
+  // the group's features summed over all ranks, then one backward pass (fix_llpr_bias.cpp)
+  if (bias_) bias_->add_bias(this);
   features_step_ = update->ntimestep;
   evaluations_++;
 
@@ -593,6 +598,8 @@ void PairLLPR::require_current_features(const char *who)
                "`run 0` first",
                who, features_step_);
 }
+
+void PairLLPR::check_all_ranks(bool ok, const std::string &message) { collective_check(lmp, world, ok, message); }
 
 // the same answer on every rank, so that the callers' error->all() is collective
 bool PairLLPR::all_ranks_hold_evaluated_atoms(ModelInputs::Extent extent)

@@ -15,6 +15,8 @@
 
 namespace LAMMPS_NS {
 
+class FixLLPRBias;
+
 class PairLLPR : public Pair {
  public:
   PairLLPR(class LAMMPS *);
@@ -68,7 +70,32 @@ class PairLLPR : public Pair {
   // rank with the same value, e.g. one computed from all-reduced sums)
   void check_sigma(double value, const char *what) const;
 
+  // --- used by fix llpr/bias (pair_llpr_bias.cpp) ---
+  // the fix whose uncertainty bias the force evaluations add (nullptr: none); while one is set,
+  // compute() runs the model's forward pass, lets the fix sum the group's features over all
+  // ranks, and finishes with biased_backward()
+  void set_bias(FixLLPRBias *fix) { bias_ = fix; }
+  FixLLPRBias *bias() const { return bias_; }
+  // whether the model file has the methods of a biased evaluation
+  bool supports_bias() const;
+  // number of this rank's centres (of the latest evaluation) in the group `groupbit`
+  int group_centres(int groupbit) const;
+  // LLPRHead.bias_sigma of the all-reduced sum (model units: eV): energy sigma, its capped value
+  // and gradient (n_features values); a LAMMPS error naming `who` if not finite (call it on
+  // every rank with the same sum)
+  void bias_sigma(const char *who, const std::vector<double> &sum, double sigma_cap, double &sigma, double &value,
+                  std::vector<double> &gradient);
+  // The backward pass of this step's forward pass, on every rank: forces and virials of
+  // E + sum over the group's centres of cotangent . f_i (model units), into the pair's outputs.
+  // With `unscaled`, a second pass gives the forces of unscaled . (group's features) alone, and
+  // both per-atom results are returned, before reverse communication, in LAMMPS force units:
+  // `total` and `partial` (3 (nlocal + nghost) values each)
+  void biased_backward(int groupbit, const std::vector<double> &cotangent, const std::vector<double> *unscaled,
+                       std::vector<double> &total, std::vector<double> &partial);
+
  protected:
+  // the same LAMMPS error on every rank when any rank failed (the lowest failing rank's message)
+  void check_all_ranks(bool ok, const std::string &message);
   void allocate();
   bool all_ranks_hold_evaluated_atoms(ModelInputs::Extent extent);
   void load_model();
@@ -114,6 +141,10 @@ class PairLLPR : public Pair {
   double *lpr_atom_ = nullptr;
   std::vector<double> sigma_tmp_, lpr_tmp_;
   std::vector<int64_t> rows_tmp_;
+
+  FixLLPRBias *bias_ = nullptr;       // fix llpr/bias, if one is active
+  llpr::Outputs bias_out_;            // its second (unscaled) backward pass
+  std::vector<double> bias_weights_;  // 1 for the centres in its group, else 0
 
   // fix pair triggers: set to 1 by `fix pair ... sigma 1` before the force evaluation
   int sigma_flag_ = 0;

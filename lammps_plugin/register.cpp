@@ -4,6 +4,7 @@
 // llpr was compiled against.
 
 #include "compute_llpr.h"
+#include "fix_llpr_bias.h"
 #include "pair_llpr.h"
 
 #include "llpr/core.h"
@@ -30,6 +31,12 @@ LLPR_EXPORT void *llpr_lammps_create_compute_global(void *lmp, int narg, char **
 {
   Compute *compute = new ComputeLLPR(static_cast<LAMMPS *>(lmp), narg, arg);
   return static_cast<void *>(compute);
+}
+
+LLPR_EXPORT void *llpr_lammps_create_fix_bias(void *lmp, int narg, char **arg)
+{
+  Fix *fix = new FixLLPRBias(static_cast<LAMMPS *>(lmp), narg, arg);
+  return static_cast<void *>(fix);
 }
 
 // "" when the libtorch loaded in this process is the one llpr was compiled against

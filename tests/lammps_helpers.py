@@ -286,6 +286,38 @@ def lammps_results(lmp):
     }
 
 
+def nve_energies(model, data, dt, nsteps, every, post="", values=("etotal",), elements=("Si",)):
+    """NVE from 300 K (velocity Verlet) on the structure in `data` (in-process, one rank), with
+    the commands `post` before the run: the equal-style expressions `values` every `every`
+    steps, an array (nsteps // every + 1, len(values))."""
+    from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY
+
+    names = [f"v_r{k}" for k in range(len(values))]
+    lines = "\n".join(f"variable r{k} equal {v}" for k, v in enumerate(values))
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(model, data, list(elements), post=f"""
+velocity all create 300 4928 mom yes rot yes dist gaussian
+timestep {dt}
+fix nve all nve
+{post}
+thermo_style custom step temp pe ke etotal
+{lines}
+fix rec all vector {every} {' '.join(names)}
+thermo 100
+run {nsteps}
+"""))
+        rows = nsteps // every + 1
+        if len(values) == 1:
+            from lammps import LMP_TYPE_VECTOR
+
+            return np.array([[lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, i)] for i in range(rows)])
+        return np.array([[lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY, i, j) for j in range(len(values))]
+                         for i in range(rows)])
+    finally:
+        lmp.close()
+
+
 DUMP = """
 dump d all custom 1 {dump} id fx fy fz c_pe c_u[1] c_u[2] c_s[1] c_s[2] c_s[3] c_s[4] c_s[5] c_s[6]
 dump_modify d sort id format float %.17g
@@ -311,6 +343,24 @@ def dump_table(path):
     start = lines.index([ln for ln in lines if ln.startswith("ITEM: ATOMS")][0]) + 1
     end = next((k for k in range(start, len(lines)) if lines[k].startswith("ITEM:")), len(lines))
     return np.array([[float(x) for x in ln.split()] for ln in lines[start:end]])
+
+
+def printed_values(proc, tag):
+    """The numbers of the last line starting with `tag` that a successful `lmp` run printed."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return [float(x) for x in [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)][-1].split()[1:]]
+
+
+def runs_on_ranks(script, folder, ranks=(1, 2), tag="FINAL"):
+    """`script` run on each number of MPI ranks in `ranks`, each in its own subfolder of
+    `folder`: per run, the numbers of its last `tag` line and its standard output."""
+    runs = []
+    for nprocs in ranks:
+        d = os.path.join(str(folder), f"np{nprocs}")
+        os.makedirs(d, exist_ok=True)
+        proc = run_lmp(script, d, nprocs=nprocs)
+        runs.append((printed_values(proc, tag), proc.stdout))
+    return runs
 
 
 def subprocess_results(script, cwd, nprocs):
@@ -383,28 +433,6 @@ def finite_difference_force_error(lmp, atom_ids, h=1e-4):
     return worst
 
 
-def nve_energies(model, data, dt, nsteps, every, elements=("Si",)):
-    """Total energy every `every` steps of an NVE run (300 K, velocity Verlet) in-process."""
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(lammps_script(model, data, list(elements), post=f"""
-velocity all create 300 4928 mom yes rot yes dist gaussian
-timestep {dt}
-fix nve all nve
-thermo_style custom step temp pe ke etotal
-variable e equal etotal
-fix rec all vector {every} v_e
-thermo 100
-run {nsteps}
-"""))
-        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
-
-        return np.array([lmp.extract_fix("rec", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, i)
-                         for i in range(nsteps // every + 1)])
-    finally:
-        lmp.close()
-
-
 def check_nve_energy_conservation(model, data, n_atoms, nsteps, max_drift, max_oscillation, elements=("Si",)):
     """Assert the criteria of nve_drift_and_oscillations: the oscillation drops ~4x when dt is
     halved, the drift stays below it, and both stay below the given absolute bounds (eV/atom)."""
@@ -453,8 +481,8 @@ def nve_drift_and_oscillations(model, data, n_atoms, nsteps, elements=("Si",)):
     e.g. a lost ghost-atom force or a missed neighbour, gives an energy error that does not
     shrink with dt), and the drift must stay below the dt^2 oscillation amplitude itself."""
     every = max(1, nsteps // 100)
-    e1 = nve_energies(model, data, 0.001, nsteps, every, elements)
-    e2 = nve_energies(model, data, 0.0005, 2 * nsteps, 2 * every, elements)
+    e1 = nve_energies(model, data, 0.001, nsteps, every, elements=elements)[:, 0]
+    e2 = nve_energies(model, data, 0.0005, 2 * nsteps, 2 * every, elements=elements)[:, 0]
     t = np.linspace(0.0, 1.0, len(e1))  # in units of the run's length
     drift = abs(np.polyfit(t, e1, 1)[0]) / n_atoms
     amp1 = (e1.max() - e1.min()) / n_atoms

@@ -116,3 +116,27 @@ def test_gpu_check_without_gpu_stops_at_once(tmp_path):
     want = f"FAILED: no CUDA GPU is usable: torch {torch.__version__} ({kind}) sees 0 CUDA devices"
     assert want in proc.stdout and want in (tmp_path / "summary.txt").read_text()
     assert "installed" not in proc.stdout and "pytest" not in proc.stdout  # nothing set up, nothing run
+
+
+def test_biased_md_quick(tmp_path):
+    """benchmarks/biased_md.py end to end at tiny sizes: every setting explored, timed and
+    driving one active-learning round, with finite numbers in the report."""
+    out = tmp_path / "biased"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "biased_md.py"), "--quick", "--steps", "120", "--seeds", "1",
+         "--pick", "1", "--work", str(tmp_path / "work"), "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "biased.json").read_text())
+    assert list(r["exploration"]) == ["plain MD (tau 0)", "tau relative 0.1", "tau relative 0.3"]
+    for runs in r["exploration"].values():
+        assert len(runs) == 1 and len(runs[0]["first_step_above"]) == 3 and math.isfinite(runs[0]["max_sigma_mev"])
+    assert all(runs[0]["mean_tau"] >= 0 for name, runs in r["exploration"].items() if name != "plain MD (tau 0)")
+    assert all(t["s_per_step"] > 0 for t in r["step_time"].values())
+    assert set(r["active_learning"]) == {"before", "+ frames of plain MD (tau 0)", "+ frames of tau relative 0.3"}
+    for row in r["active_learning"].values():
+        assert math.isfinite(row["heldout"]["energy_rmse_mev_per_atom"]) and math.isfinite(row["heldout"]["force_rmse_ev_per_a"])
+    md = (tmp_path / "biased.md").read_text()
+    assert "target <= 1.05" in md and "| tau relative 0.3 |" in md

@@ -137,19 +137,21 @@ def test_torchscript_without_llpr_data(models):
         assert name in msg
 
 
-def _export_modified(llpr_module_path, out_path, head_changes=None, **changes):
-    """Re-script an exported model with some contract items changed: attributes of the
-    wrapper (or buffers, when given a tensor) and, in ``head_changes``, buffers of its head."""
+def _export_modified(llpr_module_path, out_path, head_changes=None, head_class=None, **changes):
+    """Re-script an exported model (of lammps_helpers.make_model) with some contract items
+    changed: attributes of the wrapper (or buffers, when given a tensor), in ``head_changes``
+    buffers of its head, and the class of the head (``head_class``, a subclass of LLPRHead)."""
     from llpr.export import ExportedLLPRModel
     from llpr.head import LLPRHead
     from llpr.model import LocalPotential
 
     src = torch.jit.load(llpr_module_path)
-    model = LocalPotential([6, 14], cutoff=4.0, n_basis=6, n_channels=4, l_max=2, hidden=(16, 16)).double()
+    model = LocalPotential(list(src.species), cutoff=4.0, n_basis=6, n_channels=4, l_max=2, hidden=(16, 16)).double()
     # a scripted module also lists the model's non-persistent (derived) buffers: keep the saved ones
     saved = model.state_dict().keys()
     model.load_state_dict({k[6:]: v for k, v in src.state_dict().items() if k.startswith("model.") and k[6:] in saved})
-    head = LLPRHead(src.head.cholesky, float(src.head.alpha), float(src.head.varsigma), src.head.ensemble_deviations)
+    head = (head_class or LLPRHead)(src.head.cholesky, float(src.head.alpha), float(src.head.varsigma),
+                                    src.head.ensemble_deviations)
     wrapper = ExportedLLPRModel(model, head, {}, "test")
     for name, value in (head_changes or {}).items():
         setattr(wrapper.head, name, value)

@@ -170,7 +170,7 @@ def test_unsealed_file_gets_its_records_checked(model, tmp_path):
         _core.verify_file(resaved)
 
 
-def _overlap_script(model):
+def _overlap_script(model, extra=""):
     return f"""
 units metal
 atom_style atomic
@@ -183,6 +183,7 @@ variable se equal c_usum[1]
 thermo_style custom step pe c_usum[1] c_usum[2] c_usum[3]
 fix halt all halt 1 v_se > 1.0 error hard
 dump d all custom 1 dump.out id c_u[1]
+{extra}
 run 0
 """
 
@@ -196,12 +197,15 @@ def _overlapping_atoms():
 
 @pytest.mark.lammps
 @pytest.mark.mpi
+@pytest.mark.parametrize("bias", ["", "fix b all llpr/bias tau 0.5"], ids=["plain", "biased"])
 @pytest.mark.parametrize("nprocs", [1, 2])
-def test_nan_energy_stops_every_rank(model, tmp_path, nprocs):
+def test_nan_energy_stops_every_rank(model, tmp_path, nprocs, bias):
     """Before: pe = -nan, sigma_E = 0 and `fix halt` never fired. Now: one LAMMPS error,
-    the same on every rank count, naming both atoms of the overlapping pair (IDs 11, 217)."""
+    the same on every rank count, naming both atoms of the overlapping pair (IDs 11, 217);
+    also when fix llpr/bias splits the evaluation (the NaN comes out of its forward pass,
+    before any sigma or bias force)."""
     write_data(_overlapping_atoms(), tmp_path / "overlap.data", ["Si"])
-    proc = run_lmp(_overlap_script(model), tmp_path, nprocs=nprocs, timeout=120)
+    proc = run_lmp(_overlap_script(model, bias), tmp_path, nprocs=nprocs, timeout=120)
     assert_lammps_error(proc, "non-finite", "on timestep 0", "0 A apart")
     error = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("ERROR")][0]
     ids = re.search(r"IDs ([\d .]+);", error).group(1).split()

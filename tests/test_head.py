@@ -60,6 +60,30 @@ def test_energy_variance_and_ensemble_formulas():
     assert head.ensemble_size() == 5 and head.n_features() == n
 
 
+@pytest.mark.parametrize("sigma_cap", [0.0, 0.8])
+def test_bias_sigma_gradient_is_the_derivative(sigma_cap):
+    """bias_sigma's sigma_E = alpha sqrt(s^T C^-1 s), its capped value (cap tanh(sigma / cap))
+    and gradient (alpha^2 C^-1 s / sigma_E times the cap's slope) against autograd of the
+    definitions, scripted and not; zero gradient at s = 0."""
+    n = 7
+    C = _covariance(n, 1e4, seed=4)
+    head = LLPRHead(torch.linalg.cholesky(C), 0.3, 0.1)
+    s = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    sigma = 0.3 * torch.sqrt(s @ torch.linalg.solve(C, s))
+    value = sigma if sigma_cap <= 0 else sigma_cap * torch.tanh(sigma / sigma_cap)
+    (want_grad,) = torch.autograd.grad(value, [s])
+    assert float(sigma) > 0.5 * sigma_cap  # the cap bends the slope here
+    for h in (head, torch.jit.script(head)):
+        got_sigma, got_value, got_grad = h.bias_sigma(s.detach(), sigma_cap)
+        torch.testing.assert_close(got_sigma, sigma.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(got_value, value.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12 * float(want_grad.abs().max()))
+        zero_sigma, zero_value, zero_grad = h.bias_sigma(torch.zeros(n, dtype=torch.float64), sigma_cap)
+        assert float(zero_sigma) == 0.0 and float(zero_value) == 0.0 and bool((zero_grad == 0).all())
+        # the same sigma as energy_variance gives (compute llpr reports that one)
+        assert float(got_sigma) == float(torch.sqrt(h.energy_variance(s.detach()))[0])
+
+
 def test_bad_factor_is_refused():
     with pytest.raises(ValueError, match="square matrix"):
         LLPRHead(torch.ones(2, 3, dtype=torch.float64), 1.0, 0.0)

@@ -4,9 +4,6 @@ uncertainty, whose features must be summed over ranks before the quadratic form.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +14,6 @@ from lammps_helpers import (
     lammps_module_marks,
     lammps_script,
     MPI_CASES,
-    MPIRUN,
     reference,
     run_lmp,
     si_and_sic_models,

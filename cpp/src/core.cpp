@@ -268,6 +268,9 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
   if (head)
     for (const char *name : {"quadratic_form", "local_uncertainty", "energy_variance", "ensemble_size"})
       if (!head->find_method(name)) missing.push_back(std::string("head.") + name);
+  // optional: what fix llpr/bias runs (files written before it existed lack these)
+  meta.bias = head && head->find_method("bias_sigma") && module.find_method("forward_graph") &&
+              module.find_method("backward_graph");
 
   // forward, evaluate (forward without per-atom sigma/lpr, what the pair style runs) and
   // ensemble_forward, all (positions, atomic_numbers, edge_index, edge_shifts, n_centers,
@@ -323,6 +326,11 @@ struct Model::Impl {
   torch::Dtype dtype = torch::kFloat64;
   torch::jit::Module head;  // the LLPR head (submodule `head`), on device
   torch::Tensor features;  // cached (n_centers, F), model dtype, on device
+  // autograd graph of the latest forward() (forward_graph's second output) until backward()
+  c10::IValue graph;
+  bool has_graph = false;
+  int64_t graph_atoms = 0, graph_centers = 0;
+  Request graph_request;
 
   // The uncertainty formulas are those of the file's LLPR head (llpr.head.LLPRHead), run
   // through TorchScript: one implementation, in Python, for Python and C++.
@@ -360,18 +368,29 @@ struct Model::Impl {
     else shifts = torch::zeros({E, 3}, opts);
     return {positions, numbers, edges, shifts, C, req.forces, req.virial};
   }
-  // run `method` (evaluate or ensemble_forward) on the inputs; its dict of outputs
-  c10::Dict<c10::IValue, c10::IValue> run(const char *method, const Inputs &in, const Request &req)
+  // run `method` on `args`, with its failure as an Error naming the method
+  c10::IValue call(const char *method, std::vector<torch::jit::IValue> args)
   {
-    c10::IValue output;
     try {
-      output = module.get_method(method)(arguments(in, req));
+      return module.get_method(method)(std::move(args));
     } catch (const std::exception &e) {
       throw Error(std::string("the model's ") + method + "() failed: " + first_line(e.what()));
     }
+  }
+  static c10::Dict<c10::IValue, c10::IValue> as_dict(const c10::IValue &output, const char *method)
+  {
     if (!output.isGenericDict()) throw Error(std::string("the model's ") + method + "() did not return a dict");
     return output.toGenericDict();
   }
+  // run `method` (evaluate or ensemble_forward) on the inputs; its dict of outputs
+  c10::Dict<c10::IValue, c10::IValue> run(const char *method, const Inputs &in, const Request &req)
+  {
+    return as_dict(call(method, arguments(in, req)), method);
+  }
+  // the centres' energies and features of an evaluate() or forward_graph() result, into `out`
+  // and the feature cache (after the finiteness checks)
+  void take_energies_features(const c10::Dict<c10::IValue, c10::IValue> &result, const char *method, int64_t N,
+                              const Request &req, Outputs &out);
   // output `key` of `method`'s dict as float64 on the host; an error unless it has n values
   static torch::Tensor take(const c10::Dict<c10::IValue, c10::IValue> &result, const char *method,
                             const char *key, int64_t n)
@@ -492,12 +511,9 @@ const Metadata &Model::metadata() const { return impl_->meta; }
 std::string Model::device() const { return impl_->device.str(); }
 bool Model::is_cuda() const { return impl_->device.is_cuda(); }
 
-void Model::compute(const Inputs &in, const Request &req, Outputs &out)
+// forces and virials of N atoms zeroed at their sizes where `req` asks for them, else empty
+static void size_gradients(Outputs &out, int64_t N, const Request &req)
 {
-  auto &I = *impl_;
-  const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
-  if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
-  out.energies.assign(C, 0.0);
   if (req.forces) out.forces.assign(3 * N, 0.0);
   else out.forces.clear();
   if (req.virial) {
@@ -507,7 +523,18 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
     out.virial.clear();
     out.virial_atom.clear();
   }
+}
+
+void Model::compute(const Inputs &in, const Request &req, Outputs &out)
+{
+  auto &I = *impl_;
+  const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
+  if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
+  out.energies.assign(C, 0.0);
+  size_gradients(out, N, req);
   out.energy = 0.0;
+  I.graph = c10::IValue();  // a biased evaluation's graph is stale now
+  I.has_graph = false;
   if (C == 0) {  // nothing to evaluate (e.g. an MPI rank that owns no atoms)
     I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
     return;
@@ -515,20 +542,27 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
   // evaluate() skips the per-atom sigma/lpr of forward(): the computes derive them from the
   // cached features, and only on the steps they are invoked
   const auto result = I.run("evaluate", in, req);
-  out.energy = Impl::take(result, "evaluate", "energy", 1).item<double>();
-  Impl::copy(result, "evaluate", "energies", out.energies);
   if (req.forces) Impl::copy(result, "evaluate", "forces", out.forces);
   if (req.virial) {
     Impl::copy(result, "evaluate", "virial", out.virial);
     Impl::copy(result, "evaluate", "virial_atom", out.virial_atom);
   }
+  I.take_energies_features(result, "evaluate", N, req, out);
+}
+
+void Model::Impl::take_energies_features(const c10::Dict<c10::IValue, c10::IValue> &result, const char *method,
+                                         int64_t N, const Request &req, Outputs &out)
+{
+  const int64_t C = static_cast<int64_t>(out.energies.size());
+  out.energy = take(result, method, "energy", 1).item<double>();
+  copy(result, method, "energies", out.energies);
   auto it = result.find("features");
-  if (it == result.end()) throw Error("the model's evaluate() returned no 'features'");
+  if (it == result.end()) throw Error(std::string("the model's ") + method + "() returned no 'features'");
   auto feats = it->value().toTensor().detach();
-  if (feats.dim() != 2 || feats.size(0) != C || feats.size(1) != I.meta.n_features)
+  if (feats.dim() != 2 || feats.size(0) != C || feats.size(1) != meta.n_features)
     throw Error("the model's features have the wrong shape");
   // a NaN must never pass for a number: the uncertainty of a broken evaluation is not zero
-  I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
+  features = torch::zeros({0, meta.n_features}, torch::TensorOptions().dtype(dtype).device(device));
   check_finite(out, N, C, req);
   // one pass without a temporary (cheaper than isfinite().all()): any NaN or inf makes the
   // sum non-finite; the rows are looked for only then
@@ -537,7 +571,96 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
     std::vector<int64_t> bad(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
     throw NonFiniteOutput("the model gave non-finite last-layer features (NaN or inf)", "features", bad);
   }
-  I.features = feats;
+  features = feats;
+}
+
+void Model::forward(const Inputs &in, const Request &req, Outputs &out)
+{
+  auto &I = *impl_;
+  if (!I.meta.bias)
+    throw Error("'" + I.meta.path + "' has no forward_graph/backward_graph (it was exported by an llpr without "
+                "biased evaluations); re-export it with `llpr export llpr.ckpt -o model.pt`");
+  I.graph = c10::IValue();  // the previous step's graph, if a backward() never came
+  I.has_graph = false;
+  const int64_t N = in.n_atoms, C = in.n_centers, E = in.n_edges;
+  if (N < 0 || C < 0 || E < 0 || C > N) throw Error("invalid sizes: need 0 <= n_centers <= n_atoms");
+  // forces and virials come from backward(): check_finite below sees only the energies
+  Request energies_only;
+  energies_only.forces = false;
+  out.energies.assign(C, 0.0);
+  out.forces.clear();
+  out.virial.clear();
+  out.virial_atom.clear();
+  out.energy = 0.0;
+  I.graph_atoms = N;
+  I.graph_centers = C;
+  I.graph_request = req;
+  I.graph_request.forces = true;  // the bias acts through the forces
+  if (C == 0) {  // no centres on this rank: backward() gives zeros
+    I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
+    I.has_graph = true;
+    return;
+  }
+  auto output = I.call("forward_graph", I.arguments(in, I.graph_request));
+  if (!output.isTuple() || output.toTupleRef().elements().size() != 2)
+    throw Error("the model's forward_graph() did not return (outputs, graph)");
+  const auto &parts = output.toTupleRef().elements();
+  I.take_energies_features(Impl::as_dict(parts[0], "forward_graph"), "forward_graph", N, energies_only, out);
+  I.graph = parts[1];
+  I.has_graph = true;
+}
+
+void Model::backward(const double *center_weights, const double *cotangent, bool with_energy, bool keep_graph,
+                     Outputs &out)
+{
+  auto &I = *impl_;
+  if (!I.has_graph) throw Error("Model::backward() without a preceding forward()");
+  const int64_t N = I.graph_atoms, C = I.graph_centers, F = I.meta.n_features;
+  const Request &req = I.graph_request;
+  size_gradients(out, N, req);
+  if (!keep_graph) I.has_graph = false;
+  if (C == 0) return;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto weights = torch::from_blob(const_cast<double *>(center_weights), {C}, f64).to(I.device);
+  auto c = torch::from_blob(const_cast<double *>(cotangent), {F}, f64).to(I.device);
+  auto graph = I.graph;
+  if (!keep_graph) I.graph = c10::IValue();
+  const auto result = Impl::as_dict(
+      I.call("backward_graph", {graph, N, weights, c, with_energy, req.forces, req.virial, keep_graph}),
+      "backward_graph");
+  Impl::copy(result, "backward_graph", "forces", out.forces);
+  if (req.virial) {
+    Impl::copy(result, "backward_graph", "virial", out.virial);
+    Impl::copy(result, "backward_graph", "virial_atom", out.virial_atom);
+  }
+  // the energies were checked by forward(): no centre rows here, only forces and virials
+  check_finite(out, N, 0, req);
+}
+
+void Model::bias_sigma(const double *feature_sum, double sigma_cap, double &sigma, double &value,
+                       double *gradient) const
+{
+  auto &I = *impl_;
+  if (!I.meta.bias) throw Error("'" + I.meta.path + "' has no head.bias_sigma; re-export it with `llpr export`");
+  auto s = I.host_features(feature_sum, 1).view({-1});
+  c10::IValue result;
+  try {
+    result = I.head.get_method("bias_sigma")({s, sigma_cap});
+  } catch (const std::exception &e) {
+    throw Error(std::string("the model's head.bias_sigma() failed: ") + first_line(e.what()));
+  }
+  const auto &parts = result.toTupleRef().elements();
+  sigma = parts[0].toTensor().to(torch::kCPU, torch::kFloat64).item<double>();
+  value = parts[1].toTensor().to(torch::kCPU, torch::kFloat64).item<double>();
+  auto g = parts[2].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  if (g.numel() != I.meta.n_features)
+    throw Error("the model's head.bias_sigma() gave a gradient of " + std::to_string(g.numel()) + " values, expected " +
+                std::to_string(I.meta.n_features));
+  std::memcpy(gradient, g.data_ptr<double>(), sizeof(double) * g.numel());
+  bool finite = std::isfinite(sigma) && std::isfinite(value);
+  for (int64_t k = 0; k < g.numel(); ++k) finite = finite && std::isfinite(gradient[k]);
+  if (!finite)
+    throw NonFiniteOutput("the energy sigma of the biased group or its gradient is not finite (NaN or inf)", "bias", {});
 }
 
 void Model::compute_ensemble(const Inputs &in, const Request &req, EnsembleOutputs &out)

@@ -27,6 +27,30 @@ def _joined(blocks: List[torch.Tensor]) -> torch.Tensor:
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
+def _add_gradient(
+    forces: torch.Tensor,
+    virial: torch.Tensor,
+    v_atom: torch.Tensor,
+    target: torch.Tensor,
+    edge_vectors: torch.Tensor,
+    edges: torch.Tensor,
+    compute_virial: bool,
+    retain_graph: bool,
+) -> None:
+    """One backward pass of ``target`` (0-d) to ``edge_vectors``, added to row 0 of the
+    forces (1, N, 3) and of the virial (1, 3, 3), and with ``compute_virial`` to the per-atom
+    virial (N, 3, 3): each edge's share split half/half between its two atoms."""
+    grads = torch.autograd.grad([target], [edge_vectors], retain_graph=retain_graph, allow_unused=True)
+    g = grads[0]
+    if g is None:
+        g = torch.zeros_like(edge_vectors)
+    add_edge_gradient(forces, virial, 0, g, edge_vectors.detach(), edges)
+    if compute_virial:
+        half = -0.5 * (edge_vectors.detach().unsqueeze(2) * g.unsqueeze(1))  # each edge's share, per atom
+        v_atom.index_add_(0, edges[0], half)
+        v_atom.index_add_(0, edges[1], half)
+
+
 class ExportedLLPRModel(nn.Module):
     """TorchScript-able wrapper: potential + LLPR head + metadata (format version 2).
 
@@ -190,15 +214,22 @@ class ExportedLLPRModel(nn.Module):
         compute_forces: bool,
         compute_virial: bool,
         members: bool,
+        graph: Optional[List[torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
-        """The one loop over blocks of centres behind ``evaluate`` and ``ensemble_forward``.
+        """The one loop over blocks of centres behind ``evaluate``, ``ensemble_forward`` and
+        ``forward_graph``.
 
         Per block: the model's energies and features, then the backward passes, reduced to
         atoms (``forces``, (P, N, 3)) and to virials (``virial``, (P, 3, 3)) at once: one pass
         of the energy (P = 1, model dtype, plus the per-atom virial) or, with ``members``, the
         passes of the last-layer ensemble's plan (float64; ``combine_passes`` turns them into
-        members). Both are linear in the summed features, so the blocks add up."""
+        members). Both are linear in the summed features, so the blocks add up. Given a
+        ``graph`` list, the backward passes are left to ``backward_graph``: each block's edge
+        vectors, edges, energies and features (with their autograd graph) are appended to it
+        instead, and the forces and virials come back empty."""
         need_grad = compute_forces or compute_virial
+        if graph is not None:
+            compute_forces, compute_virial = False, False
         n_all = positions.shape[0]
         edge_index, edge_shifts, blocks = self._center_blocks(edge_index, edge_shifts, n_centers, need_grad)
         dw = self.head.ensemble_deviations
@@ -221,22 +252,81 @@ class ExportedLLPRModel(nn.Module):
             )
             energy_blocks.append(energies.detach())
             feature_blocks.append(features.detach())
+            if graph is not None:
+                graph.extend([edge_vectors, edges, energies, features])
+                continue
             if not need_grad:
                 continue
             if members:
                 accumulate_pass_rows(forces, virial, features.sum(dim=0), edge_vectors, edges, dw, use_jacobian, n_pass)
                 continue
-            grads = torch.autograd.grad([energies.sum()], [edge_vectors], allow_unused=True)
-            g = grads[0]
-            if g is None:
-                g = torch.zeros_like(edge_vectors)
-            add_edge_gradient(forces, virial, 0, g, edge_vectors.detach(), edges)
-            if compute_virial:
-                half = -0.5 * (edge_vectors.detach().unsqueeze(2) * g.unsqueeze(1))  # each edge's share, per atom
-                v_atom.index_add_(0, edges[0], half)
-                v_atom.index_add_(0, edges[1], half)
+            _add_gradient(forces, virial, v_atom, energies.sum(), edge_vectors, edges, compute_virial, False)
         return {"energies": _joined(energy_blocks), "features": _joined(feature_blocks), "forces": forces,
                 "virial": virial, "virial_atom": v_atom}
+
+    @torch.jit.export
+    def forward_graph(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_shifts: torch.Tensor,
+        n_centers: int,
+        compute_forces: bool = True,
+        compute_virial: bool = False,
+    ) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+        """First half of a biased evaluation (``fix llpr/bias``; inputs as ``forward``): the
+        model's ``energy``, ``energies`` and ``features`` (detached, as ``evaluate``), and the
+        autograd graph that ``backward_graph`` differentiates once the group's features have
+        been summed (over MPI ranks in LAMMPS) and the bias gradient is known. The graph is
+        opaque to the caller: per block of centres (as in ``evaluate``), its edge vectors,
+        edges, energies and features."""
+        graph: List[torch.Tensor] = []
+        passes = self._run_blocks(positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces,
+                                  compute_virial, False, graph)
+        energies = passes["energies"]
+        return {"energy": energies.sum(), "energies": energies, "features": passes["features"]}, graph
+
+    @torch.jit.export
+    def backward_graph(
+        self,
+        graph: List[torch.Tensor],
+        n_atoms: int,
+        center_weights: torch.Tensor,
+        feature_cotangent: torch.Tensor,
+        with_energy: bool,
+        compute_forces: bool,
+        compute_virial: bool,
+        retain_graph: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """Second half of a biased evaluation: the forces (N, 3) and virials (``virial`` (3, 3),
+        ``virial_atom`` (N, 3, 3)), conventions as ``evaluate``, of ``sum_i E_i + sum_i
+        center_weights[i] feature_cotangent . f_i`` over the centres of ``graph`` (from
+        ``forward_graph`` on ``n_atoms`` atoms); ``with_energy = False`` drops the energies'
+        term. One backward pass per block: the bias only changes the read-out of the weighted
+        centres from ``w`` to ``w + center_weights[i] feature_cotangent``. ``retain_graph``
+        keeps the graph for another call."""
+        device = center_weights.device
+        dtype = graph[0].dtype if len(graph) > 0 else torch.float64
+        forces = torch.zeros([1 if compute_forces else 0, n_atoms, 3], dtype=dtype, device=device)
+        virial = torch.zeros([1 if compute_virial else 0, 3, 3], dtype=dtype, device=device)
+        v_atom = torch.zeros([n_atoms if compute_virial else 0, 3, 3], dtype=dtype, device=device)
+        c0 = 0
+        for b in range(len(graph) // 4):
+            edge_vectors, edges, energies, features = graph[4 * b], graph[4 * b + 1], graph[4 * b + 2], graph[4 * b + 3]
+            n = features.shape[0]
+            weights = center_weights[c0 : c0 + n].to(features.dtype)
+            bias = (weights @ features) @ feature_cotangent.to(features.dtype)
+            target = energies.sum() + bias if with_energy else bias
+            _add_gradient(forces, virial, v_atom, target, edge_vectors, edges, compute_virial, retain_graph)
+            c0 += n
+        out: Dict[str, torch.Tensor] = {}
+        if compute_forces:
+            out["forces"] = forces[0]
+        if compute_virial:
+            out["virial"] = virial[0]
+            out["virial_atom"] = v_atom
+        return out
 
     @torch.jit.export
     def ensemble_forward(

@@ -9,7 +9,10 @@ one implementation of each formula. With ``C = F^T F + varsigma^2 I = L L^T``:
 * per atom ``sigma_i = alpha sqrt(q(f_i))`` and ``LPR_i = 1 / q(f_i)``;
 * a group's (structure's) energy variance ``alpha^2 q(sum_i f_i)``;
 * a last-layer ensemble ``dw_k = w_k - w`` (K, F): member energy deviations ``dw_k . s`` of
-  summed features ``s``, and the spreads of :mod:`llpr.propagation`.
+  summed features ``s``, and the spreads of :mod:`llpr.propagation`;
+* the gradient of a group's energy sigma with respect to its summed features, ``d sigma_E /
+  d s = alpha^2 C^-1 s / sigma_E``, and the (optionally capped) sigma of the uncertainty bias
+  of :mod:`llpr.bias`.
 
 The quadratic form is evaluated as a product with the precomputed triangular inverse
 ``L^-1``: a matrix product is faster than a triangular solve on the same rows and agrees with
@@ -23,6 +26,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .bias import capped_sigma
 from .propagation import ensemble_sigma, force_sigma
 
 
@@ -100,6 +104,29 @@ class LLPRHead(nn.Module):
         """Variance (B,) of the energies whose summed features are the rows of
         ``feature_sums`` (B, F); a 1-D input is one structure (or group)."""
         return self.alpha * self.alpha * self.quadratic_form(feature_sums)
+
+    @torch.jit.export
+    def energy_sigma_gradient(self, feature_sum: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``sigma_E = alpha sqrt(s^T C^-1 s)`` (0-d) of one summed feature vector ``s`` (F,)
+        and its gradient ``d sigma_E / d s = alpha^2 C^-1 s / sigma_E`` (F,), float64. At
+        ``s = 0`` (``sigma_E = 0``, the tip of the cone) the gradient is taken as zero."""
+        s = feature_sum.to(torch.float64).reshape(-1)
+        sigma = torch.sqrt(self.energy_variance(s)).reshape(())
+        # C^-1 s = L^-T L^-1 s, from the same stored inverse as the quadratic form
+        c_inv_s = self.inverse_factor_t @ (s @ self.inverse_factor_t)
+        if bool(sigma > 0.0):
+            return sigma, self.alpha * self.alpha * c_inv_s / sigma
+        return sigma, torch.zeros_like(s)
+
+    @torch.jit.export
+    def bias_sigma(self, feature_sum: torch.Tensor, sigma_cap: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the uncertainty bias ``E_b = E - tau s(sigma_E)`` needs (:mod:`llpr.bias`), for
+        one summed feature vector ``s`` (F,): ``sigma_E`` (0-d), ``s(sigma_E)`` (0-d; ``sigma_E``
+        itself when ``sigma_cap <= 0``, else ``sigma_cap tanh(sigma_E / sigma_cap)``) and its
+        gradient ``d s / d s_vec`` (F,), float64 (eV for an energy model)."""
+        sigma, gradient = self.energy_sigma_gradient(feature_sum)
+        value, slope = capped_sigma(sigma, sigma_cap)
+        return sigma, value, slope * gradient
 
     @torch.jit.export
     def ensemble_energy_deviations(self, feature_sums: torch.Tensor) -> torch.Tensor:

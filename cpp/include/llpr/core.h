@@ -67,6 +67,9 @@ struct Metadata {
   double varsigma = 0.0;
   // members K of the last-layer ensemble (buffer head.ensemble_deviations, K x F; 0: none)
   int64_t ensemble_size = 0;
+  // the methods of a biased evaluation (forward_graph, backward_graph, head.bias_sigma): files
+  // exported by an llpr older than fix llpr/bias lack them (and still load for everything else)
+  bool bias = false;
   // how the file's integrity was verified on load (IntegrityReport::summary)
   std::string integrity;
   bool sealed = false;
@@ -135,6 +138,24 @@ class Model {
   // min(K - 1, n_features) backward passes). Throws Error if the file has no ensemble. Does not
   // touch the cached features.
   void compute_ensemble(const Inputs &inputs, const Request &request, EnsembleOutputs &outputs);
+
+  // --- a biased evaluation in two halves (fix llpr/bias; needs metadata().bias) ---
+  // forward(): energies and features as compute() gives them (the features are cached the same
+  // way), keeping the model's autograd graph instead of differentiating it; no forces yet.
+  void forward(const Inputs &inputs, const Request &request, Outputs &outputs);
+  // backward(): the forces (and virials, when forward's request asked for them) of
+  //   [sum_i E_i, with_energy] + sum_i center_weights[i] cotangent . f_i
+  // over the centres of the latest forward(), into `outputs` (energies left as forward() set
+  // them): one backward pass with the read-out of each weighted centre shifted by
+  // center_weights[i] cotangent. center_weights: n_centers values; cotangent: n_features values,
+  // model units. keep_graph: another backward() of the same forward() follows. Throws Error
+  // without a preceding forward() and NonFiniteOutput for NaN or inf.
+  void backward(const double *center_weights, const double *cotangent, bool with_energy, bool keep_graph,
+                Outputs &outputs);
+  // LLPRHead.bias_sigma of one summed feature vector (n_features): the energy sigma, its
+  // capped value s (sigma itself for sigma_cap <= 0) and ds / d(feature sum) (n_features values
+  // into `gradient`), model units. Throws NonFiniteOutput for a non-finite result.
+  void bias_sigma(const double *feature_sum, double sigma_cap, double &sigma, double &value, double *gradient) const;
 
   // --- on the features cached by the latest compute() (centre order) ---
   int64_t n_cached() const;
