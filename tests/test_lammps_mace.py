@@ -192,3 +192,37 @@ def test_element_missing_from_the_mace_model(models, tmp_path):
     proc = run_lmp(lammps_script(models["si"]["file"], data, ["C", "Si"]), tmp_path)
     assert proc.returncode != 0
     assert "pair_coeff for llpr: element C (Z = 6, atom type 1) is not known to the model, which was trained for: Si" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_fix_llpr_bias_with_a_mace_model(models, tmp_path):
+    """fix llpr/bias on a message-passing model: the biased forces are minus the gradient of
+    pe + E_bias (finite differences, one rank), and 1 and 2 ranks give the same biased
+    forces, bias energy and sigma."""
+    atoms = sic_triclinic(seed=58)
+    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
+    bias = "fix b all llpr/bias tau 0.5\nfix_modify b energy yes\n"
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(lammps_script(models["sic"]["file"], data, ["Si", "C"], post=bias + "run 0"))
+        e_bias = lmp.extract_fix("b", 0, 0)
+        assert e_bias < 0.0
+        one = lammps_results(lmp)
+        worst = finite_difference_force_error(lmp, (3, 10), 1e-4)
+        print(f"biased forces: max |F - (-d(pe)/dx)_FD| = {worst:.2e} eV/A, E_bias {e_bias:.4f} eV")
+        assert worst < 1e-6
+    finally:
+        lmp.close()
+    dump = tmp_path / "f.dump"
+    script = lammps_script(models["sic"]["file"], data, ["Si", "C"]) + bias + f"""
+dump d all custom 1 {dump} id fx fy fz
+dump_modify d sort id format float %.17g
+run 0
+print "BIAS $(f_b:%.17g) $(f_b[1]:%.17g)"
+"""
+    proc = run_lmp(script, tmp_path, nprocs=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from lammps_helpers import dump_table, printed_values
+
+    forces = dump_table(dump)[:, 1:4]
+    np.testing.assert_allclose(forces, one["forces"], rtol=0, atol=1e-10)
+    assert abs(printed_values(proc, "BIAS")[0] - e_bias) <= 1e-10 * abs(e_bias)
