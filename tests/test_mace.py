@@ -244,6 +244,9 @@ def test_float32_model_when_float64_is_asked(tmp_path):
     with pytest.raises(ValueError, match=r"is a float32 MACE model but float64 was asked for"):
         MACEModel.from_file(compiled, dtype="float64")
     assert MACEModel.from_file(compiled).weights.dtype == torch.float32
+    res = subprocess.run([os.path.join(BIN, "llpr"), "calibrate", "--model", compiled, "--dtype", "float64",
+                          "--train", "t.xyz", "--val", "v.xyz"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2 and "is a float32 MACE model but float64 was asked for" in res.stderr
 
 
 def test_element_missing_from_the_model(si_files):

@@ -66,7 +66,7 @@ def _load_model(args):
 
     exists = os.path.exists(args.model)
     if exists and (mace_file_kind(args.model) is not None or is_torchscript(args.model)):
-        return MACEModel.from_file(args.model, head=args.head, allow_pickle=args.allow_pickle)
+        return MACEModel.from_file(args.model, head=args.head, allow_pickle=args.allow_pickle, dtype=args.dtype)
     if args.head:
         raise ValueError(f"--head selects the head of a multi-head MACE model; '{args.model}' is not one")
     try:
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default=None, help="the head of a multi-head MACE model")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read a pickled MACE *.model file (this runs code stored in the file: only for files you trust)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="the precision a MACE model must have (default: the model's own)")
     p.add_argument("--batch-size", type=int, default=16, help="structures per batch")
     _label_keys(p)
     p.set_defaults(func=cmd_calibrate)
