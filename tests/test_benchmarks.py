@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,29 @@ def test_gpu_check_without_gpu_stops_at_once(tmp_path):
     want = f"FAILED: no CUDA GPU is usable: torch {torch.__version__} ({kind}) sees 0 CUDA devices"
     assert want in proc.stdout and want in (tmp_path / "summary.txt").read_text()
     assert "installed" not in proc.stdout and "pytest" not in proc.stdout  # nothing set up, nothing run
+
+
+def test_extrapolation_grade_quick(tmp_path):
+    """The OOD benchmark runs (tiny sizes); its AUROCs agree with a direct count of pairs, and
+    the max-sigma and max-gamma scores rank the structures identically."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from extrapolation_grade import auroc
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "extrapolation_grade.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "extrapolation_grade_quick.json").read_text())
+    assert (tmp_path / "extrapolation_grade_quick.md").exists()
+    ref = r["scores"]["ID test"]
+    for row in r["tables"]["ID test"]:
+        assert row["auroc_max_gamma"] == pytest.approx(row["auroc_max_atom_sigma"], abs=1e-12)
+        if row["set"] in r["scores"]:
+            pos = np.array(r["scores"][row["set"]]["max_gamma"])
+            neg = np.array(ref["max_gamma"])
+            pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+            assert row["auroc_max_gamma"] == pytest.approx(pairs, abs=1e-12)
+    assert auroc([0.0, 1.0], [2.0, 3.0]) == 1.0 and auroc([2.0, 3.0], [0.0, 1.0]) == 0.0
+    assert auroc([1.0], [1.0]) == 0.5

@@ -149,6 +149,24 @@ def files(small_llpr, tmp_path_factory):
     return {"gamma": new, "old": old}
 
 
+def test_core_gamma_equals_the_head(files, si_splits):
+    """The C++ core (what LAMMPS calls) runs the file's LLPRHead.extrapolation_grade."""
+    from llpr.plugin import _core
+
+    atoms = si_splits[2][0]
+    ref = reference(files["gamma"], atoms)
+    g = ref["graph"]
+    out = _core().Model(files["gamma"], "cpu").compute(g["positions"], g["atomic_numbers"], g["edge_index"],
+                                                       g["edge_shifts"])
+    np.testing.assert_allclose(out["gamma"], ref["gamma"], rtol=1e-12, atol=0)
+    model = _core().Model(files["gamma"], "cpu")
+    np.testing.assert_allclose(model.extrapolation_grade(ref["features"]), ref["gamma"], rtol=1e-12, atol=0)
+    old = _core().Model(files["old"], "cpu")
+    with pytest.raises(ValueError, match="re-export"):
+        old.extrapolation_grade(ref["features"])
+    assert "gamma" not in old.compute(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"])
+
+
 def test_file_before_gamma_loads_and_says_to_reexport(files, si_splits):
     from llpr.ase import LLPRCalculator
     from llpr.evaluate import evaluate_model
