@@ -106,7 +106,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test run (results *_quick.*)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--from-json", default=None, help="only rewrite the Markdown report of this result JSON")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as fh:
+            text = report(json.load(fh))
+        with open(os.path.splitext(args.from_json)[0] + ".md", "w") as fh:
+            fh.write(text)
+        print(text)
+        return
     args.time_limit = None  # uq_quality.train_config: the fixed-epoch budget
     if args.quick:
         args.n_per_type, args.epochs = 6, 3
@@ -122,6 +130,7 @@ def main() -> None:
     llpr = LLPR(model).fit(train_loader)
     llpr.calibrate(make_loader(AtomisticDataset(val, model.cutoff, dtype), 16), train_loader=train_loader)
 
+    train_max = structure_scores(llpr, train)["max_gamma"]
     id_scores = structure_scores(llpr, test)
     kinds = np.array([a.info["config_type"] for a in test])
     # point defects and hot crystals are crystals: the crystalline part of the ID test (crystal up
@@ -148,7 +157,9 @@ def main() -> None:
     result = {"command": " ".join(["python", "benchmarks/extrapolation_grade.py"] + sys.argv[1:]),
               "epochs": args.epochs, "seed": args.seed, "n_per_type": args.n_per_type,
               "n_train": len(train), "n_val": len(val), "n_train_atoms": llpr.n_train_atoms,
-              "max_train_q": llpr.max_train_q, "alpha": llpr.alpha, "varsigma": llpr.varsigma,
+              "max_train_q": llpr.max_train_q,
+              "max_train_q_config_type": train[int(np.argmax(train_max))].info["config_type"],
+              "train_max_gamma": float(train_max.max()), "alpha": llpr.alpha, "varsigma": llpr.varsigma,
               "best_epoch": history["best_epoch"], "references": id_rows, "tables": tables,
               "scores": {"ID test": {"config_type": kinds.tolist(), **{k: v.tolist() for k, v in id_scores.items()}},
                          **{name: {k: v.tolist() for k, v in sc.items()} for name, sc in set_scores.items()}},
@@ -157,16 +168,26 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"extrapolation_grade{suffix}.json"), "w") as fh:
         json.dump(result, fh, indent=2)
+    with open(os.path.join(args.out, f"extrapolation_grade{suffix}.md"), "w") as fh:
+        fh.write(report(result))
+    print(report(result))
+
+
+def report(result: dict) -> str:
+    """The Markdown report of one run's ``result`` (what the JSON holds)."""
+    r = result
+    id_n = r["references"]["ID test"]["n"]
     lines = [
         "# Out-of-distribution detection on silicon: per-atom sigma, extrapolation grade gamma, energy sigma",
         "",
-        f"`{result['command']}`",
+        f"`{r['command']}`",
         "",
-        f"Split of `benchmarks/uq_quality.py`: train {len(train)} / validation {len(val)} / ID test {len(test)} "
-        f"structures; one model, exactly {args.epochs} epochs (seed {args.seed}; best validation epoch "
-        f"{history['best_epoch'] + 1} kept). alpha = {llpr.alpha:.4g}, varsigma = {llpr.varsigma:.4g}; "
-        f"max q over the {llpr.n_train_atoms} training atoms = {llpr.max_train_q:.4g} (gamma = 1). The numbers "
-        "depend on the data, seed and epochs only, not on the machine.",
+        f"Split of `benchmarks/uq_quality.py`: train {r['n_train']} / validation {r['n_val']} / ID test {id_n} "
+        f"structures; one model, exactly {r['epochs']} epochs (seed {r['seed']}; best validation epoch "
+        f"{r['best_epoch'] + 1} kept). alpha = {r['alpha']:.4g}, varsigma = {r['varsigma']:.4g}; max q over the "
+        f"{r['n_train_atoms']} training atoms = {r['max_train_q']:.4g} (gamma = 1), on an atom of a "
+        f"{r['max_train_q_config_type']} structure. The numbers depend on the data, seed and epochs only, not on the "
+        "machine.",
         "",
         "AUROC of each per-structure score, reference structures (negatives) against each set (positives); "
         "1 = every structure of the set scores above every reference structure, 0.5 = no separation, below 0.5 = "
@@ -175,18 +196,19 @@ def main() -> None:
         "like-for-like reference of point defects and hot crystals.",
         "",
     ]
-    for ref_name, rows in tables.items():
-        ref_row = id_rows[ref_name]
+    for ref_name, rows in r["tables"].items():
+        ref_row = r["references"][ref_name]
+        few = "; few, so its AUROCs are coarse" if ref_row["n"] < 10 else ""
         lines += [
-            f"### Against the {ref_name} ({ref_row['n']} structures)",
+            f"### Against the {ref_name} ({ref_row['n']} structures{few})",
             "",
             "| set | structures | max sigma_i | max gamma_i | energy sigma | energy sigma / N | max gamma > 1 | median max gamma |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for r in rows:
-            lines.append(f"| {r['set']} | {r['n']} | {r['auroc_max_atom_sigma']:.3f} | {r['auroc_max_gamma']:.3f} | "
-                         f"{r['auroc_energy_sigma']:.3f} | {r['auroc_energy_sigma_per_atom']:.3f} | "
-                         f"{100 * r['fraction_max_gamma_above_1']:.0f}% | {r['median_max_gamma']:.2f} |")
+        for row in rows:
+            lines.append(f"| {row['set']} | {row['n']} | {row['auroc_max_atom_sigma']:.3f} | {row['auroc_max_gamma']:.3f} | "
+                         f"{row['auroc_energy_sigma']:.3f} | {row['auroc_energy_sigma_per_atom']:.3f} | "
+                         f"{100 * row['fraction_max_gamma_above_1']:.0f}% | {row['median_max_gamma']:.2f} |")
         lines += [
             f"| {ref_name} (reference) | {ref_row['n']} | | | | | {100 * ref_row['fraction_max_gamma_above_1']:.0f}% | "
             f"{ref_row['median_max_gamma']:.2f} |",
@@ -195,13 +217,14 @@ def main() -> None:
     lines += [
         "max sigma_i and max gamma_i rank structures identically (sigma_i = alpha sqrt(max_train_q gamma_i)), so "
         "their AUROCs are equal; gamma adds a threshold that needs no calibration: gamma > 1 means an atom more "
-        "novel than every training atom. The total-energy sigma grows with the number of atoms; sigma / N "
-        "removes that.",
+        "novel than every training atom. That threshold is set by the training set's most unusual atom (here in a "
+        f"{r['max_train_q_config_type']} structure): environments less unusual than it, such as point defects in a "
+        "crystal when liquid and amorphous structures are trained on, stay below 1 even where the ranking separates "
+        "them (the AUROC against the crystalline reference). The total-energy sigma grows with the number of atoms; "
+        "sigma / N removes that.",
         "",
     ]
-    with open(os.path.join(args.out, f"extrapolation_grade{suffix}.md"), "w") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ def test_extrapolation_grade_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((tmp_path / "extrapolation_grade_quick.json").read_text())
     assert (tmp_path / "extrapolation_grade_quick.md").exists()
+    assert r["train_max_gamma"] == pytest.approx(1.0, abs=1e-12)  # the training atom that sets max q
     ref = r["scores"]["ID test"]
     for row in r["tables"]["ID test"]:
         assert row["auroc_max_gamma"] == pytest.approx(row["auroc_max_atom_sigma"], abs=1e-12)
