@@ -17,14 +17,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_lammps_performance_quick(tmp_path):
-    out = tmp_path / "perf"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=900,
-    )
+def run_benchmark(script: str, *args: str, timeout: float = 900) -> None:
+    """Run benchmarks/`script` with `args` on one thread; assert that it succeeded."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], capture_output=True,
+                          text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_lammps_performance_quick(tmp_path):
+    run_benchmark("lammps_performance.py", "--quick", "--out", str(tmp_path / "perf"))
     r = json.loads((tmp_path / "perf.json").read_text())
     for key in ("overhead", "integration", "ase_vs_lammps", "scaling", "mpi", "committee", "references", "force_sigma",
                 "force_sigma_large"):
@@ -125,12 +126,7 @@ def test_extrapolation_grade_quick(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from extrapolation_grade import auroc
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "extrapolation_grade.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_benchmark("extrapolation_grade.py", "--quick", "--out", str(tmp_path), timeout=600)
     r = json.loads((tmp_path / "extrapolation_grade_quick.json").read_text())
     assert (tmp_path / "extrapolation_grade_quick.md").exists()
     assert r["train_max_gamma"] == pytest.approx(1.0, abs=1e-12)  # the training atom that sets max q
