@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="exported model file")
     p.add_argument("--data", required=True, help="labelled structures (extxyz)")
     p.add_argument("--plots", default=None,
-                   help="folder for parity.png, calibration.png and error_vs_sigma.png")
+                   help="folder for parity.png, calibration.png, error_vs_sigma.png and (files with the "
+                        "extrapolation grade) gamma.png")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--no-ensemble", action="store_true",
                    help="skip the force uncertainties even if the file has a last-layer ensemble")

@@ -448,10 +448,37 @@ def error_vs_sigma_figure(arrays: dict):
     return fig
 
 
+def plot_gamma(arrays: dict, path: str) -> str:
+    """Histogram of the per-atom extrapolation grade (log scale), with gamma = 1 (the most novel
+    training atom) marked."""
+    plt = _pyplot()
+    g = np.asarray(arrays["gamma"], dtype=np.float64)
+    positive = g[g > 0]
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    if positive.size:
+        lo, hi = min(positive.min(), 0.5), max(positive.max(), 2.0)
+        ax.hist(positive, bins=np.geomspace(lo, hi, 40), color="tab:blue", alpha=0.8)
+    ax.axvline(1.0, color="k", ls="--", lw=1.0, label="gamma = 1: most novel training atom")
+    ax.set_xscale("log")
+    ax.set_xlabel("extrapolation grade gamma_i = q_i / max q (training)")
+    ax.set_ylabel("atoms")
+    ax.set_title(f"{100 * float((g > 1).mean()):.1f}% of {g.size} atoms above 1")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(arrays: dict, folder: str) -> dict:
+    """The figures of `llpr evaluate --plots`: parity, calibration, error_vs_sigma and, when the
+    file has the extrapolation grade, gamma."""
     os.makedirs(folder, exist_ok=True)
-    return {
+    paths = {
         "parity": plot_parity(arrays, os.path.join(folder, "parity.png")),
         "calibration": plot_calibration(arrays, os.path.join(folder, "calibration.png")),
         "error_vs_sigma": plot_error_vs_sigma(arrays, os.path.join(folder, "error_vs_sigma.png")),
     }
+    if "gamma" in arrays:
+        paths["gamma"] = plot_gamma(arrays, os.path.join(folder, "gamma.png"))
+    return paths
