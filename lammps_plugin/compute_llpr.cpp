@@ -43,19 +43,22 @@ PairLLPR *find_pair(LAMMPS *lmp, const char *who)
 
 ComputeLLPRAtom::ComputeLLPRAtom(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg, arg)
 {
-  const char *usage = "compute ID group llpr/atom [forces yes|no]";
+  const char *usage = "compute ID group llpr/atom [forces yes|no] [gamma yes|no]";
   for (int iarg = 3; iarg < narg; iarg += 2) {
-    if (strcmp(arg[iarg], "forces") == 0) {
+    bool *flag = strcmp(arg[iarg], "forces") == 0 ? &forces_ : strcmp(arg[iarg], "gamma") == 0 ? &gamma_ : nullptr;
+    if (flag) {
       if (iarg + 1 >= narg)
-        error->all(FLERR, "Illegal compute llpr/atom command: forces needs yes or no (expected {})", usage);
-      forces_ = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+        error->all(FLERR, "Illegal compute llpr/atom command: {} needs yes or no (expected {})", arg[iarg], usage);
+      *flag = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
     } else {
       error->all(FLERR, "Illegal compute llpr/atom command: unknown keyword {} (expected {})", arg[iarg],
                  usage);
     }
   }
   peratom_flag = 1;
-  ncols_ = forces_ ? 3 : 2;
+  // appended columns keep the earlier ones where they were: [3] force sigma (forces yes), then gamma
+  ncols_ = 2 + (forces_ ? 1 : 0) + (gamma_ ? 1 : 0);
+  gamma_col_ = gamma_ ? ncols_ - 1 : -1;
   size_peratom_cols = ncols_;
   comm_reverse = forces_ ? 3 : 0;
 }
@@ -71,6 +74,7 @@ void ComputeLLPRAtom::init()
   if (forces_ && pair->ensemble_size() == 0)
     error->all(FLERR, "compute llpr/atom forces yes: the model file {}",
                llpr::no_ensemble_message(pair->model_path()));
+  if (gamma_) pair->require_extrapolation_grade("compute llpr/atom gamma yes");
 }
 
 void ComputeLLPRAtom::compute_peratom()
@@ -101,6 +105,11 @@ void ComputeLLPRAtom::compute_peratom()
       values_[i][0] = 0.0;
       values_[i][1] = 0.0;
     }
+  }
+  if (gamma_) {
+    pair->update_extrapolation_grade("compute llpr/atom gamma yes");
+    const double *gamma = pair->gamma_atom();
+    for (int i = 0; i < nlocal; i++) values_[i][gamma_col_] = (mask[i] & groupbit) ? gamma[i] : 0.0;
   }
   if (!forces_) return;
   // several outputs on one step (each dump, the thermo output) call this compute again: the

@@ -1,7 +1,8 @@
-// compute ID group llpr/atom [forces yes|no]
+// compute ID group llpr/atom [forces yes|no] [gamma yes|no]
 //                            : per-atom array [sigma_i (energy units), LPR_i] and, with
 //                              forces yes, [force sigma_i (force units)] from the model
-//                              file's last-layer ensemble
+//                              file's last-layer ensemble, then, with gamma yes, [gamma_i]
+//                              (extrapolation grade q_i / max_train_q)
 // compute ID group llpr [ensemble yes|no] [virial yes|no] [max yes|no]
 //                            : global vector [sigma of the group's total energy,
 //                                             max sigma_i in the group, atom ID of that atom
@@ -39,6 +40,8 @@ class ComputeLLPRAtom : public Compute {
   double **values_ = nullptr;
   int ncols_ = 2;
   bool forces_ = false;
+  bool gamma_ = false;
+  int gamma_col_ = -1;  // column index of gamma_i (gamma yes)
   // force sigma: member force deviations (K x nall x 3), reverse-communicated one member at a
   // time (3 values per atom, which every LAMMPS communication buffer holds)
   std::vector<double> dforce_;

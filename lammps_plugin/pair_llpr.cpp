@@ -82,6 +82,7 @@ PairLLPR::~PairLLPR()
   }
   memory->destroy(sigma_atom_);
   memory->destroy(lpr_atom_);
+  memory->destroy(gamma_atom_);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -203,6 +204,7 @@ void PairLLPR::load_model()
                    meta.receptive_field, meta.strictly_local ? "" : "not ");
   features_step_ = -1;
   uncertainty_step_ = -1;
+  gamma_step_ = -1;
 
   // CPU threads: several MPI ranks on one node share its cores (unless OMP_NUM_THREADS,
   // which libtorch honours by itself, says otherwise)
@@ -389,6 +391,7 @@ void PairLLPR::compute(int eflag, int vflag)
   // inputs that describe it are about to be replaced
   features_step_ = -1;
   uncertainty_step_ = -1;
+  gamma_step_ = -1;
   inputs_.build(list, atom, type_z_, cutoff_, message_passing_ ? ModelInputs::GHOST_GRAPH : ModelInputs::OWN_EDGES);
   if (neighbor->ago == 0) check_special_neighbors();
 
@@ -429,6 +432,7 @@ void PairLLPR::compute(int eflag, int vflag)
   if (vflag_fdotr) virial_fdotr_compute();
 
   if (sigma_flag_ || lpr_flag_) update_uncertainty();
+  if (gamma_flag_) update_extrapolation_grade("fix pair ... llpr gamma 1");
 }
 
 /* ----------------------------------------------------------------------
@@ -614,11 +618,15 @@ void PairLLPR::grow_peratom(int n)
   if (n <= nmax_peratom_) return;
   memory->destroy(sigma_atom_);
   memory->destroy(lpr_atom_);
+  memory->destroy(gamma_atom_);
   nmax_peratom_ = n;
   memory->create(sigma_atom_, nmax_peratom_, "pair:llpr:sigma");
   memory->create(lpr_atom_, nmax_peratom_, "pair:llpr:lpr");
+  memory->create(gamma_atom_, nmax_peratom_, "pair:llpr:gamma");
   std::fill(sigma_atom_, sigma_atom_ + nmax_peratom_, 0.0);
   std::fill(lpr_atom_, lpr_atom_ + nmax_peratom_, 0.0);
+  std::fill(gamma_atom_, gamma_atom_ + nmax_peratom_, 0.0);
+  gamma_step_ = -1;  // the old values are gone with the old array
 }
 
 void PairLLPR::update_uncertainty()
@@ -635,6 +643,26 @@ void PairLLPR::update_uncertainty()
   inputs_.set_centres(sigma_tmp_.data(), energy_conversion_, sigma_atom_);
   inputs_.set_centres(lpr_tmp_.data(), 1.0, lpr_atom_);
   uncertainty_step_ = features_step_;
+}
+
+void PairLLPR::require_extrapolation_grade(const char *who)
+{
+  if (!model_ || !model_->metadata().has_extrapolation_grade)
+    error->all(FLERR, "{}: the model file {}", who,
+               llpr::no_extrapolation_grade_message(model_ ? model_path_ : std::string("(none loaded)")));
+}
+
+void PairLLPR::update_extrapolation_grade(const char *who)
+{
+  require_extrapolation_grade(who);
+  grow_peratom(atom->nmax > 1 ? atom->nmax : 1);
+  if (gamma_step_ == features_step_ && features_step_ >= 0) return;
+  std::fill(gamma_atom_, gamma_atom_ + atom->nlocal, 0.0);
+  if (features_step_ < 0) return;
+  sigma_tmp_.resize(inputs_.n_centers());
+  model_->cached_extrapolation_grade(sigma_tmp_.data());
+  inputs_.set_centres(sigma_tmp_.data(), 1.0, gamma_atom_);
+  gamma_step_ = features_step_;
 }
 
 void PairLLPR::check_sigma(double value, const char *what) const
@@ -742,6 +770,11 @@ void *PairLLPR::extract(const char *name, int &dim)
   dim = 0;
   if (strcmp(name, "sigma_flag") == 0) return (void *) &sigma_flag_;
   if (strcmp(name, "lpr_flag") == 0) return (void *) &lpr_flag_;
+  if (strcmp(name, "gamma_flag") == 0) {
+    // fix pair asks for it when it is defined: refuse a file without the reference there
+    require_extrapolation_grade("fix pair ... llpr gamma 1");
+    return (void *) &gamma_flag_;
+  }
   if (strcmp(name, "cutoff") == 0) return (void *) &cutoff_;
   return nullptr;
 }
@@ -750,6 +783,12 @@ void *PairLLPR::extract_peratom(const char *name, int &ncol)
 {
   const bool is_sigma = strcmp(name, "sigma") == 0;
   const bool is_lpr = strcmp(name, "lpr") == 0;
+  if (strcmp(name, "gamma") == 0) {
+    ncol = 0;
+    if (features_step_ >= 0 && features_step_ == update->ntimestep) update_extrapolation_grade("fix pair ... llpr gamma 1");
+    else grow_peratom(atom->nmax > 1 ? atom->nmax : 1);
+    return (void *) gamma_atom_;
+  }
   if (!is_sigma && !is_lpr) return nullptr;
   ncol = 0;
   if (features_step_ >= 0 && features_step_ == update->ntimestep) update_uncertainty();
@@ -760,7 +799,7 @@ void *PairLLPR::extract_peratom(const char *name, int &ncol)
 double PairLLPR::memory_usage()
 {
   double bytes = Pair::memory_usage();
-  bytes += 2.0 * nmax_peratom_ * sizeof(double);
+  bytes += 3.0 * nmax_peratom_ * sizeof(double);
   bytes += inputs_.memory_usage();
   bytes += (double) (out_.forces.capacity() + out_.virial_atom.capacity()) * sizeof(double);
   return bytes;

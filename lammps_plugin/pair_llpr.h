@@ -39,6 +39,13 @@ class PairLLPR : public Pair {
   void update_uncertainty();
   const double *sigma_atom() const { return sigma_atom_; }
   const double *lpr_atom() const { return lpr_atom_; }
+  // per-atom extrapolation grade gamma_i = q_i / max_train_q of the cached step (0 for atoms
+  // that are not centres), computed once per step when asked; a LAMMPS error naming `who` if
+  // the model file has no max_train_q
+  void update_extrapolation_grade(const char *who);
+  const double *gamma_atom() const { return gamma_atom_; }
+  // error naming `who` unless the model file carries the extrapolation grade's reference
+  void require_extrapolation_grade(const char *who);
   // summed float64 features (n_features values) of the cached centres whose local index has
   // `groupbit` set in atom->mask
   void group_feature_sum(int groupbit, std::vector<double> &sum);
@@ -139,6 +146,8 @@ class PairLLPR : public Pair {
   int nmax_peratom_ = 0;
   double *sigma_atom_ = nullptr;
   double *lpr_atom_ = nullptr;
+  double *gamma_atom_ = nullptr;
+  bigint gamma_step_ = -1;          // timestep of gamma_atom_
   std::vector<double> sigma_tmp_, lpr_tmp_;
   std::vector<int64_t> rows_tmp_;
 
@@ -149,6 +158,7 @@ class PairLLPR : public Pair {
   // fix pair triggers: set to 1 by `fix pair ... sigma 1` before the force evaluation
   int sigma_flag_ = 0;
   int lpr_flag_ = 0;
+  int gamma_flag_ = 0;
 };
 
 }  // namespace LAMMPS_NS

@@ -46,8 +46,9 @@ def small_llpr(small_model, si_splits):
 
     train, val, _ = si_splits
     llpr = LLPR(small_model)
-    llpr.fit(make_loader(AtomisticDataset(train, small_model.cutoff, torch.float64), 8))
-    llpr.calibrate(make_loader(AtomisticDataset(val, small_model.cutoff, torch.float64), 8))
+    train_loader = make_loader(AtomisticDataset(train, small_model.cutoff, torch.float64), 8)
+    llpr.fit(train_loader)
+    llpr.calibrate(make_loader(AtomisticDataset(val, small_model.cutoff, torch.float64), 8), train_loader=train_loader)
     return llpr
 
 

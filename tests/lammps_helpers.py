@@ -112,10 +112,11 @@ MPI_CASES = {
 
 # ----------------------------------------------------------------------------- fixture models
 def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64, ensemble=0, ensemble_seed=0,
-               model_class=None, **model_kwargs):
+               model_class=None, gamma=True, **model_kwargs):
     """Export an untrained LocalPotential (or `model_class(species, **model_kwargs)`, e.g.
     tests/pairwise_model.PairwiseModel), LLPR-fitted and calibrated on random labels (with a
-    last-layer ensemble of `ensemble` members drawn with `ensemble_seed` when > 0)."""
+    last-layer ensemble of `ensemble` members drawn with `ensemble_seed` when > 0, and the
+    training set's max q for the extrapolation grade unless `gamma` is False)."""
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.model import LocalPotential
@@ -140,7 +141,7 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
     half = n_structures * 2 // 3
     train = AtomisticDataset(structures[:half], model.cutoff, torch.float64)
     val = AtomisticDataset(structures[half:], model.cutoff, torch.float64)
-    llpr = LLPR(model).fit(make_loader(train)).calibrate(make_loader(val))
+    llpr = LLPR(model).fit(make_loader(train)).calibrate(make_loader(val), train_loader=make_loader(train) if gamma else None)
     export_model(llpr, str(path), dtype=dtype, ensemble=ensemble, seed=ensemble_seed)
     return str(path)
 
@@ -157,9 +158,9 @@ def si_and_sic_models(directory):
 # --------------------------------------------------------------------------- Python reference
 def reference(model_path, atoms):
     """The exported module run in Python (vesin neighbour list): a dict of float64 numpy arrays
-    with energy, energies, forces, virial (3x3), virial_atom, features, sigma, lpr and the
-    sigma of the total energy."""
-    from llpr.modelfile import load_exported
+    with energy, energies, forces, virial (3x3), virial_atom, features, sigma, lpr, the
+    sigma of the total energy and, when the file has max q, the extrapolation grade gamma."""
+    from llpr.modelfile import has_extrapolation_grade, load_exported
     from llpr.graphs import graph_tensors
 
     module = load_exported(model_path)
@@ -168,6 +169,8 @@ def reference(model_path, atoms):
     res = {k: v.detach().to(torch.float64).numpy() for k, v in out.items()}
     res["energy"] = float(out["energy"])
     res["energy_sigma"] = float(torch.sqrt(module.energy_variance(out["features"].sum(0))))
+    if has_extrapolation_grade(module):
+        res["gamma"] = module.head.extrapolation_grade(out["features"]).numpy()
     res["graph"] = {k: v.numpy() for k, v in g.items()}
     return res
 
@@ -402,6 +405,8 @@ def compare(res, ref, tol=1e-10, scale=1.0):
         "lpr": ref["lpr"],
         "global": np.array([scale * ref["energy_sigma"], scale * sig.max(), float(np.argmax(sig) + 1)]),
     }
+    if "gamma" in res:  # the run has a compute llpr/atom gamma yes
+        expected["gamma"] = ref["gamma"]
     deviations = {}
     for key, want in expected.items():
         got = np.asarray(res[key], dtype=float)

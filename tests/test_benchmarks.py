@@ -10,20 +10,22 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_lammps_performance_quick(tmp_path):
-    out = tmp_path / "perf"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=900,
-    )
+def run_benchmark(script: str, *args: str, timeout: float = 900) -> None:
+    """Run benchmarks/`script` with `args` on one thread; assert that it succeeded."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], capture_output=True,
+                          text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_lammps_performance_quick(tmp_path):
+    run_benchmark("lammps_performance.py", "--quick", "--out", str(tmp_path / "perf"))
     r = json.loads((tmp_path / "perf.json").read_text())
     for key in ("overhead", "integration", "ase_vs_lammps", "scaling", "mpi", "committee", "references", "force_sigma",
                 "force_sigma_large"):
@@ -140,3 +142,25 @@ def test_biased_md_quick(tmp_path):
         assert math.isfinite(row["heldout"]["energy_rmse_mev_per_atom"]) and math.isfinite(row["heldout"]["force_rmse_ev_per_a"])
     md = (tmp_path / "biased.md").read_text()
     assert "target <= 1.05" in md and "| tau relative 0.3 |" in md
+
+
+def test_extrapolation_grade_quick(tmp_path):
+    """The OOD benchmark runs (tiny sizes); its AUROCs agree with a direct count of pairs, and
+    the max-sigma and max-gamma scores rank the structures identically."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from extrapolation_grade import auroc
+
+    run_benchmark("extrapolation_grade.py", "--quick", "--out", str(tmp_path), timeout=600)
+    r = json.loads((tmp_path / "extrapolation_grade_quick.json").read_text())
+    assert (tmp_path / "extrapolation_grade_quick.md").exists()
+    assert r["train_max_gamma"] == pytest.approx(1.0, abs=1e-12)  # the training atom that sets max q
+    ref = r["scores"]["ID test"]
+    for row in r["tables"]["ID test"]:
+        assert row["auroc_max_gamma"] == pytest.approx(row["auroc_max_atom_sigma"], abs=1e-12)
+        if row["set"] in r["scores"]:
+            pos = np.array(r["scores"][row["set"]]["max_gamma"])
+            neg = np.array(ref["max_gamma"])
+            pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+            assert row["auroc_max_gamma"] == pytest.approx(pairs, abs=1e-12)
+    assert auroc([0.0, 1.0], [2.0, 3.0]) == 1.0 and auroc([2.0, 3.0], [0.0, 1.0]) == 0.0
+    assert auroc([1.0], [1.0]) == 0.5

@@ -238,6 +238,11 @@ def test_bad_llpr_buffers_are_named(models):
         ({"alpha": torch.tensor(1.0, dtype=torch.float32)}, r"head.alpha has dtype Float and shape \[\], expected float64 scalar"),
         ({"alpha": torch.tensor(-1.0, dtype=torch.float64)}, "head.alpha is -1, expected a positive number"),
         ({"varsigma": torch.tensor(float("nan"), dtype=torch.float64)}, "head.varsigma is not finite"),
+        # optional, but when present a positive float64 scalar (NaN: not recorded)
+        ({"max_train_q": torch.tensor(-1.0, dtype=torch.float64)},
+         r"head.max_train_q is -1, expected a positive number \(or NaN: not recorded\)"),
+        ({"max_train_q": torch.tensor(float("inf"), dtype=torch.float64)}, "head.max_train_q is inf"),
+        ({"max_train_q": torch.tensor(2.0, dtype=torch.float32)}, "head.max_train_q is not a float64 scalar tensor"),
     ]
     for k, (head_changes, message) in enumerate(cases):
         path = _export_modified(models["sic"], str(models["dir"] / f"badbuf{k}.pt"), head_changes)

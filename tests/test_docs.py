@@ -213,7 +213,7 @@ def docs_model(path, species, seed, noise=0.005, checkpoint=None):
         atoms.info["energy"] = e + noise * np.sqrt(len(atoms)) * rng.normal()
     train = AtomisticDataset(structures[:16], 4.0, torch.float64)
     val = AtomisticDataset(structures[16:], 4.0, torch.float64)
-    llpr.fit(make_loader(train, 8)).calibrate(make_loader(val, 8))
+    llpr.fit(make_loader(train, 8)).calibrate(make_loader(val, 8), train_loader=make_loader(train, 8))
     export_model(llpr, str(path))
     if checkpoint is not None:
         from llpr.uncertainty import save_llpr

@@ -155,7 +155,7 @@ def test_evaluate_with_ensemble_reports_force_uncertainty(paths, test_set, tmp_p
     assert "force uncertainty (last-layer ensemble, K = 16" in text and "coverage 68% / 95%" in text
     assert len(text.splitlines()) <= 24  # one screen
     plots = write_plots(result["arrays"], str(tmp_path / "plots"))
-    assert set(plots) == {"parity", "calibration", "error_vs_sigma"}
+    assert set(plots) == {"parity", "calibration", "error_vs_sigma", "gamma"}
     for path in plots.values():
         data = open(path, "rb").read()
         assert data[:8] == PNG and len(data) > 5000

@@ -25,7 +25,7 @@ EXAMPLES = sorted(d for d in os.listdir(os.path.join(ROOT, "examples"))
 # per example, on top of tests/test_docs.py's TINY sizes
 EXTRA_ENV = {
     # one round, forced to stop at the first check (step 10), so that labelling and retraining run
-    "active_learning": {"ROUNDS": "1", "HALT_THRESH": "0", "DUMP_THRESH": "0"},
+    "active_learning": {"ROUNDS": "1", "HALT_GAMMA": "0", "DUMP_GAMMA": "0"},
     # enough structures for a validation set of 4-coordinated ones
     "local_rigidity": {"N_PER_TYPE": "3"},
     # two temperatures (the README's command reweights the 1200 K run), a small ensemble
@@ -60,8 +60,8 @@ def demo_output(tmp_path_factory):
     def loader(part):
         return make_loader(AtomisticDataset(part, model.cutoff, torch.float64), 8)
 
-    llpr = LLPR(model).fit(loader(train)).calibrate(loader(val))
-    save_llpr(llpr, str(d / "llpr.ckpt"))  # as `llpr calibrate` leaves it
+    llpr = LLPR(model).fit(loader(train)).calibrate(loader(val), train_loader=loader(train))
+    save_llpr(llpr, str(d / "llpr.ckpt"))  # as `llpr calibrate` leaves it (with max q for gamma)
     export_model(llpr, str(d / "model.pt"))
     proc = subprocess.run([LMP, "-in", os.path.join(ROOT, "examples", "silicon", "in.silicon"), "-var", "model",
                            "model.pt", "-var", "nsteps", "20", "-var", "every", "10", "-log", "log.lammps"],

@@ -154,7 +154,7 @@ def test_cli_calibrate_export_check_with_mace_keys(sic_files, tmp_path):
     res = run("-q", "calibrate", "--model", compiled, "--train", "train.xyz", "--val", "val.xyz",
               "--energy-key", "REF_energy", "--forces-key", "REF_forces", "-o", "llpr.ckpt")
     assert res.returncode == 0, res.stderr
-    assert "fitted F^T F on 6 structures; calibrated on 4" in res.stdout
+    assert "fitted F^T F on 6 structures; calibrated on 4" in res.stdout and "training atoms" in res.stdout
     res = run("export", "llpr.ckpt", "--ensemble", "4", "-o", "mace.pt")
     assert res.returncode == 0, res.stderr
     res = run("check", "mace.pt")
@@ -201,6 +201,9 @@ def test_torchrun_two_processes_give_the_serial_covariance(sic_files, tmp_path):
     scale = float(a.covariance.abs().max())
     assert float((a.covariance - b.covariance).abs().max()) <= 1e-12 * scale
     assert abs(a.calibration.alpha - b.calibration.alpha) <= 1e-8 * a.calibration.alpha
+    # the extrapolation grade's max q: each process passes its share of the atoms, the maximum is all-reduced
+    assert a.n_train_atoms == b.n_train_atoms == sum(len(s) for s in read_dataset(str(tmp_path / "train.xyz")))
+    assert abs(a.max_train_q - b.max_train_q) <= 1e-8 * a.max_train_q
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -50,7 +50,7 @@ DOC_QUOTES = (
     "wrong-symbol-count", "lowercase-element", "element-not-in-model", "newton-off", "units-lj",
     "compute-before-run", "xyz-keys", "ase-unknown-element",
     "damaged-file", "non-finite", "special-bonds", "atoms-changed", "no-cuda-gpu",
-    "tiled-message-passing", "neighbor-multi",
+    "tiled-message-passing", "neighbor-multi", "gamma-without-max-q",
 )
 
 
@@ -162,6 +162,18 @@ def test_checkpoint_given_to_lammps(files, tmp_path):
     # named as what it is, not as a damaged file
     assert "checkpoint" in error and "corrupted" not in error and "damaged" not in error
     check_quote("checkpoint-in-lammps", out)
+
+
+def test_gamma_from_a_file_without_max_q(files, tmp_path):
+    """compute llpr/atom gamma yes on a file whose calibration did not see the training set (as
+    every file exported before llpr recorded max q): say so and how to re-export."""
+    make_model(tmp_path / "plain.pt", species=(14,), seed=0, n_structures=6, gamma=False)
+    proc, out = _lmp(files, tmp_path, _script(model="plain.pt", pre="compute g all llpr/atom gamma yes\n"
+                                                            "dump d all custom 1 d.dump id c_g[3]"))
+    error = _error(out)
+    assert "gamma yes" in error and "extrapolation grade" in error and "llpr calibrate" in error
+    assert "re-export" in error
+    check_quote("gamma-without-max-q", out)
 
 
 def test_newton_off(files, tmp_path):

@@ -39,6 +39,9 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["package_version"] = m.package_version;
   d["model_info"] = m.model_info;
   d["ensemble_size"] = m.ensemble_size;
+  d["has_extrapolation_grade"] = m.has_extrapolation_grade;
+  if (m.has_extrapolation_grade) d["max_train_q"] = m.max_train_q;
+  else d["max_train_q"] = py::none();
   d["integrity"] = m.integrity;
   d["sealed"] = m.sealed;
   return d;
@@ -96,6 +99,11 @@ class PyModel {
     d["features"] = feats;
     d["sigma"] = sigma;
     d["lpr"] = lpr;
+    if (model_.metadata().has_extrapolation_grade) {
+      py::array_t<double> gamma({C});
+      model_.cached_extrapolation_grade(gamma.mutable_data());
+      d["gamma"] = gamma;
+    }
     d["energy_sigma"] = std::sqrt(model_.energy_variance(sum.data()));
     return d;
   }
@@ -176,6 +184,14 @@ class PyModel {
     return py::make_tuple(sigma, lpr);
   }
 
+  py::array_t<double> extrapolation_grade(DArray features) const
+  {
+    const int64_t n = feature_rows(features, model_.metadata().n_features);
+    py::array_t<double> out({n});
+    model_.extrapolation_grade(features.data(), n, out.mutable_data());
+    return out;
+  }
+
   double energy_variance(DArray feature_sum) const
   {
     const int64_t F = model_.metadata().n_features;
@@ -250,6 +266,8 @@ PYBIND11_MODULE(_core, m)
       py::arg("data"), "zip CRC-32 of `data`");
   m.def("check_device", &llpr::check_device, py::arg("device"),
         "ValueError (ModelError) naming the problem unless `device` is usable: cpu, cuda, cuda:N");
+  m.def("no_extrapolation_grade_message", &llpr::no_extrapolation_grade_message, py::arg("path"),
+        "The message for a file without the extrapolation grade's reference (head.max_train_q)");
   m.def("no_ensemble_message", &llpr::no_ensemble_message, py::arg("path"),
         py::arg("need") = "force uncertainties",
         "The message for a file without the last-layer ensemble that `need` needs");
@@ -281,6 +299,8 @@ PYBIND11_MODULE(_core, m)
            "ValueError if the file has no ensemble")
       .def("quadratic_form", &PyModel::quadratic_form, py::arg("features"))
       .def("local_uncertainty", &PyModel::local_uncertainty, py::arg("features"))
+      .def("extrapolation_grade", &PyModel::extrapolation_grade, py::arg("features"),
+           "gamma_i = q_i / max_train_q (LLPRHead.extrapolation_grade); ValueError if the file has no max_train_q")
       .def("energy_variance", &PyModel::energy_variance, py::arg("feature_sum"))
       .def("ensemble_energy_deviations", &PyModel::ensemble_energy_deviations, py::arg("feature_sum"),
            "The K members' energy deviations dw_k . s (eV) of one summed feature vector s, as "

@@ -265,6 +265,25 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
   }
   if (auto v = get_buffer("varsigma", {})) meta.varsigma = v->item<double>();
   if (auto dw = get_buffer("ensemble_deviations", {-1, F})) meta.ensemble_size = dw->size(0);
+  // optional within format 2: NaN = not recorded; otherwise a positive number and the method
+  if (head && head->hasattr("max_train_q")) {
+    auto v = head->attr("max_train_q");
+    if (!v.isTensor() || v.toTensor().scalar_type() != torch::kFloat64 || v.toTensor().dim() != 0) {
+      wrong.push_back("head.max_train_q is not a float64 scalar tensor");
+    } else {
+      const double q = v.toTensor().item<double>();
+      if (!std::isnan(q)) {
+        if (!(q > 0.0) || !std::isfinite(q))
+          wrong.push_back("head.max_train_q is " + fmt_double(q) + ", expected a positive number (or NaN: not recorded)");
+        else if (!head->find_method("extrapolation_grade"))
+          missing.emplace_back("head.extrapolation_grade");
+        else {
+          meta.has_extrapolation_grade = true;
+          meta.max_train_q = q;
+        }
+      }
+    }
+  }
   if (head)
     for (const char *name : {"quadratic_form", "local_uncertainty", "energy_variance", "ensemble_size"})
       if (!head->find_method(name)) missing.push_back(std::string("head.") + name);
@@ -352,6 +371,12 @@ struct Model::Impl {
       auto r = result->elements()[1].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
       std::memcpy(lpr, r.data_ptr<double>(), sizeof(double) * n);
     }
+  }
+  // gamma = q / max_train_q by LLPRHead.extrapolation_grade, copied to the host
+  void grade(const torch::Tensor &f, double *gamma) const
+  {
+    auto g = head.get_method("extrapolation_grade")({f}).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    std::memcpy(gamma, g.data_ptr<double>(), sizeof(double) * f.size(0));
   }
   // forward()/ensemble_forward() arguments, on the device, in the model's dtype
   std::vector<torch::jit::IValue> arguments(const Inputs &in, const Request &req) const
@@ -713,6 +738,14 @@ void Model::cached_local_uncertainty(double *sigma, double *lpr) const
   impl_->uncertainty(impl_->features, sigma, lpr);
 }
 
+void Model::cached_extrapolation_grade(double *gamma) const
+{
+  if (!impl_->meta.has_extrapolation_grade)
+    throw Error(no_extrapolation_grade_message("'" + impl_->meta.path + "'"));
+  if (impl_->features.size(0) == 0) return;
+  impl_->grade(impl_->features, gamma);
+}
+
 void Model::cached_features(double *out) const
 {
   auto f = impl_->features.to(torch::kCPU, torch::kFloat64).contiguous();
@@ -760,6 +793,14 @@ void Model::local_uncertainty(const double *features, int64_t n, double *sigma, 
   impl_->uncertainty(impl_->host_features(features, n), sigma, lpr);
 }
 
+void Model::extrapolation_grade(const double *features, int64_t n, double *gamma) const
+{
+  if (!impl_->meta.has_extrapolation_grade)
+    throw Error(no_extrapolation_grade_message("'" + impl_->meta.path + "'"));
+  if (n == 0) return;
+  impl_->grade(impl_->host_features(features, n), gamma);
+}
+
 double Model::energy_variance(const double *feature_sum) const
 {
   auto f = impl_->host_features(feature_sum, 1);
@@ -793,6 +834,14 @@ bool is_device_name(const std::string &d)
 }
 
 void check_device(const std::string &device) { parse_device(device); }
+
+std::string no_extrapolation_grade_message(const std::string &path)
+{
+  return path + " has no training-set reference for the extrapolation grade gamma (head.max_train_q: the file "
+                "was exported before llpr recorded it, or from a checkpoint calibrated without the training set); "
+                "calibrate again with `llpr calibrate` (it records max q over the training atoms) and re-export "
+                "with `llpr export`";
+}
 
 std::string no_ensemble_message(const std::string &path, const std::string &need)
 {

@@ -1,6 +1,7 @@
 """Helpers of the active-learning loop in run.sh.
 
-    python al.py thresholds MODEL TRAIN.xyz        print "DUMP HALT": sigma_i thresholds (eV)
+    python al.py check MODEL                       refuse a model file without the extrapolation
+                                                   grade (re-export it)
     python al.py label DUMP TRAIN.xyz --potential sw [--tag NAME]
                                                    label the frame(s) of a LAMMPS dump with the
                                                    reference potential and append them to TRAIN.xyz
@@ -10,10 +11,9 @@
                                                    recalibrate the LLPR, export OUT.pt (and
                                                    OUT.ckpt, OUT.llpr.ckpt)
 
-Thresholds come from the model's own training set: the dump threshold is the 99th percentile
-of sigma_i over all training atoms (atoms at least that unusual are worth a look), the halt
-threshold the largest sigma_i of any training atom (an atom less familiar than anything the
-model was trained on).
+The criterion is the extrapolation grade gamma_i = q_i / max q of the training atoms, which
+each exported file carries: it needs no threshold computed from the data (gamma_i > 1: an atom
+less familiar than anything the model was trained on).
 """
 
 from __future__ import annotations
@@ -24,28 +24,13 @@ import sys
 import numpy as np
 
 
-def training_sigmas(model: str, train: str) -> np.ndarray:
-    from llpr.ase import LLPRCalculator
-    from llpr.data import read_dataset
+def cmd_check(args) -> None:
+    from llpr.modelfile import load_exported, require_extrapolation_grade
 
-    calc = LLPRCalculator(model)
-    sigmas = []
-    for atoms in read_dataset(train):
-        atoms.calc = calc
-        atoms.get_potential_energy()
-        sigmas.append(calc.results["sigma"])
-    return np.concatenate(sigmas)
-
-
-def cmd_thresholds(args) -> None:
-    sigma = training_sigmas(args.model, args.train)
-    dump, halt = float(np.percentile(sigma, 99)), float(sigma.max())
-    print(
-        f"sigma_i over {len(sigma)} training atoms: median {1000 * np.median(sigma):.2f} meV, "
-        f"99th percentile {1000 * dump:.2f} meV, max {1000 * halt:.2f} meV",
-        file=sys.stderr,
-    )
-    print(f"{dump:.6g} {halt:.6g}")
+    module = load_exported(args.model)
+    require_extrapolation_grade(module, f"'{args.model}'")
+    print(f"{args.model}: gamma_i = q_i / {float(module.head.max_train_q):.6g} (max q of its training atoms)",
+          file=sys.stderr)
 
 
 def cmd_label(args) -> None:
@@ -130,21 +115,21 @@ def cmd_retrain(args) -> None:
         return make_loader(AtomisticDataset(atoms_list, model.cutoff, dtype), 16)
 
     # the training set changed: refit the covariance and recalibrate
-    llpr = LLPR(model).fit(loader(train)).calibrate(loader(val))
+    # max q over the grown training set: the reference of the next round's gamma
+    llpr = LLPR(model).fit(loader(train)).calibrate(loader(val), train_loader=loader(train))
     save_llpr(llpr, f"{args.out}.llpr.ckpt")
     export_model(llpr, f"{args.out}.pt", dtype=torch.float64)
     s = llpr.calibration_summary()
     print(f"trained {epochs} more epochs on {len(train)} structures; alpha {s['alpha']:.3g}, "
-          f"varsigma {s['varsigma']:.3g}; wrote {args.out}.pt", file=sys.stderr)
+          f"varsigma {s['varsigma']:.3g}, max q {s['max_train_q']:.4g}; wrote {args.out}.pt", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("thresholds", help="sigma_i thresholds from the training set")
+    p = sub.add_parser("check", help="check that a model file carries the extrapolation grade")
     p.add_argument("model")
-    p.add_argument("train")
-    p.set_defaults(func=cmd_thresholds)
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("label", help="label a dump's frames and add them to the training set")
     p.add_argument("dump")
     p.add_argument("train")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 
-from .modelfile import load_exported, require_ensemble
+from .modelfile import has_extrapolation_grade, load_exported, require_ensemble, require_extrapolation_grade
 from .graphs import graph_tensors
 
 
@@ -16,7 +16,9 @@ class LLPRCalculator(Calculator):
     Results: ``energy`` / ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
     (eV/A), ``stress`` (eV/A^3, Voigt, for fully periodic cells), ``sigma`` (per-atom
     sigma_i, eV), ``lpr`` (per-atom local prediction rigidity) and ``energy_sigma`` (sigma
-    of the total energy, eV).
+    of the total energy, eV) and, when the file carries the training set's max q (files from
+    `llpr calibrate` and `llpr export`), ``gamma`` (per-atom extrapolation grade ``q_i /
+    max_train q``: above 1, an environment more novel than every training atom).
 
     ``ensemble=True`` (the file needs a last-layer ensemble, ``llpr export --ensemble K``) also
     gives ``force_sigma`` (per-atom force sigma ``sqrt(sum_k |F_k,i - F_i|^2 / (3 (K-1)))``,
@@ -29,7 +31,7 @@ class LLPRCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "sigma", "lpr", "energy_sigma",
-                              "force_sigma", "energy_ensemble", "stress_ensemble", "stress_sigma"]
+                              "gamma", "force_sigma", "energy_ensemble", "stress_ensemble", "stress_sigma"]
 
     def __init__(self, model, device: str = "cpu", ensemble: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -38,11 +40,15 @@ class LLPRCalculator(Calculator):
         if self.ensemble:
             require_ensemble(self.module, f"'{model}'" if isinstance(model, str) else "the model")
         self.device = torch.device(device)
+        self.path = f"'{model}'" if isinstance(model, str) else "the model"
+        self.has_gamma = has_extrapolation_grade(self.module)
         self.cutoff = float(self.module.cutoff)
         self.species = set(int(z) for z in self.module.species)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        if "gamma" in properties:
+            require_extrapolation_grade(self.module, self.path)
         atoms = self.atoms
         unknown = sorted(set(int(z) for z in atoms.numbers) - self.species)
         if unknown:
@@ -67,6 +73,8 @@ class LLPRCalculator(Calculator):
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]
         self.results["sigma"] = out["sigma"].cpu().numpy()
         self.results["lpr"] = out["lpr"].cpu().numpy()
+        if self.has_gamma:
+            self.results["gamma"] = self.module.head.extrapolation_grade(out["features"]).cpu().numpy()
         feature_sum = out["features"].to(torch.float64).sum(0)
         self.results["energy_sigma"] = float(torch.sqrt(self.module.energy_variance(feature_sum))[0])
         if self.ensemble:

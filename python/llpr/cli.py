@@ -155,8 +155,11 @@ def cmd_calibrate(args) -> None:
     train = StreamingDataset(args.train, model.cutoff, dtype, energy_key=args.energy_key,
                              forces_key=args.forces_key, rank=rank, world_size=world)
     val = AtomisticDataset(_read(args.val, args), model.cutoff, dtype)
-    llpr = LLPR(model).fit(make_loader(train, args.batch_size), progress=_progress(args) and rank == 0)
-    llpr.calibrate(make_loader(val, args.batch_size))
+    progress = _progress(args) and rank == 0
+    llpr = LLPR(model).fit(make_loader(train, args.batch_size), progress=progress)
+    # a second pass over the training atoms, with the calibrated C: the extrapolation grade's max q
+    llpr.calibrate(make_loader(val, args.batch_size), train_loader=make_loader(train, args.batch_size),
+                   progress=progress)
     if rank != 0:
         return
     save_llpr(llpr, args.output)
@@ -164,7 +167,8 @@ def cmd_calibrate(args) -> None:
     print(
         f"fitted F^T F on {s['n_train']} structures; calibrated on {s['n_validation']}: "
         f"alpha = {s['alpha']:.4g}, varsigma = {s['varsigma']:.4g}; "
-        f"validation NLL {s['nll_before']:.3f} (alpha=1, varsigma=1) -> {s['nll']:.3f}; saved {args.output}"
+        f"validation NLL {s['nll_before']:.3f} (alpha=1, varsigma=1) -> {s['nll']:.3f}; "
+        f"max q of the {s['n_train_atoms']} training atoms {s['max_train_q']:.4g} (gamma = 1); saved {args.output}"
     )
 
 
@@ -297,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="exported model file")
     p.add_argument("--data", required=True, help="labelled structures (extxyz)")
     p.add_argument("--plots", default=None,
-                   help="folder for parity.png, calibration.png and error_vs_sigma.png")
+                   help="folder for parity.png, calibration.png, error_vs_sigma.png and (files with the "
+                        "extrapolation grade) gamma.png")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--no-ensemble", action="store_true",
                    help="skip the force uncertainties even if the file has a last-layer ensemble")

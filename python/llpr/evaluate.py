@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .calibrate import gaussian_nll
 from .data import stress_label
-from .modelfile import ensemble_size, load_exported, require_ensemble
+from .modelfile import ensemble_size, has_extrapolation_grade, load_exported, require_ensemble
 from .graphs import graph_tensors
 from .train import voigt_stress
 
@@ -110,11 +110,31 @@ def calibration_verdict(rmse: float, sigma_rms: float, n: int) -> str:
     return f"ratio {ratio:.2f}: errors smaller than sigma, underconfident"
 
 
+def extrapolation_metrics(gammas: list, n_atoms: np.ndarray) -> dict:
+    """Statistics of the per-atom extrapolation grade (one array per structure; an empty list:
+    the file has no max_train_q): its largest value, the fraction of atoms and of structures
+    above 1 (more novel than every training atom), and the mean. ``gamma_available`` says
+    which case it is."""
+    if not gammas:
+        return {"gamma_available": False}
+    g = np.concatenate(gammas)
+    per_structure = np.array([float(x.max()) if x.size else 0.0 for x in gammas])
+    return {
+        "gamma_available": True,
+        "gamma_max": float(g.max()) if g.size else 0.0,
+        "gamma_mean": float(g.mean()) if g.size else 0.0,
+        "gamma_fraction_atoms_above_1": float((g > 1.0).mean()) if g.size else 0.0,
+        "gamma_fraction_structures_above_1": float((per_structure > 1.0).mean()),
+        "gamma_max_structure": int(np.argmax(per_structure)),
+    }
+
+
 def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, stress: bool = False) -> dict:
     """Run an exported module on one ASE structure (vesin neighbour list). ``ensemble=True``
     also runs its last-layer ensemble: ``force_sigma`` (N,), ``force_deviations`` (K, N, 3)
     and ``energy_deviations`` (K,), all float64. ``stress=True`` (a fully periodic cell) adds
-    ``stress`` (6, Voigt, eV/A^3, float64) from the virial."""
+    ``stress`` (6, Voigt, eV/A^3, float64) from the virial. Files with the training set's max
+    q also give ``gamma`` (N,), the per-atom extrapolation grade."""
     inputs = tuple(graph_tensors(atoms, float(module.cutoff), module.dtype).values())
     out = module(*inputs, len(atoms), forces, stress)
     if stress:
@@ -122,6 +142,8 @@ def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, str
         out["stress"] = voigt_stress(virial, torch.tensor([atoms.get_volume()], dtype=torch.float64))[0]
     feature_sum = out["features"].to(torch.float64).sum(0)
     out["energy_sigma"] = torch.sqrt(module.energy_variance(feature_sum))[0]
+    if has_extrapolation_grade(module):
+        out["gamma"] = module.head.extrapolation_grade(out["features"])
     if ensemble:
         ens = module.ensemble_forward(*inputs, len(atoms), forces, False)
         for key in ("energy_deviations", "force_deviations", "force_sigma"):
@@ -145,7 +167,7 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
     elif ensemble:
         require_ensemble(module, f"'{model_path}'")
     e_ref, e_pred, e_sigma, n_atoms, f_ref, f_pred, atom_sigma = [], [], [], [], [], [], []
-    f_sigma, e_ens_sigma, s_ref, s_pred = [], [], [], []
+    f_sigma, e_ens_sigma, s_ref, s_pred, gammas = [], [], [], [], []
     for k, atoms in enumerate(tqdm(atoms_list, desc="evaluate", disable=not progress, leave=False)):
         if "energy" not in atoms.info or "forces" not in atoms.arrays:
             raise ValueError(f"structure {k} has no energy/forces labels; evaluate needs labelled data")
@@ -161,6 +183,8 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
         f_ref.append(np.asarray(atoms.arrays["forces"]))
         f_pred.append(out["forces"].detach().double().numpy())
         atom_sigma.append(out["sigma"].numpy())
+        if "gamma" in out:
+            gammas.append(out["gamma"].numpy())
         if ensemble:
             f_sigma.append(out["force_sigma"].detach().double().numpy())
             dev = out["energy_deviations"].double().numpy()
@@ -201,6 +225,9 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
     if s_ref:
         arrays["stress_reference"] = np.array(s_ref)
         arrays["stress_predicted"] = np.array(s_pred)
+    metrics.update(extrapolation_metrics(gammas, n_atoms))
+    if gammas:
+        arrays["gamma"] = np.concatenate(gammas)
     metrics["ensemble_size"] = int(k_members) if ensemble else 0
     # members the file has but this evaluation skipped (ensemble=False, `--no-ensemble`)
     metrics["ensemble_skipped"] = int(k_members) if not ensemble else 0
@@ -250,6 +277,17 @@ def format_summary(metrics: dict) -> str:
         f"  coverage 68% / 95%       {m['coverage_68']:.2f} / {m['coverage_95']:.2f} (expected 0.68 / 0.95)",
         f"  mean z^2                 {m['mean_z2']:.3f} (expected 1)",
     ]
+    if m.get("gamma_available"):
+        lines += [
+            "extrapolation grade (gamma_i = q_i / max q of the training atoms; > 1: beyond the training set)",
+            f"  max gamma                {m['gamma_max']:.3f} (structure {m['gamma_max_structure']}); "
+            f"mean {m['gamma_mean']:.3f}",
+            f"  gamma > 1                {100 * m['gamma_fraction_atoms_above_1']:.2f}% of atoms, "
+            f"{100 * m['gamma_fraction_structures_above_1']:.1f}% of structures",
+        ]
+    elif "gamma_available" in m:
+        lines.append("extrapolation grade        none: the file has no max q of the training atoms (calibrate with "
+                     "`llpr calibrate` and re-export)")
     if m.get("ensemble_size", 0):
         lines += [
             f"force uncertainty (last-layer ensemble, K = {m['ensemble_size']}; per component)",
@@ -410,10 +448,37 @@ def error_vs_sigma_figure(arrays: dict):
     return fig
 
 
+def plot_gamma(arrays: dict, path: str) -> str:
+    """Histogram of the per-atom extrapolation grade (log scale), with gamma = 1 (the most novel
+    training atom) marked."""
+    plt = _pyplot()
+    g = np.asarray(arrays["gamma"], dtype=np.float64)
+    positive = g[g > 0]
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    if positive.size:
+        lo, hi = min(positive.min(), 0.5), max(positive.max(), 2.0)
+        ax.hist(positive, bins=np.geomspace(lo, hi, 40), color="tab:blue", alpha=0.8)
+    ax.axvline(1.0, color="k", ls="--", lw=1.0, label="gamma = 1: most novel training atom")
+    ax.set_xscale("log")
+    ax.set_xlabel("extrapolation grade gamma_i = q_i / max q (training)")
+    ax.set_ylabel("atoms")
+    ax.set_title(f"{100 * float((g > 1).mean()):.1f}% of {g.size} atoms above 1")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(arrays: dict, folder: str) -> dict:
+    """The figures of `llpr evaluate --plots`: parity, calibration, error_vs_sigma and, when the
+    file has the extrapolation grade, gamma."""
     os.makedirs(folder, exist_ok=True)
-    return {
+    paths = {
         "parity": plot_parity(arrays, os.path.join(folder, "parity.png")),
         "calibration": plot_calibration(arrays, os.path.join(folder, "calibration.png")),
         "error_vs_sigma": plot_error_vs_sigma(arrays, os.path.join(folder, "error_vs_sigma.png")),
     }
+    if "gamma" in arrays:
+        paths["gamma"] = plot_gamma(arrays, os.path.join(folder, "gamma.png"))
+    return paths

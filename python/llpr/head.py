@@ -8,6 +8,9 @@ one implementation of each formula. With ``C = F^T F + varsigma^2 I = L L^T``:
 * quadratic form ``q(f) = f^T C^-1 f = |L^-1 f|^2``;
 * per atom ``sigma_i = alpha sqrt(q(f_i))`` and ``LPR_i = 1 / q(f_i)``;
 * a group's (structure's) energy variance ``alpha^2 q(sum_i f_i)``;
+* the extrapolation grade ``gamma_i = q(f_i) / max_train q``, the largest quadratic form of
+  any training atom (``max_train_q``, recorded after calibration because ``C`` depends on
+  ``varsigma``): ``gamma > 1`` is an environment more novel than every atom trained on;
 * a last-layer ensemble ``dw_k = w_k - w`` (K, F): member energy deviations ``dw_k . s`` of
   summed features ``s``, and the spreads of :mod:`llpr.propagation`;
 * the gradient of a group's energy sigma with respect to its summed features, ``d sigma_E /
@@ -21,6 +24,7 @@ measures both). On a CPU it runs in blocks of rows that stay in cache.
 """
 
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -34,7 +38,9 @@ class LLPRHead(nn.Module):
     """Covariance factor, ``alpha``, ``varsigma`` and last-layer ensemble of one model.
 
     ``cholesky`` (F, F): lower-triangular ``L`` with ``L L^T = F^T F + varsigma^2 I``;
-    ``ensemble_deviations`` (K, F): ``dw_k`` (K = 0: no ensemble). All state is float64.
+    ``ensemble_deviations`` (K, F): ``dw_k`` (K = 0: no ensemble); ``max_train_q``: the
+    largest ``f_i^T C^-1 f_i`` over the training set's atoms, with this ``C`` (None: not
+    recorded, stored as NaN; :meth:`extrapolation_grade` then refuses). All state is float64.
     """
 
     block_rows: int
@@ -45,6 +51,7 @@ class LLPRHead(nn.Module):
         alpha: float,
         varsigma: float,
         ensemble_deviations: Optional[torch.Tensor] = None,
+        max_train_q: Optional[float] = None,
     ) -> None:
         super().__init__()
         L = cholesky.detach().to(device="cpu", dtype=torch.float64).clone()
@@ -65,6 +72,11 @@ class LLPRHead(nn.Module):
         self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float64))
         self.register_buffer("varsigma", torch.tensor(float(varsigma), dtype=torch.float64))
         self.register_buffer("ensemble_deviations", dw)
+        if max_train_q is None:
+            max_train_q = float("nan")
+        elif not (math.isfinite(float(max_train_q)) and float(max_train_q) > 0.0):
+            raise ValueError(f"max_train_q must be a positive number (the largest training-atom q), got {max_train_q}")
+        self.register_buffer("max_train_q", torch.tensor(float(max_train_q), dtype=torch.float64))
         # rows per block on a CPU: a (block, F) float64 slab and its product stay in cache
         self.block_rows = 4096
 
@@ -98,6 +110,22 @@ class LLPRHead(nn.Module):
         """Per-atom ``sigma_i = alpha sqrt(q_i)`` (energy units) and ``LPR_i = 1 / q_i``."""
         q = self.quadratic_form(features)
         return self.alpha * torch.sqrt(q), 1.0 / q
+
+    @torch.jit.export
+    def has_extrapolation_grade(self) -> bool:
+        """Whether ``max_train_q`` was recorded (a positive number, not NaN)."""
+        return bool(self.max_train_q > 0.0)
+
+    @torch.jit.export
+    def extrapolation_grade(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-atom ``gamma_i = q(f_i) / max_train q`` (B,), float64."""
+        if not bool(self.max_train_q > 0.0):
+            raise RuntimeError(
+                "this LLPR head has no training-set maximum of q (max_train_q) for the extrapolation grade; "
+                "calibrate with the training set (llpr calibrate, or LLPR.calibrate(val, train_loader=train)) "
+                "and export again"
+            )
+        return self.quadratic_form(features) / self.max_train_q
 
     @torch.jit.export
     def energy_variance(self, feature_sums: torch.Tensor) -> torch.Tensor:

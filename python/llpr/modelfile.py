@@ -96,6 +96,21 @@ def require_ensemble(module, path: str = "the model file") -> int:
     return k
 
 
+def has_extrapolation_grade(module) -> bool:
+    """Whether a loaded exported module carries the extrapolation grade's reference
+    (``head.max_train_q``; files exported before it, or from a checkpoint calibrated without
+    the training set, do not)."""
+    head = getattr(module, "head", None)
+    q = getattr(head, "max_train_q", None)
+    return isinstance(q, torch.Tensor) and bool(q > 0.0) and hasattr(head, "extrapolation_grade")
+
+
+def require_extrapolation_grade(module, path: str = "the model file") -> None:
+    """ValueError with the re-export hint unless ``module`` can give the extrapolation grade."""
+    if not has_extrapolation_grade(module):
+        raise ValueError(_core().no_extrapolation_grade_message(path))
+
+
 def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     """Load an exported file after the C++ core (the validator LAMMPS uses) has checked it:
     its integrity seal, its format version and every item of the contract.

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .calibrate import CalibrationResult, calibrate_hyperparameters
 from .checkpoint import model_from_payload, read_llpr_payload, save_llpr_payload
+from .extrapolation import MaximumAccumulator
 from .fit import CovarianceAccumulator
 from .head import LLPRHead
 from .model import edge_vectors_from_positions
@@ -126,6 +127,9 @@ class LLPR:
         self.covariance: torch.Tensor | None = None
         self.n_train = 0
         self.calibration: CalibrationResult | None = None
+        # largest training-atom q with the calibrated C (extrapolation grade reference)
+        self.max_train_q: float | None = None
+        self.n_train_atoms = 0
         self._cholesky: torch.Tensor | None = None
         self._head: LLPRHead | None = None
 
@@ -175,6 +179,7 @@ class LLPR:
         self.covariance = acc.result()
         self.n_train = acc.n_samples
         self.calibration = None
+        self.max_train_q = None
         self._cholesky = None
         self._head = None
         return self
@@ -194,20 +199,56 @@ class LLPR:
             raise ValueError("the validation loader is empty: calibration needs at least one structure")
         return {"prediction": torch.cat(preds), "features": torch.cat(feats), "target": torch.cat(targets)}
 
-    def calibrate(self, loader, **kwargs) -> "LLPR":
-        """Fit alpha and varsigma on a validation ``loader`` by minimising the Gaussian NLL."""
+    def calibrate(self, loader, train_loader=None, progress: bool = False, **kwargs) -> "LLPR":
+        """Fit alpha and varsigma on a validation ``loader`` by minimising the Gaussian NLL.
+
+        With ``train_loader`` (the training set given to :meth:`fit`), also record the
+        extrapolation grade's reference (:meth:`fit_extrapolation_grade`)."""
         self._require_fitted("calibrate")
         data = self.collect(loader)
         errors = data["prediction"] - data["target"]
         self.calibration = calibrate_hyperparameters(self.covariance, data["features"], errors, **kwargs)
+        self.max_train_q = None
         self._cholesky = None
         self._head = None
+        if train_loader is not None:
+            self.fit_extrapolation_grade(train_loader, progress=progress)
         return self
+
+    def fit_extrapolation_grade(self, train_loader, progress: bool = False) -> "LLPR":
+        """Record ``max_train_q``, the largest ``f_i^T C^-1 f_i`` over the atoms of the
+        training ``loader`` (one streaming pass; rows of a tabular set), with the calibrated
+        ``C``: the reference of :meth:`extrapolation_grade`. Under ``torch.distributed`` each
+        process passes its share and the maximum is all-reduced."""
+        self._require_calibrated("record the extrapolation grade's reference")
+        acc = MaximumAccumulator(self.head())
+        for batch in tqdm(train_loader, desc="llpr max q", disable=not progress, leave=False):
+            out = self._outputs(batch)
+            acc.update(out["atom_features"] if "atom_features" in out else out["features"])
+        acc.all_reduce()
+        self.max_train_q = acc.result()
+        self.n_train_atoms = acc.n_atoms
+        self._head = None
+        return self
+
+    def extrapolation_grade(self, atom_features: torch.Tensor) -> torch.Tensor:
+        """Per-atom ``gamma_i = f_i^T C^-1 f_i / max_train_q`` (float64): above 1, an
+        environment more novel than every training atom."""
+        self._require_calibrated("compute the extrapolation grade")
+        if self.max_train_q is None:
+            raise RuntimeError(
+                "cannot compute the extrapolation grade: the training set's max q is not recorded; call "
+                "LLPR.fit_extrapolation_grade(train_loader) (or calibrate(val_loader, train_loader=train_loader))"
+            )
+        return self.head().extrapolation_grade(atom_features)
 
     def calibration_summary(self) -> dict:
         self._require_calibrated("summarise the calibration")
         summary = self.calibration.summary()
         summary["n_train"] = self.n_train
+        if self.max_train_q is not None:
+            summary["max_train_q"] = self.max_train_q
+            summary["n_train_atoms"] = self.n_train_atoms
         # a structure's feature is the sum of its atoms'; tabular rows are not reduced
         summary["feature_reduction"] = "sum" if self.kind == "atomistic" else "none"
         if self.kind != "atomistic":
@@ -237,9 +278,10 @@ class LLPR:
         self._require_calibrated("build the LLPR head")
         if ensemble == 0:
             if self._head is None:
-                self._head = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma)
+                self._head = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, None, self.max_train_q)
             return self._head
-        return LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, self.ensemble_deviations(ensemble, seed))
+        return LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, self.ensemble_deviations(ensemble, seed),
+                        self.max_train_q)
 
     def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
         """f^T C^-1 f per row (float64), by :meth:`LLPRHead.quadratic_form`."""
@@ -297,7 +339,8 @@ class LLPR:
 
     def predict(self, batch, ensemble: torch.Tensor | None = None, forces: bool = False) -> dict:
         """Predictions with their variance and sigma; per-atom sigma and LPR when the
-        feature function gives atom features.
+        feature function gives atom features, and their extrapolation grade ``gamma`` when
+        ``max_train_q`` is recorded (:meth:`fit_extrapolation_grade`).
 
         ``ensemble``: last-layer weights (K, F) from :meth:`sample_ensemble`; adds
         ``ensemble_prediction`` (B, K), each member's prediction ``prediction + features @
@@ -313,6 +356,8 @@ class LLPR:
         if "atom_features" in out:
             sigma_i, lpr_i = self.local_uncertainty(out["atom_features"])
             result.update(atom_sigma=sigma_i, lpr=lpr_i, atom_energies=out["atom_energies"])
+            if self.max_train_q is not None:
+                result["gamma"] = self.head().extrapolation_grade(out["atom_features"])
         if "target" in out:
             result["target"] = out["target"]
         deviations = None
@@ -348,6 +393,9 @@ class LLPR:
                  "target_shift": self.target_shift}
         if self.calibration is not None:
             state["calibration"] = self.calibration.__dict__.copy()
+        if self.max_train_q is not None:
+            state["max_train_q"] = self.max_train_q
+            state["n_train_atoms"] = self.n_train_atoms
         return state
 
     def load_state_dict(self, state: dict) -> "LLPR":
@@ -357,6 +405,8 @@ class LLPR:
         self.target_shift = float(state.get("target_shift", 0.0))
         cal = state.get("calibration")
         self.calibration = CalibrationResult(**cal) if cal is not None else None
+        self.max_train_q = state.get("max_train_q")
+        self.n_train_atoms = int(state.get("n_train_atoms", 0))
         self._cholesky = None
         self._head = None
         return self

@@ -70,6 +70,11 @@ struct Metadata {
   // the methods of a biased evaluation (forward_graph, backward_graph, head.bias_sigma): files
   // exported by an llpr older than fix llpr/bias lack them (and still load for everything else)
   bool bias = false;
+  // the training set's largest per-atom quadratic form (buffer head.max_train_q), the reference
+  // of the extrapolation grade gamma_i = q_i / max_train_q; optional within format 2 (files
+  // exported before it, or from a checkpoint calibrated without the training set, lack it)
+  bool has_extrapolation_grade = false;
+  double max_train_q = 0.0;
   // how the file's integrity was verified on load (IntegrityReport::summary)
   std::string integrity;
   bool sealed = false;
@@ -161,6 +166,9 @@ class Model {
   int64_t n_cached() const;
   // sigma_i = alpha sqrt(f_i^T C^-1 f_i) (eV) and LPR_i = 1 / (f_i^T C^-1 f_i); either may be null
   void cached_local_uncertainty(double *sigma, double *lpr) const;
+  // gamma_i = f_i^T C^-1 f_i / max_train_q by LLPRHead.extrapolation_grade; Error (with
+  // no_extrapolation_grade_message) if the file has no max_train_q
+  void cached_extrapolation_grade(double *gamma) const;
   // the cached features, n_cached x n_features, float64 (copied to the host)
   void cached_features(double *out) const;
   // sum (float64) of the cached features of every centre
@@ -172,6 +180,7 @@ class Model {
   // --- on host features (float64, row-major n x n_features) ---
   void quadratic_form(const double *features, int64_t n, double *out) const;
   void local_uncertainty(const double *features, int64_t n, double *sigma, double *lpr) const;
+  void extrapolation_grade(const double *features, int64_t n, double *gamma) const;
   // alpha^2 s^T C^-1 s for one summed feature vector s (n_features)
   double energy_variance(const double *feature_sum) const;
   // the K members' energy deviations dE_k = dw_k . s (eV) of one summed feature vector s
@@ -195,6 +204,10 @@ void check_device(const std::string &device);
 // The message for a file without a last-layer ensemble where one is needed for `need`
 // (force uncertainties, member energy deviations, ...).
 std::string no_ensemble_message(const std::string &path, const std::string &need = "force uncertainties");
+
+// The message for a file without the extrapolation grade's reference (head.max_train_q) where
+// `who` needs it.
+std::string no_extrapolation_grade_message(const std::string &path);
 
 // Load `path` on the CPU exactly as the LAMMPS plugin does and return its metadata (the file's
 // integrity is verified first, as on every load).
