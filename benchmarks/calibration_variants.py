@@ -16,7 +16,9 @@ on member 0 (seed ``--seed``) and calibrated in several ways, each a public opti
 
 The deep ensemble is trained here (``--members`` models), or its rows are read from a
 ``uq_quality.py`` JSON of the same data, split, seed and epochs (``--ensemble-json``), which
-then saves training all but member 0.
+then saves training all but member 0; compare the JSON's LLPR row with this run's
+``energy (default)`` row first: if they differ, member 0 did not train to the same model
+(another package version) and the ensemble rows are not comparable.
 
     python benchmarks/calibration_variants.py [--epochs 300] [--ensemble-json FILE] [--quick]
 """
@@ -37,6 +39,7 @@ from uq_quality import OOD_TYPES, is_ood, llpr_predict, machine_description, met
 
 from llpr.graphs import AtomisticDataset, make_loader  # noqa: E402
 from llpr.sampling import generate_dataset  # noqa: E402
+from llpr.train import train_model  # noqa: E402
 from llpr.uncertainty import LLPR  # noqa: E402
 
 VARIANTS = (
@@ -113,10 +116,13 @@ def main() -> None:
             if reused["args"][key] != getattr(args, key):
                 raise SystemExit(f"{args.ensemble_json} was run with {key}={reused['args'][key]}, not "
                                  f"{getattr(args, key)}: its ensemble is not comparable")
-        members, runs = train_members(train, val, 1, config)
+        model, history = train_model(train, val, config, progress=False)
+        runs = [{"seed": config.seed, "epochs": len(history["epoch"]), "best_epoch": history["best_epoch"],
+                 "best_val_energy_rmse_mev_per_atom": 1000 * history["val_energy_rmse"][history["best_epoch"]]}]
+        print(f"member 0: {runs[0]}", flush=True)
     else:
         members, runs = train_members(train, val, args.members, config)
-    model = members.members[0]
+        model = members.members[0]
     dtype = next(model.parameters()).dtype
     loader = lambda s: make_loader(AtomisticDataset(s, model.cutoff, dtype), 16)  # noqa: E731
     llpr = LLPR(model).fit(loader(train))

@@ -116,3 +116,30 @@ def test_gpu_check_without_gpu_stops_at_once(tmp_path):
     want = f"FAILED: no CUDA GPU is usable: torch {torch.__version__} ({kind}) sees 0 CUDA devices"
     assert want in proc.stdout and want in (tmp_path / "summary.txt").read_text()
     assert "installed" not in proc.stdout and "pytest" not in proc.stdout  # nothing set up, nothing run
+
+
+def test_calibration_variants_quick(tmp_path):
+    """Every calibration variant gets a row (ID and OOD) next to the deep ensemble, and each row
+    was calibrated as its name says."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "calibration_variants.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "calibration_variants_quick.json").read_text())
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from calibration_variants import VARIANTS
+
+    names = [name for name, _ in VARIANTS]
+    for set_name in ("ID test", "OOD test"):
+        assert list(r["results"][set_name]) == names + ["deep ensemble (K=2)"]
+        for row in r["results"][set_name].values():
+            assert math.isfinite(row["nll"]) and math.isfinite(row["force_nll"])
+    for name, options in VARIANTS:
+        cal = r["calibration"][name]
+        assert cal["force_weight"] == options.get("force_weight", 0.0)
+        assert (cal["method"] == "power-law") == bool(options.get("sigma_power"))
+        assert (cal["n_extra"] > 0) == bool(options.get("extra"))
+    md = (tmp_path / "calibration_variants_quick.md").read_text()
+    assert all(f"| {name} |" in md for name in names + ["deep ensemble (K=2)"])
