@@ -81,6 +81,40 @@ def extra_structures(n: int, seed: int) -> list:
     return out
 
 
+def run_variants(model, train, val, test, ood, extra, args, verbose=False):
+    """Fit LLPR on ``model`` and calibrate it in each of VARIANTS: metrics on the ID and OOD
+    test sets, calibration summaries and the OOD energy NLL by kind."""
+    dtype = next(model.parameters()).dtype
+    loader = lambda s: make_loader(AtomisticDataset(s, model.cutoff, dtype), 16)  # noqa: E731
+    llpr = LLPR(model).fit(loader(train))
+    results = {"ID test": {}, "OOD test": {}}
+    calibrations, ood_kinds = {}, {}
+    for name, options in VARIANTS:
+        opts = dict(options)
+        if opts.pop("extra", False):
+            opts.update(extra=loader(extra), extra_source=f"{len(extra)} OOD-kind structures, seed {args.extra_seed}")
+        llpr.calibrate(loader(val), **opts)
+        calibrations[name] = llpr.calibration_summary()
+        weights = llpr.sample_ensemble(args.llpr_ensemble, seed=args.ensemble_seed)
+        for set_name, data in (("ID test", test), ("OOD test", ood)):
+            pred = llpr_predict(llpr, data, weights)
+            results[set_name][name] = metrics(pred, data)
+            if set_name == "OOD test":
+                ood_kinds[name] = per_kind_nll(pred, data)
+        if verbose:
+            print(f"{name}: alpha {llpr.alpha:.4g} varsigma {llpr.varsigma:.4g} b {llpr.calibration.sigma_power:.3g}; "
+                  f"ID NLL {results['ID test'][name]['nll']:.3f} OOD NLL {results['OOD test'][name]['nll']:.3f}",
+                  flush=True)
+    return results, calibrations, ood_kinds
+
+
+def summarise_member(k: int, results: dict) -> dict:
+    """Energy and force NLL of each variant, ID and OOD, for member ``k``."""
+    return {"member": k, "nll": {name: {f"{s} {q}": results[s][name][key] for s in ("ID test", "OOD test")
+                                        for q, key in (("energy", "nll"), ("forces", "force_nll"))}
+                                 for name, _ in VARIANTS}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=5)
@@ -123,26 +157,13 @@ def main() -> None:
     else:
         members, runs = train_members(train, val, args.members, config)
         model = members.members[0]
-    dtype = next(model.parameters()).dtype
-    loader = lambda s: make_loader(AtomisticDataset(s, model.cutoff, dtype), 16)  # noqa: E731
-    llpr = LLPR(model).fit(loader(train))
-    results = {"ID test": {}, "OOD test": {}}
-    calibrations, ood_kinds = {}, {}
-    for name, options in VARIANTS:
-        opts = dict(options)
-        if opts.pop("extra", False):
-            opts.update(extra=loader(extra), extra_source=f"{len(extra)} OOD-kind structures, seed {args.extra_seed}")
-        llpr.calibrate(loader(val), **opts)
-        calibrations[name] = llpr.calibration_summary()
-        weights = llpr.sample_ensemble(args.llpr_ensemble, seed=args.ensemble_seed)
-        for set_name, data in (("ID test", test), ("OOD test", ood)):
-            pred = llpr_predict(llpr, data, weights)
-            results[set_name][name] = metrics(pred, data)
-            if set_name == "OOD test":
-                ood_kinds[name] = per_kind_nll(pred, data)
-        print(f"{name}: alpha {llpr.alpha:.4g} varsigma {llpr.varsigma:.4g} b {llpr.calibration.sigma_power:.3g}; "
-              f"ID NLL {results['ID test'][name]['nll']:.3f} OOD NLL {results['OOD test'][name]['nll']:.3f}",
-              flush=True)
+    results, calibrations, ood_kinds = run_variants(model, train, val, test, ood, extra, args, verbose=True)
+    # the same variants on every other member: how much the verdicts depend on member 0's seed
+    per_member = [summarise_member(0, results)]
+    if reused is None:
+        for k, member in enumerate(members.members[1:], start=1):
+            per_member.append(summarise_member(k, run_variants(member, train, val, test, ood, extra, args)[0]))
+            print(f"variants on member {k}: done", flush=True)
     ens_name = f"deep ensemble (K={args.members})"
     if reused is not None:
         for set_name in results:
@@ -163,6 +184,7 @@ def main() -> None:
     report = {"command": command, "machine": machine_description(), "torch": torch.__version__, "wall_s": wall,
               "ensemble_source": ens_source, "training_runs": runs, "n_extra_structures": len(extra),
               "results": results, "calibration": calibrations, "ood_energy_nll_by_kind": ood_kinds,
+              "per_member": per_member,
               "args": vars(args)}
     suffix = "_quick" if args.quick else ""
     os.makedirs(args.out, exist_ok=True)
@@ -200,6 +222,23 @@ def render(report: dict) -> str:
               "|---|" + "---|" * len(kinds)]
     for name, row in report["ood_energy_nll_by_kind"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in kinds) + " |")
+    members = report.get("per_member", [])
+    if len(members) > 1:
+        cols = ("ID test energy", "ID test forces", "OOD test energy", "OOD test forces")
+        ens = [n for n in report["results"]["ID test"] if n not in report["calibration"]][0]
+        lines += ["", f"Every variant on each of the {len(members)} members (LLPR fitted on member k; NLL, mean over "
+                  "members, and on how many members the variant beats the default):", "",
+                  "| variant | " + " | ".join(f"{c} NLL (mean)" for c in cols) + " | better than default (ID E / OOD E) |",
+                  "|---|" + "---|" * (len(cols) + 1)]
+        for name in report["calibration"]:
+            means = [np.mean([m["nll"][name][c] for m in members]) for c in cols]
+            wins = [sum(m["nll"][name][c] < m["nll"]["energy (default)"][c] for m in members)
+                    for c in ("ID test energy", "OOD test energy")]
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in means)
+                         + f" | {wins[0]}/{len(members)} , {wins[1]}/{len(members)} |")
+        e = report["results"]
+        lines.append(f"| {ens} | {e['ID test'][ens]['nll']:.3f} | {e['ID test'][ens]['force_nll']:.3f} | "
+                     f"{e['OOD test'][ens]['nll']:.3f} | {e['OOD test'][ens]['force_nll']:.3f} | |")
     return "\n".join(lines) + "\n"
 
 
