@@ -16,14 +16,18 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_lammps_performance_quick(tmp_path):
-    out = tmp_path / "perf"
+def _run_quick(script: str, out) -> None:
+    """Run benchmarks/<script> --quick --out <out> on one thread; fail with its output's tail."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lammps_performance.py"), "--quick", "--out", str(out)],
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_lammps_performance_quick(tmp_path):
+    _run_quick("lammps_performance.py", tmp_path / "perf")
     r = json.loads((tmp_path / "perf.json").read_text())
     for key in ("overhead", "integration", "ase_vs_lammps", "scaling", "mpi", "committee", "references", "force_sigma",
                 "force_sigma_large"):
@@ -121,12 +125,7 @@ def test_gpu_check_without_gpu_stops_at_once(tmp_path):
 def test_calibration_variants_quick(tmp_path):
     """Every calibration variant gets a row (ID and OOD) next to the deep ensemble, and each row
     was calibrated as its name says."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "calibration_variants.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _run_quick("calibration_variants.py", tmp_path)
     r = json.loads((tmp_path / "calibration_variants_quick.json").read_text())
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from calibration_variants import VARIANTS
