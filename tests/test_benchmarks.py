@@ -164,3 +164,25 @@ def test_extrapolation_grade_quick(tmp_path):
             assert row["auroc_max_gamma"] == pytest.approx(pairs, abs=1e-12)
     assert auroc([0.0, 1.0], [2.0, 3.0]) == 1.0 and auroc([2.0, 3.0], [0.0, 1.0]) == 0.0
     assert auroc([1.0], [1.0]) == 0.5
+
+
+def test_calibration_variants_quick(tmp_path):
+    """Every calibration variant gets a row (ID and OOD) next to the deep ensemble, and each row
+    was calibrated as its name says."""
+    run_benchmark("calibration_variants.py", "--quick", "--out", str(tmp_path))
+    r = json.loads((tmp_path / "calibration_variants_quick.json").read_text())
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from calibration_variants import VARIANTS
+
+    names = [name for name, _ in VARIANTS]
+    for set_name in ("ID test", "OOD test"):
+        assert list(r["results"][set_name]) == names + ["deep ensemble (K=2)"]
+        for row in r["results"][set_name].values():
+            assert math.isfinite(row["nll"]) and math.isfinite(row["force_nll"])
+    for name, options in VARIANTS:
+        cal = r["calibration"][name]
+        assert cal["force_weight"] == options.get("force_weight", 0.0)
+        assert (cal["method"] == "power-law") == bool(options.get("sigma_power"))
+        assert (cal["n_extra"] > 0) == bool(options.get("extra"))
+    md = (tmp_path / "calibration_variants_quick.md").read_text()
+    assert all(f"| {name} |" in md for name in names + ["deep ensemble (K=2)"])

@@ -8,6 +8,21 @@ The predicted variance of a validation target is ``alpha^2 q(varsigma)`` with
 is minimised over alpha in closed form (``alpha^2 = mean(e^2 / q)``, which makes the mean
 of ``z^2 = e^2 / sigma^2`` exactly 1), and over varsigma by a search on a log grid followed
 by a bounded 1-D refinement (Brent) around the best grid point.
+
+Two options change the objective (both keep ``alpha`` in closed form):
+
+* **forces** (``force_weight`` w > 0): the per-component force errors ``e_ic`` of the
+  validation atoms enter too, with the variance ``alpha^2 qbar_i``, ``qbar_i = 1/3 sum_c
+  g_ic^T C^-1 g_ic`` and ``g_ic = d(sum_j f_j)/d r_ic``: the limit of the last-layer
+  ensemble's per-atom force variance (:mod:`llpr.propagation`), so the calibrated ``alpha``
+  scales the force sigma that predictions and LAMMPS report. The objective is
+  ``NLL_energy + w NLL_force`` (each a mean: over structures, over force components), and
+  ``alpha^2 = (mean(e^2/q) + w mean(e_f^2/qbar)) / (1 + w)``.
+* **power law** (``fit_power``): the energy variance becomes ``s^2 q^b``, a recalibration
+  ``sigma = s (sqrt q)^b`` that lets sigma grow faster (b > 1) or slower than the linear
+  model predicts away from the training set; ``s^2 = mean(e^2 / q^b)`` and ``b`` is fitted
+  (bounded, 1/4 to 4) at each varsigma. ``alpha`` stays the b = 1 scale at that varsigma:
+  the last-layer ensemble (and hence the force sigma) is sampled with it.
 """
 
 from __future__ import annotations
@@ -39,6 +54,20 @@ class CalibrationResult:
     numerical_rank: int
     grid_log10_varsigma: list = field(default_factory=list)
     grid_nll: list = field(default_factory=list)
+    # how it was calibrated (recorded in checkpoints and in the exported file's calibration JSON)
+    method: str = "energy"
+    force_weight: float = 0.0
+    force_nll: float | None = None
+    n_force_components: int = 0
+    sigma_power: float = 1.0
+    sigma_scale: float | None = None
+    n_extra: int = 0
+    extra_source: str = ""
+
+    @property
+    def energy_scale(self) -> float:
+        """``s`` of the energy variance ``s^2 q^b`` (``alpha`` unless a power law was fitted)."""
+        return self.alpha if self.sigma_scale is None else self.sigma_scale
 
     def summary(self) -> dict:
         return {
@@ -49,6 +78,14 @@ class CalibrationResult:
             "n_validation": self.n_validation,
             "condition_number": self.condition_number if math.isfinite(self.condition_number) else None,
             "numerical_rank": self.numerical_rank,
+            "method": self.method,
+            "force_weight": self.force_weight,
+            "force_nll": self.force_nll,
+            "n_force_components": self.n_force_components,
+            "sigma_power": self.sigma_power,
+            "sigma_scale": self.energy_scale,
+            "n_extra": self.n_extra,
+            "extra_source": self.extra_source,
         }
 
 
@@ -67,11 +104,64 @@ class SpectralQuadraticForm:
         return self.projections @ (1.0 / (self.eigenvalues + varsigma**2))
 
 
-def _nll_at(qf: SpectralQuadraticForm, errors2: np.ndarray, log10_varsigma: float) -> tuple[float, float]:
-    q = qf(10.0**log10_varsigma)
-    alpha2 = float(np.mean(errors2 / q))
-    nll = 0.5 * (math.log(2.0 * math.pi * alpha2) + float(np.mean(np.log(q))) + 1.0)
-    return nll, alpha2
+class _Objective:
+    """The calibration objective at one varsigma: energy NLL (optionally a power law) plus
+    ``force_weight`` times the force-component NLL, with the scale in closed form."""
+
+    POWER_BOUNDS = (0.25, 4.0)
+
+    def __init__(self, qf, errors2, qf_force=None, force_errors2=None, force_weight=0.0, fit_power=False):
+        self.qf, self.errors2 = qf, errors2
+        self.qf_force, self.force_errors2 = qf_force, force_errors2
+        self.w = float(force_weight)
+        self.fit_power = fit_power
+
+    def _power(self, q: np.ndarray) -> tuple[float, float, float]:
+        """(NLL, s^2, b) of the energy variance s^2 q^b at its best b."""
+        logq = np.log(q)
+
+        def nll(b):
+            s2 = float(np.mean(self.errors2 * np.exp(-b * logq)))
+            return 0.5 * (math.log(2.0 * math.pi * s2) + b * float(np.mean(logq)) + 1.0), s2
+
+        res = minimize_scalar(lambda b: nll(b)[0], bounds=self.POWER_BOUNDS, method="bounded",
+                              options={"xatol": 1e-8})
+        b = float(res.x)
+        value, s2 = nll(b)
+        return value, s2, b
+
+    def __call__(self, log10_varsigma: float) -> dict:
+        """objective, alpha^2, energy NLL, force NLL, b, s^2 at this varsigma."""
+        vs = 10.0**log10_varsigma
+        q = self.qf(vs)
+        a_e = float(np.mean(self.errors2 / q))
+        if self.fit_power:
+            nll_e, s2, b = self._power(q)
+            return {"objective": nll_e, "alpha2": a_e, "nll": nll_e, "force_nll": None, "power": b, "scale2": s2}
+        if self.w == 0.0 or self.qf_force is None:
+            nll_e = 0.5 * (math.log(2.0 * math.pi * a_e) + float(np.mean(np.log(q))) + 1.0)
+            return {"objective": nll_e, "alpha2": a_e, "nll": nll_e, "force_nll": None, "power": 1.0, "scale2": a_e}
+        qbar = self.qf_force(vs)
+        a_f = float(np.mean(self.force_errors2 / qbar))
+        alpha2 = (a_e + self.w * a_f) / (1.0 + self.w)
+        nll_e = gaussian_nll(np.sqrt(self.errors2), alpha2 * q)
+        nll_f = gaussian_nll(np.sqrt(self.force_errors2), alpha2 * qbar)
+        return {"objective": nll_e + self.w * nll_f, "alpha2": alpha2, "nll": nll_e, "force_nll": nll_f,
+                "power": 1.0, "scale2": alpha2}
+
+
+class _ForceQuadraticForm:
+    """qbar_i(varsigma) = 1/3 sum_c g_ic^T (A + varsigma^2 I)^-1 g_ic per atom, repeated for
+    its three components, from the eigendecomposition of :class:`SpectralQuadraticForm`."""
+
+    def __init__(self, energy_form: SpectralQuadraticForm, eigvecs: torch.Tensor, jacobian: torch.Tensor) -> None:
+        self.eigenvalues = energy_form.eigenvalues
+        proj = jacobian.to(torch.float64) @ eigvecs  # (M, 3, F)
+        self.projections = (proj * proj).mean(dim=1).numpy()  # (M, F)
+
+    def __call__(self, varsigma: float) -> np.ndarray:
+        qbar = self.projections @ (1.0 / (self.eigenvalues + varsigma**2))
+        return np.repeat(qbar, 3)
 
 
 def calibrate_hyperparameters(
@@ -81,13 +171,40 @@ def calibrate_hyperparameters(
     n_grid: int = 61,
     alpha_before: float = 1.0,
     varsigma_before: float = 1.0,
+    force_jacobian: torch.Tensor | None = None,
+    force_errors: torch.Tensor | None = None,
+    force_weight: float = 0.0,
+    fit_power: bool = False,
 ) -> CalibrationResult:
     """Fit alpha and varsigma by minimising the validation NLL.
 
     ``covariance`` is F^T F (F, F); ``features`` (B, F) and ``errors`` (B,) are the
     validation features and prediction errors (prediction - target). ``alpha_before`` and
     ``varsigma_before`` only define the reported "before" NLL.
+
+    ``force_weight`` > 0 adds the force NLL (see the module docstring), from
+    ``force_jacobian`` (M, 3, F), the gradients ``d(sum_j f_j)/d r_ic`` of each validation
+    atom's structure's summed features with respect to its position, and ``force_errors``
+    (M, 3). ``fit_power`` fits the power law ``sigma = s (sqrt q)^b`` on the energies instead
+    (not combined with forces: the force sigma comes from the ensemble, which has b = 1).
     """
+    force_weight = float(force_weight)
+    if not math.isfinite(force_weight) or force_weight < 0:
+        raise ValueError(f"force_weight must be a finite number >= 0, got {force_weight}")
+    if force_weight > 0 and fit_power:
+        raise ValueError("a power-law sigma is fitted on energies only; use force_weight=0 with fit_power=True")
+    if force_weight > 0:
+        if force_jacobian is None or force_errors is None:
+            raise ValueError("force_weight > 0 needs force_jacobian and force_errors (validation forces)")
+        force_jacobian = torch.as_tensor(force_jacobian, dtype=torch.float64)
+        force_errors2 = torch.as_tensor(force_errors, dtype=torch.float64).reshape(-1).numpy() ** 2
+        if force_jacobian.dim() != 3 or force_jacobian.shape[1] != 3 or force_jacobian.shape[0] * 3 != force_errors2.shape[0]:
+            raise ValueError(f"force_jacobian must be (M, 3, F) and force_errors (M, 3), got "
+                             f"{tuple(force_jacobian.shape)} and {tuple(torch.as_tensor(force_errors).shape)}")
+        if force_jacobian.shape[0] == 0:
+            raise ValueError("force calibration needs validation atoms with forces; none were given")
+        if not np.all(np.isfinite(force_errors2)) or not torch.isfinite(force_jacobian).all():
+            raise ValueError("non-finite force errors or force Jacobian in the validation set")
     features = torch.as_tensor(features, dtype=torch.float64)
     errors2 = torch.as_tensor(errors, dtype=torch.float64).numpy() ** 2
     if features.shape[0] == 0:
@@ -100,6 +217,12 @@ def calibrate_hyperparameters(
         raise ValueError("all validation errors are exactly zero: alpha cannot be calibrated")
 
     qf = SpectralQuadraticForm(covariance, features)
+    qf_force = None
+    if force_weight > 0:
+        _, eigvecs = torch.linalg.eigh(covariance.to(torch.float64))
+        qf_force = _ForceQuadraticForm(qf, eigvecs, force_jacobian)
+    objective = _Objective(qf, errors2, qf_force, force_errors2 if force_weight > 0 else None, force_weight,
+                           fit_power)
     lam = qf.eigenvalues
     lam_max = float(lam.max()) if lam.size else 0.0
     if lam_max <= 0.0:
@@ -122,12 +245,12 @@ def calibrate_hyperparameters(
     lo = 0.5 * math.log10(lam_max * 1e-12)
     hi = 0.5 * math.log10(lam_max * 10.0)
     grid = np.linspace(lo, hi, n_grid)
-    values = np.array([_nll_at(qf, errors2, g)[0] for g in grid])
+    values = np.array([objective(g)["objective"] for g in grid])
     best = int(np.argmin(values))
     step = grid[1] - grid[0]
     bracket = (grid[max(best - 1, 0)], grid[min(best + 1, n_grid - 1)])
     refined = minimize_scalar(
-        lambda g: _nll_at(qf, errors2, g)[0], bounds=bracket, method="bounded", options={"xatol": 1e-6 * step}
+        lambda g: objective(g)["objective"], bounds=bracket, method="bounded", options={"xatol": 1e-6 * step}
     )
     log_vs = float(refined.x) if refined.fun <= values[best] else float(grid[best])
     if best in (0, n_grid - 1):
@@ -137,17 +260,24 @@ def calibrate_hyperparameters(
             RuntimeWarning,
             stacklevel=2,
         )
-    nll, alpha2 = _nll_at(qf, errors2, log_vs)
+    best_point = objective(log_vs)
+    alpha2 = best_point["alpha2"]
     q_before = qf(varsigma_before)
     nll_before = gaussian_nll(np.sqrt(errors2), alpha_before**2 * q_before)
     return CalibrationResult(
         alpha=math.sqrt(alpha2),
         varsigma=10.0**log_vs,
-        nll=nll,
+        nll=best_point["nll"],
         nll_before=nll_before,
         n_validation=int(errors2.shape[0]),
         condition_number=condition,
         numerical_rank=rank,
         grid_log10_varsigma=grid.tolist(),
         grid_nll=values.tolist(),
+        method="power-law" if fit_power else ("energy+forces" if force_weight > 0 else "energy"),
+        force_weight=force_weight,
+        force_nll=best_point["force_nll"],
+        n_force_components=int(force_errors2.shape[0]) if force_weight > 0 else 0,
+        sigma_power=best_point["power"],
+        sigma_scale=math.sqrt(best_point["scale2"]) if fit_power else None,
     )

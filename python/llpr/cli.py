@@ -157,15 +157,19 @@ def cmd_calibrate(args) -> None:
     val = AtomisticDataset(_read(args.val, args), model.cutoff, dtype)
     progress = _progress(args) and rank == 0
     llpr = LLPR(model).fit(make_loader(train, args.batch_size), progress=progress)
-    # a second pass over the training atoms, with the calibrated C: the extrapolation grade's max q
+    extra = None
+    if args.calibration_extra:
+        extra = make_loader(AtomisticDataset(_read(args.calibration_extra, args), model.cutoff, dtype), args.batch_size)
+    # then a second pass over the training atoms, with the calibrated C: the extrapolation grade's max q
     llpr.calibrate(make_loader(val, args.batch_size), train_loader=make_loader(train, args.batch_size),
-                   progress=progress)
+                   progress=progress, force_weight=args.force_calibration, sigma_power=args.sigma_power,
+                   extra=extra, extra_source=args.calibration_extra or "")
     if rank != 0:
         return
     save_llpr(llpr, args.output)
     s = llpr.calibration_summary()
     print(
-        f"fitted F^T F on {s['n_train']} structures; calibrated on {s['n_validation']}: "
+        f"fitted F^T F on {s['n_train']} structures; calibrated ({s['method']}) on {s['n_validation']}: "
         f"alpha = {s['alpha']:.4g}, varsigma = {s['varsigma']:.4g}; "
         f"validation NLL {s['nll_before']:.3f} (alpha=1, varsigma=1) -> {s['nll']:.3f}; "
         f"max q of the {s['n_train_atoms']} training atoms {s['max_train_q']:.4g} (gamma = 1); saved {args.output}"
@@ -284,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "float64"],
                    help="the precision a MACE model must have (default: the model's own)")
     p.add_argument("--batch-size", type=int, default=16, help="structures per batch")
+    p.add_argument("--force-calibration", type=float, default=0.0, metavar="WEIGHT",
+                   help="calibrate on forces too: minimise NLL(energies) + WEIGHT * NLL(force components) "
+                        "(default 0: energies only; 1 weighs the two sets equally)")
+    p.add_argument("--calibration-extra", default=None, metavar="FILE",
+                   help="extra labelled structures (extxyz) added to the calibration set, e.g. a few "
+                        "surfaces or defects like those the simulations will meet")
+    p.add_argument("--sigma-power", action="store_true",
+                   help="fit a power law sigma = s * sqrt(q)^b on the energies instead of sigma = alpha * sqrt(q)")
     _label_keys(p)
     p.set_defaults(func=cmd_calibrate)
 

@@ -11,6 +11,9 @@ one implementation of each formula. With ``C = F^T F + varsigma^2 I = L L^T``:
 * the extrapolation grade ``gamma_i = q(f_i) / max_train q``, the largest quadratic form of
   any training atom (``max_train_q``, recorded after calibration because ``C`` depends on
   ``varsigma``): ``gamma > 1`` is an environment more novel than every atom trained on;
+* after a power-law recalibration (:mod:`llpr.calibrate`), ``sigma = s q^(b/2)`` instead of
+  ``alpha q^(1/2)`` in both (``sigma_scale`` s, ``sigma_power`` b; b = 1 and s = alpha
+  otherwise); the ensemble is sampled with ``alpha`` either way;
 * a last-layer ensemble ``dw_k = w_k - w`` (K, F): member energy deviations ``dw_k . s`` of
   summed features ``s``, and the spreads of :mod:`llpr.propagation`;
 * the gradient of a group's energy sigma with respect to its summed features, ``d sigma_E /
@@ -44,6 +47,7 @@ class LLPRHead(nn.Module):
     """
 
     block_rows: int
+    power_law: bool
 
     def __init__(
         self,
@@ -52,6 +56,8 @@ class LLPRHead(nn.Module):
         varsigma: float,
         ensemble_deviations: Optional[torch.Tensor] = None,
         max_train_q: Optional[float] = None,
+        sigma_scale: Optional[float] = None,
+        sigma_power: float = 1.0,
     ) -> None:
         super().__init__()
         L = cholesky.detach().to(device="cpu", dtype=torch.float64).clone()
@@ -77,6 +83,12 @@ class LLPRHead(nn.Module):
         elif not (math.isfinite(float(max_train_q)) and float(max_train_q) > 0.0):
             raise ValueError(f"max_train_q must be a positive number (the largest training-atom q), got {max_train_q}")
         self.register_buffer("max_train_q", torch.tensor(float(max_train_q), dtype=torch.float64))
+        scale = float(alpha) if sigma_scale is None else float(sigma_scale)
+        if not (scale > 0 and float(sigma_power) > 0 and torch.isfinite(torch.tensor([scale, float(sigma_power)])).all()):
+            raise ValueError(f"sigma_scale and sigma_power must be positive numbers, got {sigma_scale}, {sigma_power}")
+        self.register_buffer("sigma_scale", torch.tensor(scale, dtype=torch.float64))
+        self.register_buffer("sigma_power", torch.tensor(float(sigma_power), dtype=torch.float64))
+        self.power_law = float(sigma_power) != 1.0
         # rows per block on a CPU: a (block, F) float64 slab and its product stay in cache
         self.block_rows = 4096
 
@@ -109,6 +121,8 @@ class LLPRHead(nn.Module):
     def local_uncertainty(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-atom ``sigma_i = alpha sqrt(q_i)`` (energy units) and ``LPR_i = 1 / q_i``."""
         q = self.quadratic_form(features)
+        if self.power_law:
+            return self.sigma_scale * torch.pow(q, 0.5 * self.sigma_power), 1.0 / q
         return self.alpha * torch.sqrt(q), 1.0 / q
 
     @torch.jit.export
@@ -131,7 +145,10 @@ class LLPRHead(nn.Module):
     def energy_variance(self, feature_sums: torch.Tensor) -> torch.Tensor:
         """Variance (B,) of the energies whose summed features are the rows of
         ``feature_sums`` (B, F); a 1-D input is one structure (or group)."""
-        return self.alpha * self.alpha * self.quadratic_form(feature_sums)
+        q = self.quadratic_form(feature_sums)
+        if self.power_law:
+            return self.sigma_scale * self.sigma_scale * torch.pow(q, self.sigma_power)
+        return self.alpha * self.alpha * q
 
     @torch.jit.export
     def energy_sigma_gradient(self, feature_sum: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

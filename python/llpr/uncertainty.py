@@ -199,15 +199,52 @@ class LLPR:
             raise ValueError("the validation loader is empty: calibration needs at least one structure")
         return {"prediction": torch.cat(preds), "features": torch.cat(feats), "target": torch.cat(targets)}
 
-    def calibrate(self, loader, train_loader=None, progress: bool = False, **kwargs) -> "LLPR":
+    def collect_forces(self, loader) -> dict:
+        """Per-atom force errors (M, 3) and the force Jacobian of the summed features, ``d(sum_j
+        f_j)/d r_ic`` (M, 3, F), over a loader of atomistic batches with reference forces."""
+        if self.kind != "atomistic":
+            raise ValueError("force calibration needs an atomistic model (llpr.protocol.AtomisticModel)")
+        n = self.covariance.shape[0]
+        # one backward pass per feature: the force "deviations" of the unit read-outs e_k are
+        # minus the Jacobian rows (the sign cancels in the quadratic form)
+        unit = torch.eye(n, dtype=torch.float64)
+        errors, jacobian = [], []
+        for batch in loader:
+            if not isinstance(batch, dict) or "forces" not in batch:
+                raise ValueError("force calibration needs reference forces in every validation structure")
+            out = self._ensemble_forces(batch, unit)
+            errors.append(out["forces"] - batch["forces"].to(torch.float64))
+            jacobian.append(out["force_deviations"].permute(1, 2, 0))
+        if not errors:
+            raise ValueError("the validation loader is empty: calibration needs at least one structure")
+        return {"errors": torch.cat(errors), "jacobian": torch.cat(jacobian)}
+
+    def calibrate(self, loader, train_loader=None, progress: bool = False, force_weight: float = 0.0,
+                  sigma_power: bool = False, extra=None, extra_source: str = "", **kwargs) -> "LLPR":
         """Fit alpha and varsigma on a validation ``loader`` by minimising the Gaussian NLL.
 
-        With ``train_loader`` (the training set given to :meth:`fit`), also record the
-        extrapolation grade's reference (:meth:`fit_extrapolation_grade`)."""
+        ``force_weight`` w > 0: minimise ``NLL_energy + w NLL_force`` (mean NLL over structures
+        plus w times the mean over force components), which calibrates the force sigma too
+        (atomistic models; the batches need reference forces). ``sigma_power=True``: fit the
+        power law ``sigma = s (sqrt q)^b`` on the energies (see :mod:`llpr.calibrate`).
+        ``extra``: a second loader of structures (e.g. a few unlike the training set) added to
+        the calibration set; ``extra_source`` names it in the calibration record. With
+        ``train_loader`` (the training set given to :meth:`fit`), also record the extrapolation
+        grade's reference (:meth:`fit_extrapolation_grade`)."""
         self._require_fitted("calibrate")
-        data = self.collect(loader)
+        loaders = [loader] if extra is None else [loader, extra]
+        parts = [self.collect(ld) for ld in loaders]
+        data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         errors = data["prediction"] - data["target"]
-        self.calibration = calibrate_hyperparameters(self.covariance, data["features"], errors, **kwargs)
+        if float(force_weight) > 0:
+            fparts = [self.collect_forces(ld) for ld in loaders]
+            kwargs.update(force_jacobian=torch.cat([p["jacobian"] for p in fparts]),
+                          force_errors=torch.cat([p["errors"] for p in fparts]))
+        self.calibration = calibrate_hyperparameters(self.covariance, data["features"], errors,
+                                                     force_weight=force_weight, fit_power=sigma_power, **kwargs)
+        if extra is not None:
+            self.calibration.n_extra = int(parts[1]["target"].shape[0])
+            self.calibration.extra_source = str(extra_source)
         self.max_train_q = None
         self._cholesky = None
         self._head = None
@@ -278,10 +315,15 @@ class LLPR:
         self._require_calibrated("build the LLPR head")
         if ensemble == 0:
             if self._head is None:
-                self._head = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, None, self.max_train_q)
+                self._head = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, None, self.max_train_q,
+                                      *self._sigma_law())
             return self._head
         return LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, self.ensemble_deviations(ensemble, seed),
-                        self.max_train_q)
+                        self.max_train_q, *self._sigma_law())
+
+    def _sigma_law(self) -> tuple[float, float]:
+        """(s, b) of ``sigma = s q^(b/2)`` (alpha, 1 unless a power law was calibrated)."""
+        return self.calibration.energy_scale, self.calibration.sigma_power
 
     def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
         """f^T C^-1 f per row (float64), by :meth:`LLPRHead.quadratic_form`."""
@@ -370,7 +412,9 @@ class LLPR:
                     f"got {tuple(weights.shape)}"
                 )
             deviations = weights - w
-            members = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, deviations)
+            scale, power = self._sigma_law()
+            members = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, deviations, sigma_scale=scale,
+                               sigma_power=power)
             member_dev = members.ensemble_energy_deviations(out["features"])  # (B, K)
             result["ensemble_prediction"] = out["prediction"].unsqueeze(1) + member_dev
             result["ensemble_sigma"] = members.ensemble_sigma(member_dev.t())
