@@ -154,7 +154,7 @@ def test_cli_calibrate_export_check_with_mace_keys(sic_files, tmp_path):
     res = run("-q", "calibrate", "--model", compiled, "--train", "train.xyz", "--val", "val.xyz",
               "--energy-key", "REF_energy", "--forces-key", "REF_forces", "-o", "llpr.ckpt")
     assert res.returncode == 0, res.stderr
-    assert "fitted F^T F on 6 structures; calibrated on 4" in res.stdout and "training atoms" in res.stdout
+    assert "fitted F^T F on 6 structures; calibrated (energy) on 4" in res.stdout and "training atoms" in res.stdout
     res = run("export", "llpr.ckpt", "--ensemble", "4", "-o", "mace.pt")
     assert res.returncode == 0, res.stderr
     res = run("check", "mace.pt")
