@@ -196,6 +196,8 @@ void PairLLPR::load_model()
                    "alpha {:.6g}) on {}\n",
                    model_path_, meta.format_version, symbols_of(meta.species), meta.cutoff,
                    meta.dtype, meta.n_features, meta.alpha, model_->device());
+  if (comm->me == 0) utils::logmesg(lmp, "llpr: per-atom and group uncertainties evaluated by the {}\n",
+                                    meta.uncertainty_evaluation);
   if (comm->me == 0 && message_passing_)
     utils::logmesg(lmp,
                    "llpr: the model passes messages (receptive field {} A, {}strictly local): it is "

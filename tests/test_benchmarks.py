@@ -53,6 +53,28 @@ def test_lammps_performance_quick(tmp_path):
         assert target in md
 
 
+def test_uncertainty_overhead_quick(tmp_path):
+    """The issue-12 measurement: both paths run, give finite costs, and the report states the target."""
+    run_benchmark("uncertainty_overhead.py", "--quick", "--out", str(tmp_path / "u"))
+    r = json.loads((tmp_path / "u.json").read_text())
+    (row,) = r["rows"]
+    assert row["atoms"] == 512 and row["pair_ms_per_step"] > 0
+    for name in ("native", "head"):
+        assert math.isfinite(row[name]["timers_percent"]) and row[name]["ms_per_step"] > 0
+    assert "<= 1% of a step" in (tmp_path / "u.md").read_text()
+
+
+def test_quadratic_form_quick(tmp_path):
+    """Solve, product and native kernel timed; their agreement is within 1e-12 on both covariances."""
+    out = tmp_path / "q.md"
+    run_benchmark("quadratic_form.py", "--quick", "--output", str(out))
+    text = out.read_text()
+    agreement = [line.split("|") for line in text.splitlines() if line.startswith("| well") or line.startswith("| ill")]
+    assert len(agreement) == 4
+    for cells in agreement:
+        assert float(cells[4]) < 1e-12 and (cells[5].strip() == "nan" or float(cells[5]) < 1e-12)
+
+
 DEVICE_SCRIPTS = ["lammps_performance.py", "gpu_performance.py"]
 
 

@@ -42,6 +42,7 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["has_extrapolation_grade"] = m.has_extrapolation_grade;
   if (m.has_extrapolation_grade) d["max_train_q"] = m.max_train_q;
   else d["max_train_q"] = py::none();
+  d["uncertainty_evaluation"] = m.uncertainty_evaluation;
   d["integrity"] = m.integrity;
   d["sealed"] = m.sealed;
   return d;
@@ -276,6 +277,22 @@ PYBIND11_MODULE(_core, m)
   m.def("cuda_device_count", &llpr::cuda_device_count);
   m.def("cuda_unavailable_reason", &llpr::cuda_unavailable_reason,
         "Why no CUDA GPU is usable: a CPU-only torch, its CUDA library not loaded, or no GPU visible");
+  m.def(
+      "native_quadratic_form",
+      [](DArray inverse_factor_t, DArray features) {
+        if (inverse_factor_t.ndim() != 2 || inverse_factor_t.shape(0) != inverse_factor_t.shape(1))
+          throw py::value_error("inverse_factor_t must be a square (F, F) array");
+        const int64_t F = inverse_factor_t.shape(0);
+        const int64_t n = feature_rows(features, F);
+        py::array_t<double> out({n});
+        llpr::native_quadratic_form(inverse_factor_t.data(), F, features.data(), n, out.mutable_data());
+        return out;
+      },
+      py::arg("inverse_factor_t"), py::arg("features"),
+      "q_i = |f_i U|^2 by the native CPU kernel the core uses for the per-atom quadratic form "
+      "(U = LLPRHead.inverse_factor_t, upper triangular); ValueError if this CPU has none");
+  m.def("native_kernels_unsupported_reason", &llpr::native_kernels_unsupported_reason,
+        "'' if this CPU runs llpr's native kernels (x86-64 with AVX2 and FMA), else why not");
   m.def("set_num_threads", &llpr::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &llpr::get_num_threads);
   m.def("atomic_number", &llpr::atomic_number, py::arg("symbol"));

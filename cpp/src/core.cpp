@@ -2,6 +2,7 @@
 
 #include "llpr/core.h"
 #include "llpr/integrity.h"
+#include "native_head.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <sstream>
 #include <vector>
 
@@ -352,17 +354,48 @@ struct Model::Impl {
   Request graph_request;
 
   // The uncertainty formulas are those of the file's LLPR head (llpr.head.LLPRHead), run
-  // through TorchScript: one implementation, in Python, for Python and C++.
-  torch::Tensor qform(const torch::Tensor &f) const
+  // through TorchScript: one implementation, in Python, for Python and C++. On the CPU the
+  // per-step ones run natively instead (native_head.h), for a file whose head they were
+  // checked to reproduce on load.
+  std::unique_ptr<NativeHead> native_head;  // null: the head's TorchScript methods throughout
+  std::string uncertainty_path;             // Metadata::uncertainty_evaluation
+
+  bool native(const torch::Tensor &f) const
   {
-    return head.get_method("quadratic_form")({f}).toTensor();
+    return native_head && f.device().is_cpu() &&
+           (f.scalar_type() == torch::kFloat64 || f.scalar_type() == torch::kFloat32);
+  }
+  // q of the rows of CPU features `f` (n x F) by the native kernel into `q` (n values), the
+  // rows split between torch's intra-op threads as the head's matrix product would be
+  void native_qform(const torch::Tensor &f, double *q) const
+  {
+    auto rows = f.dim() == 1 ? f.reshape({1, -1}).contiguous() : f.contiguous();
+    const int64_t n = rows.size(0), F = meta.n_features;
+    const bool f64 = rows.scalar_type() == torch::kFloat64;
+    at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+      if (f64) native_head->quadratic_form(rows.data_ptr<double>() + begin * F, end - begin, q + begin);
+      else native_head->quadratic_form(rows.data_ptr<float>() + begin * F, end - begin, q + begin);
+    });
+  }
+  // q = f^T C^-1 f per row (float64), by LLPRHead.quadratic_form; copied to `out` (n values)
+  void qform(const torch::Tensor &f, double *out) const
+  {
+    if (native(f)) return native_qform(f, out);
+    auto q = head.get_method("quadratic_form")({f}).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    std::memcpy(out, q.data_ptr<double>(), sizeof(double) * q.numel());
   }
   // sigma = alpha sqrt(q), lpr = 1 / q by LLPRHead.local_uncertainty, copied to the host
   // (either pointer may be null)
   void uncertainty(const torch::Tensor &f, double *sigma, double *lpr) const
   {
-    auto result = head.get_method("local_uncertainty")({f}).toTuple();
     const int64_t n = f.size(0);
+    if (native(f)) {
+      q_buffer.resize(static_cast<size_t>(n));
+      native_qform(f, q_buffer.data());
+      native_head->local_uncertainty(q_buffer.data(), n, sigma, lpr);
+      return;
+    }
+    auto result = head.get_method("local_uncertainty")({f}).toTuple();
     if (sigma) {
       auto s = result->elements()[0].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
       std::memcpy(sigma, s.data_ptr<double>(), sizeof(double) * n);
@@ -375,9 +408,49 @@ struct Model::Impl {
   // gamma = q / max_train_q by LLPRHead.extrapolation_grade, copied to the host
   void grade(const torch::Tensor &f, double *gamma) const
   {
+    const int64_t n = f.size(0);
+    if (native(f)) {
+      q_buffer.resize(static_cast<size_t>(n));
+      native_qform(f, q_buffer.data());
+      native_head->extrapolation_grade(q_buffer.data(), n, gamma);
+      return;
+    }
     auto g = head.get_method("extrapolation_grade")({f}).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
-    std::memcpy(gamma, g.data_ptr<double>(), sizeof(double) * f.size(0));
+    std::memcpy(gamma, g.data_ptr<double>(), sizeof(double) * n);
   }
+  // alpha^2 s^T C^-1 s by LLPRHead.energy_variance, of one summed feature vector on the host
+  double variance(const torch::Tensor &s) const
+  {
+    if (native(s)) {
+      double q = 0.0;
+      native_qform(s, &q);
+      return native_head->energy_variance(q);
+    }
+    return head.get_method("energy_variance")({s}).toTensor().to(torch::kCPU).item<double>();
+  }
+  mutable std::vector<double> q_buffer;
+  // float64 sum of cached feature rows on the CPU (`rows` null: rows 0 .. n - 1), without
+  // the temporaries of a torch reduction
+  void sum_rows(const int64_t *rows, int64_t n, double *out) const
+  {
+    const int64_t F = meta.n_features;
+    std::fill(out, out + F, 0.0);
+    auto f = features.contiguous();
+    auto add = [&](auto *data) {
+      for (int64_t r = 0; r < n; r++) {
+        const auto *row = data + (rows ? rows[r] : r) * F;
+        for (int64_t j = 0; j < F; j++) out[j] += static_cast<double>(row[j]);
+      }
+    };
+    if (f.scalar_type() == torch::kFloat64) add(f.data_ptr<double>());
+    else if (f.scalar_type() == torch::kFloat32) add(f.data_ptr<float>());
+    else {
+      auto g = f.to(torch::kFloat64);
+      add(g.data_ptr<double>());
+    }
+  }
+  // the native formulas, if this CPU runs them and they reproduce the file's head
+  void choose_uncertainty();
   // forward()/ensemble_forward() arguments, on the device, in the model's dtype
   std::vector<torch::jit::IValue> arguments(const Inputs &in, const Request &req) const
   {
@@ -528,6 +601,88 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
   impl_->head = impl_->module.attr("head").toModule();
   impl_->features = torch::zeros({0, impl_->meta.n_features},
                                  torch::TensorOptions().dtype(impl_->dtype).device(dev));
+  impl_->choose_uncertainty();
+  impl_->meta.uncertainty_evaluation = impl_->uncertainty_path;
+}
+
+// largest relative difference between a and b (equal infinities count as equal)
+static double worst_relative(const std::vector<double> &a, const torch::Tensor &b)
+{
+  auto r = b.to(torch::kCPU, torch::kFloat64).contiguous().view({-1});
+  if (r.numel() != static_cast<int64_t>(a.size())) return INFINITY;
+  const double *bp = r.data_ptr<double>();
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); i++) {
+    if (a[i] == bp[i]) continue;
+    const double d = std::fabs(a[i] - bp[i]) / std::max(std::fabs(a[i]), std::fabs(bp[i]));
+    if (!(d <= worst)) worst = d;  // NaN sticks
+  }
+  return worst;
+}
+
+void Model::Impl::choose_uncertainty()
+{
+  const char *env = std::getenv("LLPR_NATIVE_UNCERTAINTY");
+  if (!device.is_cpu()) {
+    uncertainty_path = "LLPR head's TorchScript methods (on " + device.str() + ")";
+    return;
+  }
+  if (env && std::string(env) == "0") {
+    uncertainty_path = "LLPR head's TorchScript methods (LLPR_NATIVE_UNCERTAINTY=0)";
+    return;
+  }
+  auto scalar = [&](const char *name, double fallback) {
+    if (!head.hasattr(name) || !head.attr(name).isTensor()) return fallback;
+    return head.attr(name).toTensor().to(torch::kCPU, torch::kFloat64).item<double>();
+  };
+  SigmaLaw law;
+  law.alpha = meta.alpha;
+  law.sigma_scale = scalar("sigma_scale", meta.alpha);
+  law.sigma_power = scalar("sigma_power", 1.0);
+  law.power_law = head.hasattr("power_law") && head.attr("power_law").isBool() && head.attr("power_law").toBool();
+  law.max_train_q = meta.has_extrapolation_grade ? meta.max_train_q : 0.0;
+  auto u = head.attr("inverse_factor_t").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  auto candidate = std::make_unique<NativeHead>(u.data_ptr<double>(), u.size(0), law);
+  if (!candidate->usable()) {
+    uncertainty_path = "LLPR head's TorchScript methods (" + candidate->reason() + ")";
+    return;
+  }
+  // The native formulas must give what the file's head gives, on this CPU, for every method
+  // they replace: 13 rows (two full tiles of the kernel and a partial one) spread over many
+  // orders of magnitude, in both feature dtypes.
+  const int64_t F = meta.n_features, n = 13;
+  std::mt19937_64 rng(20261201);
+  std::normal_distribution<double> normal;
+  std::vector<double> values(static_cast<size_t>(n * F));
+  for (int64_t r = 0; r < n; r++)
+    for (int64_t j = 0; j < F; j++) values[r * F + j] = normal(rng) * std::pow(10.0, static_cast<double>(r % 7) - 3.0);
+  auto probe = torch::from_blob(values.data(), {n, F}, torch::TensorOptions().dtype(torch::kFloat64)).clone();
+  native_head = std::move(candidate);
+  double worst = 0.0;
+  for (auto dt : {torch::kFloat64, torch::kFloat32}) {
+    auto rows = probe.to(dt);
+    std::vector<double> q(n), sigma(n), lpr(n), gamma(n), var(1);
+    native_qform(rows, q.data());
+    native_head->local_uncertainty(q.data(), n, sigma.data(), lpr.data());
+    worst = std::max(worst, worst_relative(q, head.get_method("quadratic_form")({rows}).toTensor()));
+    auto ref = head.get_method("local_uncertainty")({rows}).toTuple();
+    worst = std::max(worst, worst_relative(sigma, ref->elements()[0].toTensor()));
+    worst = std::max(worst, worst_relative(lpr, ref->elements()[1].toTensor()));
+    if (meta.has_extrapolation_grade) {
+      native_head->extrapolation_grade(q.data(), n, gamma.data());
+      worst = std::max(worst, worst_relative(gamma, head.get_method("extrapolation_grade")({rows}).toTensor()));
+    }
+    auto sum = rows.sum(0);
+    var[0] = variance(sum);
+    worst = std::max(worst, worst_relative(var, head.get_method("energy_variance")({sum}).toTensor()));
+  }
+  if (!(worst <= 1e-12)) {
+    native_head.reset();
+    uncertainty_path = "LLPR head's TorchScript methods (the native formulas differed from them by " +
+                       fmt_double(worst) + " relative)";
+    return;
+  }
+  uncertainty_path = "native CPU kernels (AVX2), checked against the file's LLPR head on load";
 }
 
 Model::~Model() = default;
@@ -755,6 +910,7 @@ void Model::cached_features(double *out) const
 void Model::cached_feature_sum_all(double *out) const
 {
   auto &I = *impl_;
+  if (I.features.device().is_cpu()) return I.sum_rows(nullptr, I.features.size(0), out);
   auto sum = I.features.to(torch::kFloat64).sum(0).to(torch::kCPU).contiguous();
   std::memcpy(out, sum.data_ptr<double>(), sizeof(double) * I.meta.n_features);
 }
@@ -774,6 +930,7 @@ void Model::cached_feature_sum_rows(const int64_t *rows, int64_t n_rows, double 
     if (rows[k] < 0 || rows[k] >= n_cached)
       throw Error("cached_feature_sum_rows: row " + std::to_string(rows[k]) + " outside 0.." +
                   std::to_string(n_cached - 1));
+  if (I.features.device().is_cpu()) return I.sum_rows(rows, n_rows, out);
   auto idx = torch::from_blob(const_cast<int64_t *>(rows), {n_rows}, torch::TensorOptions().dtype(torch::kInt64))
                  .to(I.device);
   auto sum = I.features.index_select(0, idx).to(torch::kFloat64).sum(0).to(torch::kCPU).contiguous();
@@ -783,8 +940,7 @@ void Model::cached_feature_sum_rows(const int64_t *rows, int64_t n_rows, double 
 void Model::quadratic_form(const double *features, int64_t n, double *out) const
 {
   if (n == 0) return;
-  auto q = impl_->qform(impl_->host_features(features, n)).to(torch::kCPU).contiguous();
-  std::memcpy(out, q.data_ptr<double>(), sizeof(double) * n);
+  impl_->qform(impl_->host_features(features, n), out);
 }
 
 void Model::local_uncertainty(const double *features, int64_t n, double *sigma, double *lpr) const
@@ -803,8 +959,7 @@ void Model::extrapolation_grade(const double *features, int64_t n, double *gamma
 
 double Model::energy_variance(const double *feature_sum) const
 {
-  auto f = impl_->host_features(feature_sum, 1);
-  return impl_->head.get_method("energy_variance")({f}).toTensor().to(torch::kCPU).item<double>();
+  return impl_->variance(impl_->host_features(feature_sum, 1));
 }
 
 void Model::ensemble_energy_deviations(const double *feature_sum, double *out) const
@@ -853,6 +1008,20 @@ Metadata check_file(const std::string &path)
 {
   Model model(path, "cpu");
   return model.metadata();
+}
+
+void native_quadratic_form(const double *inverse_factor_t, int64_t n_features, const double *features, int64_t n,
+                           double *q)
+{
+  NativeHead kernel(inverse_factor_t, n_features, SigmaLaw{});
+  if (!kernel.usable()) throw Error("no native quadratic form: " + kernel.reason());
+  kernel.quadratic_form(features, n, q);
+}
+
+std::string native_kernels_unsupported_reason()
+{
+  std::string why;
+  return native_kernels_supported(&why) ? std::string() : why;
 }
 
 void set_num_threads(int n)

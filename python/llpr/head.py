@@ -24,6 +24,12 @@ The quadratic form is evaluated as a product with the precomputed triangular inv
 ``L^-1``: a matrix product is faster than a triangular solve on the same rows and agrees with
 it to round-off even for ill-conditioned covariances (``benchmarks/quadratic_form.py``
 measures both). On a CPU it runs in blocks of rows that stay in cache.
+
+This module is the reference. The C++ core (LAMMPS, ``llpr._core``) evaluates the per-step
+formulas (:meth:`quadratic_form`, :meth:`local_uncertainty`, :meth:`extrapolation_grade`,
+:meth:`energy_variance`) natively on a CPU, with a kernel that skips the zero half of ``L^-1``,
+after checking on load that they reproduce this module's methods for the file
+(``cpp/src/native_head.h``, ``docs/model-format.md``).
 """
 
 

@@ -52,8 +52,9 @@ def check_model(path: str) -> dict:
     The dict has ``path``, ``format_version``, ``species`` (atomic numbers), ``elements``
     (symbols), ``cutoff``, ``receptive_field``, ``strictly_local``, ``energy_unit``,
     ``length_unit``, ``dtype``, ``feature_reduction``, ``n_features``, ``alpha``, ``varsigma``,
-    ``calibration`` (parsed JSON dict), ``package_version`` and ``torch_version`` (of the C++
-    build).
+    ``calibration`` (parsed JSON dict), ``package_version``, ``uncertainty_evaluation`` (whether
+    the core evaluates the per-step uncertainties natively or through the file's LLPR head, and
+    why) and ``torch_version`` (of the C++ build).
 
     Raises FileNotFoundError for a missing file and ValueError naming each problem otherwise.
     """

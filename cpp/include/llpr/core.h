@@ -75,6 +75,9 @@ struct Metadata {
   // exported before it, or from a checkpoint calibrated without the training set, lack it)
   bool has_extrapolation_grade = false;
   double max_train_q = 0.0;
+  // how the per-step uncertainties (quadratic form, sigma_i, LPR_i, gamma_i, a group's energy
+  // variance) are evaluated: "native CPU kernels ..." or "LLPR head's TorchScript methods (why)"
+  std::string uncertainty_evaluation;
   // how the file's integrity was verified on load (IntegrityReport::summary)
   std::string integrity;
   bool sealed = false;
@@ -212,6 +215,15 @@ std::string no_extrapolation_grade_message(const std::string &path);
 // Load `path` on the CPU exactly as the LAMMPS plugin does and return its metadata (the file's
 // integrity is verified first, as on every load).
 Metadata check_file(const std::string &path);
+
+// The native CPU kernel of the per-atom quadratic form (what Model uses for features on the
+// CPU, see Metadata::quadratic_form): q_i = |f_i U|^2 for the n rows of `features` (n x F,
+// row-major) and U = (L^-1)^T (F x F, row-major, upper triangular: LLPRHead's
+// inverse_factor_t). Error if this CPU has no native kernel or U is not upper triangular.
+void native_quadratic_form(const double *inverse_factor_t, int64_t n_features, const double *features, int64_t n,
+                           double *q);
+// "" if this CPU runs llpr's native kernels, else why not
+std::string native_kernels_unsupported_reason();
 
 // Number of intra-op threads libtorch uses in this process.
 void set_num_threads(int n);
