@@ -167,3 +167,35 @@ def test_llpr_check_reports_the_path(files):
     assert out.returncode == 0, out.stderr
     line = next(x for x in out.stdout.splitlines() if x.startswith("uncertainty_evaluation"))
     assert "LLPR head's TorchScript methods (LLPR_NATIVE_UNCERTAINTY=0)" in line
+
+
+def test_lammps_sigma_and_gamma_follow_each_step(files, tmp_path):
+    """sigma_i and gamma_i share one quadratic form per evaluation: in MD, every dumped frame
+    matches the Python reference of that frame's positions (a q left over from an earlier
+    step would not)."""
+    from ase import Atoms
+
+    from lammps_helpers import dump_table, lammps_script, reference, run_lmp, si_diamond, write_data
+
+    atoms = si_diamond((2, 2, 2), rattle=0.1, seed=5)
+    data = write_data(atoms, tmp_path / "data.lmp", ["C", "Si"])
+    script = lammps_script(files["f64"], data, ["C", "Si"], post=f"""
+compute ug all llpr/atom gamma yes
+velocity all create 900 4 mom yes rot yes
+fix 1 all nve
+dump d all custom 10 {tmp_path}/frame.*.out id x y z c_ug[1] c_ug[3]
+dump_modify d sort id format float %.17g
+run 20
+""")
+    proc = run_lmp(script, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "evaluated by the native" in proc.stdout or not NATIVE
+    gammas = []
+    for step in (10, 20):
+        table = dump_table(tmp_path / f"frame.{step}.out")
+        frame = Atoms(numbers=atoms.numbers, positions=table[:, 1:4], cell=atoms.cell, pbc=True)
+        ref = reference(files["f64"], frame)
+        np.testing.assert_allclose(table[:, 4], ref["sigma"], rtol=1e-10, err_msg=f"step {step}")
+        np.testing.assert_allclose(table[:, 5], ref["gamma"], rtol=1e-10, err_msg=f"step {step}")
+        gammas.append(table[:, 5])
+    assert np.abs(gammas[1] - gammas[0]).max() > 1e-6 * np.abs(gammas[0]).max()  # the frames differ

@@ -346,7 +346,13 @@ struct Model::Impl {
   torch::Device device{torch::kCPU};
   torch::Dtype dtype = torch::kFloat64;
   torch::jit::Module head;  // the LLPR head (submodule `head`), on device
-  torch::Tensor features;  // cached (n_centers, F), model dtype, on device
+  torch::Tensor features;  // cached (n_centers, F), model dtype, on device (set by set_features)
+  int64_t features_generation = 0;
+  void set_features(torch::Tensor f)
+  {
+    features = std::move(f);
+    ++features_generation;
+  }
   // autograd graph of the latest forward() (forward_graph's second output) until backward()
   c10::IValue graph;
   bool has_graph = false;
@@ -429,6 +435,19 @@ struct Model::Impl {
     return head.get_method("energy_variance")({s}).toTensor().to(torch::kCPU).item<double>();
   }
   mutable std::vector<double> q_buffer;
+  // q of the cached features on the native path, computed once per evaluation (sigma_i and
+  // gamma_i of one step share it)
+  mutable std::vector<double> q_cached;
+  mutable int64_t q_cached_generation = -1;
+  const double *cached_q() const
+  {
+    if (q_cached_generation != features_generation) {
+      q_cached.resize(static_cast<size_t>(features.size(0)));
+      native_qform(features, q_cached.data());
+      q_cached_generation = features_generation;
+    }
+    return q_cached.data();
+  }
   // float64 sum of cached feature rows on the CPU (`rows` null: rows 0 .. n - 1), without
   // the temporaries of a torch reduction
   void sum_rows(const int64_t *rows, int64_t n, double *out) const
@@ -599,8 +618,8 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
   impl_->device = dev;
   impl_->dtype = impl_->meta.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
   impl_->head = impl_->module.attr("head").toModule();
-  impl_->features = torch::zeros({0, impl_->meta.n_features},
-                                 torch::TensorOptions().dtype(impl_->dtype).device(dev));
+  impl_->set_features(torch::zeros({0, impl_->meta.n_features},
+                                    torch::TensorOptions().dtype(impl_->dtype).device(dev)));
   impl_->choose_uncertainty();
   impl_->meta.uncertainty_evaluation = impl_->uncertainty_path;
 }
@@ -716,7 +735,7 @@ void Model::compute(const Inputs &in, const Request &req, Outputs &out)
   I.graph = c10::IValue();  // a biased evaluation's graph is stale now
   I.has_graph = false;
   if (C == 0) {  // nothing to evaluate (e.g. an MPI rank that owns no atoms)
-    I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
+    I.set_features(torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device)));
     return;
   }
   // evaluate() skips the per-atom sigma/lpr of forward(): the computes derive them from the
@@ -742,7 +761,7 @@ void Model::Impl::take_energies_features(const c10::Dict<c10::IValue, c10::IValu
   if (feats.dim() != 2 || feats.size(0) != C || feats.size(1) != meta.n_features)
     throw Error("the model's features have the wrong shape");
   // a NaN must never pass for a number: the uncertainty of a broken evaluation is not zero
-  features = torch::zeros({0, meta.n_features}, torch::TensorOptions().dtype(dtype).device(device));
+  set_features(torch::zeros({0, meta.n_features}, torch::TensorOptions().dtype(dtype).device(device)));
   check_finite(out, N, C, req);
   // one pass without a temporary (cheaper than isfinite().all()): any NaN or inf makes the
   // sum non-finite; the rows are looked for only then
@@ -751,7 +770,7 @@ void Model::Impl::take_energies_features(const c10::Dict<c10::IValue, c10::IValu
     std::vector<int64_t> bad(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
     throw NonFiniteOutput("the model gave non-finite last-layer features (NaN or inf)", "features", bad);
   }
-  features = feats;
+  set_features(feats);
 }
 
 void Model::forward(const Inputs &in, const Request &req, Outputs &out)
@@ -777,7 +796,7 @@ void Model::forward(const Inputs &in, const Request &req, Outputs &out)
   I.graph_request = req;
   I.graph_request.forces = true;  // the bias acts through the forces
   if (C == 0) {  // no centres on this rank: backward() gives zeros
-    I.features = torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device));
+    I.set_features(torch::zeros({0, I.meta.n_features}, torch::TensorOptions().dtype(I.dtype).device(I.device)));
     I.has_graph = true;
     return;
   }
@@ -889,16 +908,20 @@ int64_t Model::n_cached() const { return impl_->features.size(0); }
 
 void Model::cached_local_uncertainty(double *sigma, double *lpr) const
 {
-  if (impl_->features.size(0) == 0) return;
-  impl_->uncertainty(impl_->features, sigma, lpr);
+  auto &I = *impl_;
+  if (I.features.size(0) == 0) return;
+  if (I.native(I.features)) return I.native_head->local_uncertainty(I.cached_q(), I.features.size(0), sigma, lpr);
+  I.uncertainty(I.features, sigma, lpr);
 }
 
 void Model::cached_extrapolation_grade(double *gamma) const
 {
   if (!impl_->meta.has_extrapolation_grade)
     throw Error(no_extrapolation_grade_message("'" + impl_->meta.path + "'"));
-  if (impl_->features.size(0) == 0) return;
-  impl_->grade(impl_->features, gamma);
+  auto &I = *impl_;
+  if (I.features.size(0) == 0) return;
+  if (I.native(I.features)) return I.native_head->extrapolation_grade(I.cached_q(), I.features.size(0), gamma);
+  I.grade(I.features, gamma);
 }
 
 void Model::cached_features(double *out) const
