@@ -24,3 +24,10 @@ def write_report(lines, path: str) -> str:
     with open(path, "w") as fh:
         fh.write(text)
     return text
+
+
+def target_lines(targets, title: str = "Target") -> list:
+    """A report's target table, from (target, measured, met) rows: markdown lines."""
+    lines = ["", f"## {title}", "", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {target} | {measured} | {'met' if ok else '**not met**'} |" for target, measured, ok in targets]
+    return lines

@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from lammps_performance import _cpu_name, build_model, lammps_input, run_lammps  # noqa: E402
+from timing import target_lines, write_report  # noqa: E402
 
 TARGET = 1.0  # % of a step, every step (issue 12)
 SWITCH = "LLPR_NATIVE_UNCERTAINTY"
@@ -139,20 +140,9 @@ def write(r: dict, out: str, arguments: str) -> None:
             f"{n['ms_per_step']:.3f} | {n['timers_percent']:+.3f}% | {n['wall_percent']:+.2f}% | "
             f"{h['pair_ms_per_step']:.2f} | {h['ms_per_step']:.3f} | "
             f"{h['timers_percent']:+.3f}% | {h['wall_percent']:+.2f}% | {row['head_over_native']:.2f} |")
-    lines += [
-        "",
-        "## Target",
-        "",
-        "| target | measured | |",
-        "|---|---|---|",
-        f"| per-atom + global uncertainty every step <= {TARGET:g}% of a step | {worst:.3f}% (native, timers, worst size) "
-        f"| {'met' if worst <= TARGET else 'not met'} |",
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".md", "w") as fh:
-        fh.write(text)
+    lines += target_lines([(f"per-atom + global uncertainty every step <= {TARGET:g}% of a step",
+                            f"{worst:.3f}% (native, timers, worst size)", worst <= TARGET)])
+    write_report(lines, out + ".md")
     with open(out + ".json", "w") as fh:
         json.dump(r, fh, indent=2)
 
