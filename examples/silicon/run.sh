@@ -14,7 +14,7 @@ start=$(date +%s)
 echo "== 1. reference data: Si.sw (LAMMPS), 7 kinds of configurations"
 llpr data -o data --potential sw --n-per-type 40 --seed 0
 
-echo "== 2. train a local potential (energies + forces, early stopping, <= 6 min)"
+echo "== 2. train a local potential (energies, forces and stresses, early stopping, <= 6 min)"
 llpr train --train data/train.xyz --val data/val.xyz -o model.ckpt --time-limit 360
 
 echo "== 3. LLPR: covariance on the training set, alpha and varsigma on the validation set"
