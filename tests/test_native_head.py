@@ -199,3 +199,36 @@ run 20
         np.testing.assert_allclose(table[:, 5], ref["gamma"], rtol=1e-10, err_msg=f"step {step}")
         gammas.append(table[:, 5])
     assert np.abs(gammas[1] - gammas[0]).max() > 1e-6 * np.abs(gammas[0]).max()  # the frames differ
+
+
+def test_a_head_giving_nan_or_failing_keeps_its_own_behaviour(files):
+    """The load-time check must not let finite native numbers stand in for a head's NaN, nor
+    fail the load when the head's methods fail: both files run their head's methods."""
+    from test_core import _export_modified
+
+    class NaNHead(LLPRHead):
+        @torch.jit.export
+        def local_uncertainty(self, features: torch.Tensor):
+            q = self.quadratic_form(features)
+            return self.alpha * torch.sqrt(q) * float("nan"), 1.0 / q
+
+    class FailingHead(LLPRHead):
+        @torch.jit.export
+        def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
+            if features.shape[0] < 100:
+                raise RuntimeError("this head refuses fewer than 100 rows")
+            z = features.to(torch.float64) @ self.inverse_factor_t
+            return (z * z).sum(dim=1)
+
+    f = np.abs(np.random.default_rng(4).normal(size=(120, core.Model(files["f64"]).metadata["n_features"])))
+    nan_model = core.Model(_export_modified(files["f64"], str(files["dir"] / "nan.pt"), head_class=NaNHead))
+    assert nan_model.metadata["uncertainty_evaluation"].startswith("LLPR head")
+    assert np.isnan(nan_model.local_uncertainty(f)[0]).all()
+    failing = core.Model(_export_modified(files["f64"], str(files["dir"] / "fail.pt"), head_class=FailingHead))
+    path = failing.metadata["uncertainty_evaluation"]
+    assert path.startswith("LLPR head")
+    if NATIVE:
+        assert "failed on probe rows" in path and "refuses fewer than 100 rows" in path
+    module = torch.jit.load(str(files["dir"] / "fail.pt"))
+    np.testing.assert_allclose(failing.quadratic_form(f), module.head.quadratic_form(torch.from_numpy(f)).numpy(),
+                               rtol=TOL)

@@ -634,7 +634,8 @@ static double worst_relative(const std::vector<double> &a, const torch::Tensor &
   for (size_t i = 0; i < a.size(); i++) {
     if (a[i] == bp[i]) continue;
     const double d = std::fabs(a[i] - bp[i]) / std::max(std::fabs(a[i]), std::fabs(bp[i]));
-    if (!(d <= worst)) worst = d;  // NaN sticks
+    if (std::isnan(d)) return d;  // one value a number, the other NaN (or both NaN)
+    worst = std::max(worst, d);
   }
   return worst;
 }
@@ -678,22 +679,38 @@ void Model::Impl::choose_uncertainty()
   auto probe = torch::from_blob(values.data(), {n, F}, torch::TensorOptions().dtype(torch::kFloat64)).clone();
   native_head = std::move(candidate);
   double worst = 0.0;
-  for (auto dt : {torch::kFloat64, torch::kFloat32}) {
-    auto rows = probe.to(dt);
-    std::vector<double> q(n), sigma(n), lpr(n), gamma(n), var(1);
-    native_qform(rows, q.data());
-    native_head->local_uncertainty(q.data(), n, sigma.data(), lpr.data());
-    worst = std::max(worst, worst_relative(q, head.get_method("quadratic_form")({rows}).toTensor()));
-    auto ref = head.get_method("local_uncertainty")({rows}).toTuple();
-    worst = std::max(worst, worst_relative(sigma, ref->elements()[0].toTensor()));
-    worst = std::max(worst, worst_relative(lpr, ref->elements()[1].toTensor()));
-    if (meta.has_extrapolation_grade) {
-      native_head->extrapolation_grade(q.data(), n, gamma.data());
-      worst = std::max(worst, worst_relative(gamma, head.get_method("extrapolation_grade")({rows}).toTensor()));
+  auto note = [&](double d) {
+    if (std::isnan(d) || std::isnan(worst)) worst = NAN;
+    else worst = std::max(worst, d);
+  };
+  try {
+    for (auto dt : {torch::kFloat64, torch::kFloat32}) {
+      auto rows = probe.to(dt);
+      std::vector<double> q(n), sigma(n), lpr(n), gamma(n), var(1);
+      native_qform(rows, q.data());
+      native_head->local_uncertainty(q.data(), n, sigma.data(), lpr.data());
+      note(worst_relative(q, head.get_method("quadratic_form")({rows}).toTensor()));
+      auto ref = head.get_method("local_uncertainty")({rows}).toTuple();
+      note(worst_relative(sigma, ref->elements().at(0).toTensor()));
+      note(worst_relative(lpr, ref->elements().at(1).toTensor()));
+      if (meta.has_extrapolation_grade) {
+        native_head->extrapolation_grade(q.data(), n, gamma.data());
+        note(worst_relative(gamma, head.get_method("extrapolation_grade")({rows}).toTensor()));
+      }
+      auto sum = rows.sum(0);
+      var[0] = variance(sum);
+      note(worst_relative(var, head.get_method("energy_variance")({sum}).toTensor()));
     }
-    auto sum = rows.sum(0);
-    var[0] = variance(sum);
-    worst = std::max(worst, worst_relative(var, head.get_method("energy_variance")({sum}).toTensor()));
+  } catch (const std::exception &e) {
+    // the head's own methods fail on the probe rows: they are left to report it where used
+    native_head.reset();
+    // a TorchScript error ends with the exception raised in the method ("RuntimeError: ...")
+    std::string text = e.what(), last;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);)
+      if (line.find_first_not_of(" \t") != std::string::npos) last = line;
+    uncertainty_path = "LLPR head's TorchScript methods (they failed on probe rows: " + last + ")";
+    return;
   }
   if (!(worst <= 1e-12)) {
     native_head.reset();
