@@ -111,6 +111,14 @@ MPI_CASES = {
 
 
 # ----------------------------------------------------------------------------- fixture models
+def label_randomly(atoms, rng):
+    """A random energy and random forces from `rng` (in that order): labels for fitting an
+    untrained model, whose tests compare implementations, not accuracy."""
+    atoms.info["energy"] = float(rng.normal())
+    atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+    return atoms
+
+
 def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64, ensemble=0, ensemble_seed=0,
                model_class=None, gamma=True, **model_kwargs):
     """Export an untrained LocalPotential (or `model_class(species, **model_kwargs)`, e.g.
@@ -135,8 +143,7 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
         atoms = sic_zincblende(rattle=0.15, seed=k) if len(species) > 1 else si_diamond(rattle=0.15, seed=k)
         if len(species) > 1:
             atoms.numbers = rng.choice(list(species), size=len(atoms))
-        atoms.info["energy"] = float(rng.normal())
-        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        label_randomly(atoms, rng)
         structures.append(atoms)
     half = n_structures * 2 // 3
     train = AtomisticDataset(structures[:half], model.cutoff, torch.float64)

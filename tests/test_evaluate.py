@@ -20,7 +20,7 @@ from llpr.evaluate import (
     write_plots,
 )
 
-from lammps_helpers import make_model, si_diamond
+from lammps_helpers import label_randomly, make_model, si_diamond
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -48,8 +48,7 @@ def test_set():
     structures = []
     for k in range(8):
         atoms = si_diamond(rattle=0.15, seed=100 + k)
-        atoms.info["energy"] = float(rng.normal())
-        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        label_randomly(atoms, rng)
         structures.append(atoms)
     return structures
 

@@ -18,6 +18,7 @@ import torch
 from lammps_helpers import (
     assert_lammps_error,
     cluster_left_half,
+    label_randomly,
     lammps_module_marks,
     lammps_results,
     lammps_script,
@@ -163,8 +164,7 @@ def test_second_model_strictly_local_and_message_passing(tmp_path, message_passi
     structures = []
     for k in range(12):
         atoms = si_diamond(rattle=0.15, seed=40 + k)
-        atoms.info["energy"] = float(rng.normal())
-        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        label_randomly(atoms, rng)
         structures.append(atoms)
     llpr = LLPR(model).fit(make_loader(AtomisticDataset(structures[:8], 3.5, torch.float64)))
     llpr.calibrate(make_loader(AtomisticDataset(structures[8:], 3.5, torch.float64)))

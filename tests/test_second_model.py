@@ -16,6 +16,7 @@ import torch
 
 from lammps_helpers import (
     compare,
+    label_randomly,
     lammps_module_marks,
     lammps_script,
     MPIRUN,
@@ -53,8 +54,7 @@ def _labelled(n, seed):
     for k in range(n):
         atoms = sic_zincblende(rattle=0.15, seed=seed + k)
         atoms.numbers = rng.choice(SPECIES, size=len(atoms))
-        atoms.info["energy"] = float(rng.normal())
-        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        label_randomly(atoms, rng)
         structures.append(atoms)
     return structures
 
