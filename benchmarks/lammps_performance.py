@@ -164,12 +164,14 @@ LOOP = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps wi
 SECTION = re.compile(r"^(Pair|Neigh|Comm|Output|Modify|Other)\s*\|\s*([0-9.eE+-]+)\s*\|\s*([0-9.eE+-]+)", re.M)
 
 
-def run_lammps(script: str, workdir: str, ranks: int = 1, threads: int = 1, timeout: float = 3600) -> dict:
-    """Run `lmp` on ``script``; the timed (last) run's loop time and timer breakdown."""
+def run_lammps(script: str, workdir: str, ranks: int = 1, threads: int = 1, timeout: float = 3600,
+               env: dict | None = None) -> dict:
+    """Run `lmp` on ``script`` (with the variables of ``env`` added to the environment); the
+    timed (last) run's loop time and timer breakdown."""
     path = os.path.join(workdir, "in.bench")
     with open(path, "w") as fh:
         fh.write(script)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, **(env or {}), OMP_NUM_THREADS=str(threads))
     env.pop("LAMMPS_PLUGIN_PATH", None)
     cmd = [LMP, "-in", path, "-log", "none", "-nocite"]
     if ranks > 1:

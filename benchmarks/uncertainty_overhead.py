@@ -29,7 +29,6 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import date
 
 import torch
@@ -44,23 +43,6 @@ TARGET = 1.0  # % of a step, every step (issue 12)
 SWITCH = "LLPR_NATIVE_UNCERTAINTY"
 
 
-@contextmanager
-def environment(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="512 atoms, few steps (smoke test)")
@@ -73,14 +55,13 @@ def main(argv=None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="llpr_overhead_") as work:
         models = {"device": "cpu", "llpr": build_model(os.path.join(work, "m64.pt"), seed=0)}
-        variants = {"plain": (False, None), "native": (True, None), "head": (True, "0")}
+        variants = {"plain": (False, {}), "native": (True, {}), "head": (True, {SWITCH: "0"})}
         for cells, steps in sizes.items():
             runs = {k: [] for k in variants}
             for _ in range(repeats):
-                for name, (uncertainty, switch) in variants.items():
-                    with environment(**{SWITCH: switch}):
-                        script = lammps_input(cells, "llpr", models, steps, 3, every=1, uncertainty=uncertainty)
-                        runs[name].append(run_lammps(script, work))
+                for name, (uncertainty, env) in variants.items():
+                    script = lammps_input(cells, "llpr", models, steps, 3, every=1, uncertainty=uncertainty)
+                    runs[name].append(run_lammps(script, work, env=env))
             best = {k: min(v, key=lambda r: r["loop_s"]) for k, v in runs.items()}
             plain = best["plain"]
             pair = plain["sections_s"]["Pair"]

@@ -383,6 +383,14 @@ struct Model::Impl {
       else native_head->quadratic_form(rows.data_ptr<float>() + begin * F, end - begin, q + begin);
     });
   }
+  // native_qform of the rows of `f` into a buffer that holds them until the next call
+  mutable std::vector<double> q_buffer;
+  const double *native_q(const torch::Tensor &f) const
+  {
+    q_buffer.resize(static_cast<size_t>(f.size(0)));
+    native_qform(f, q_buffer.data());
+    return q_buffer.data();
+  }
   // q = f^T C^-1 f per row (float64), by LLPRHead.quadratic_form; copied to `out` (n values)
   void qform(const torch::Tensor &f, double *out) const
   {
@@ -395,12 +403,7 @@ struct Model::Impl {
   void uncertainty(const torch::Tensor &f, double *sigma, double *lpr) const
   {
     const int64_t n = f.size(0);
-    if (native(f)) {
-      q_buffer.resize(static_cast<size_t>(n));
-      native_qform(f, q_buffer.data());
-      native_head->local_uncertainty(q_buffer.data(), n, sigma, lpr);
-      return;
-    }
+    if (native(f)) return native_head->local_uncertainty(native_q(f), n, sigma, lpr);
     auto result = head.get_method("local_uncertainty")({f}).toTuple();
     if (sigma) {
       auto s = result->elements()[0].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
@@ -415,12 +418,7 @@ struct Model::Impl {
   void grade(const torch::Tensor &f, double *gamma) const
   {
     const int64_t n = f.size(0);
-    if (native(f)) {
-      q_buffer.resize(static_cast<size_t>(n));
-      native_qform(f, q_buffer.data());
-      native_head->extrapolation_grade(q_buffer.data(), n, gamma);
-      return;
-    }
+    if (native(f)) return native_head->extrapolation_grade(native_q(f), n, gamma);
     auto g = head.get_method("extrapolation_grade")({f}).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
     std::memcpy(gamma, g.data_ptr<double>(), sizeof(double) * n);
   }
@@ -434,7 +432,6 @@ struct Model::Impl {
     }
     return head.get_method("energy_variance")({s}).toTensor().to(torch::kCPU).item<double>();
   }
-  mutable std::vector<double> q_buffer;
   // q of the cached features on the native path, computed once per evaluation (sigma_i and
   // gamma_i of one step share it)
   mutable std::vector<double> q_cached;

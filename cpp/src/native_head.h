@@ -35,8 +35,6 @@ class NativeHead {
   NativeHead(const double *u, int64_t n_features, const SigmaLaw &law);
   bool usable() const { return usable_; }
   const std::string &reason() const { return reason_; }
-  int64_t n_features() const { return F_; }
-  const SigmaLaw &law() const { return law_; }
 
   // q_i = f_i^T C^-1 f_i = |f_i U|^2 of the n rows of `features` (n x F, row-major), float64
   // whatever the features' dtype; single-threaded (callers split the rows between threads)
