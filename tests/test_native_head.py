@@ -232,3 +232,21 @@ def test_a_head_giving_nan_or_failing_keeps_its_own_behaviour(files):
     module = torch.jit.load(str(files["dir"] / "fail.pt"))
     np.testing.assert_allclose(failing.quadratic_form(f), module.head.quadratic_form(torch.from_numpy(f)).numpy(),
                                rtol=TOL)
+
+
+@needs_native
+def test_a_factor_with_a_lower_entry_runs_the_head(files):
+    """A U with a non-zero below the diagonal (small enough for the loader's inverse check):
+    the kernel would skip it, so the core runs the head, and the numbers are the head's."""
+    from test_core import _export_modified
+
+    src = torch.jit.load(files["f64"])
+    u = src.head.inverse_factor_t.clone()
+    u[3, 1] = 1e-13 * float(u.abs().max())
+    path = _export_modified(files["f64"], str(files["dir"] / "lower.pt"), head_changes={"inverse_factor_t": u})
+    model = core.Model(path)
+    assert model.metadata["uncertainty_evaluation"] == \
+        "LLPR head's TorchScript methods (head.inverse_factor_t is not upper triangular)"
+    f = np.abs(np.random.default_rng(6).normal(size=(30, model.metadata["n_features"])))
+    ref = torch.jit.load(path).head.quadratic_form(torch.from_numpy(f)).numpy()
+    np.testing.assert_allclose(model.quadratic_form(f), ref, rtol=TOL)
