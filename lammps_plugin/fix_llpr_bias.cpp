@@ -88,6 +88,11 @@ FixLLPRBias::FixLLPRBias(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg, arg
     error->all(FLERR, "fix llpr/bias: hist, delay and every set how `tau relative R` adapts tau; with a fixed tau "
                       "they would do nothing: leave them out, or use tau relative R");
   if (delay_ < 0) delay_ = hist_;
+  // an empty dynamic group would otherwise be reported as "no atoms" at init
+  if (group->dynamic[igroup])
+    error->all(FLERR, "fix llpr/bias: group {} is dynamic; dynamic groups are not supported (the bias is the "
+                      "uncertainty of a fixed set of atoms): use a static group",
+               group->names[igroup]);
 
   scalar_flag = 1;  // E_bias
   extscalar = 1;
@@ -102,6 +107,7 @@ FixLLPRBias::FixLLPRBias(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg, arg
   thermo_virial = 1;
   for (double &v : virial) v = 0.0;
   comm_reverse = relative_ ? 6 : 0;
+  restart_global = 1;  // the controller's state (tau relative) goes into restart files
 }
 
 FixLLPRBias::~FixLLPRBias()
@@ -140,6 +146,15 @@ void FixLLPRBias::init()
     error->all(FLERR, "fix llpr/bias {}: fix llpr/bias {} already biases pair_style llpr; use one fix llpr/bias "
                       "(its group can hold all the atoms to bias)",
                id, pair->bias()->id);
+  if (group->dynamic[igroup])
+    error->all(FLERR, "fix llpr/bias: group {} is dynamic; dynamic groups are not supported (the bias is the "
+                      "uncertainty of a fixed set of atoms): use a static group",
+               group->names[igroup]);
+  if (update->whichflag == 1 && utils::strmatch(update->integrate_style, "^respa"))
+    error->all(FLERR, "fix llpr/bias: run_style {} is not supported (the bias is added in pair_style llpr's "
+                      "evaluation and the tau relative controller runs in post_force, which rRESPA does not "
+                      "call); use run_style verlet",
+               update->integrate_style);
   if (group->count(igroup) == 0)
     error->all(FLERR, "fix llpr/bias: group {} has no atoms; the bias is the uncertainty of that group's energy",
                group->names[igroup]);
@@ -147,6 +162,14 @@ void FixLLPRBias::init()
     error->all(FLERR, "fix llpr/bias: fix_modify virial no is not available: the bias virial comes out of the "
                       "same backward pass as the model's and is part of pair_style llpr's virial, so the "
                       "pressure always includes it");
+  // the minimizer's line search takes the energy from pe: without E_bias in it, the energy it
+  // sees does not decrease along the biased forces, and it stops at its first step
+  if (update->whichflag == 2 && tau_ != 0.0 && !thermo_energy)
+    error->all(FLERR, "fix llpr/bias {}: minimize with a bias (tau {}) needs `fix_modify {} energy yes`: the "
+                      "minimizer's energy is pe, which without E_bias is not the energy the biased forces derive "
+                      "from, so its line search would stop at once; add fix_modify {} energy yes (or unfix {} to "
+                      "minimize the model's own energy)",
+               id, tau_, id, id, id);
   pair->set_bias(this);
 }
 
@@ -181,19 +204,34 @@ void FixLLPRBias::add_bias(PairLLPR *pair)
   pair->bias_sigma("fix llpr/bias", total_sum_, sigma_cap_ / conv, sigma, capped, gradient_);
   sigma_ = conv * sigma;
   capped_ = conv * capped;
-  energy_ = -tau_ * capped_;
-  tau_used_ = tau_;
+
+  // the controller's clock advances by the MD steps since the latest evaluation (only in the
+  // steps of a run, never in a setup: a timestep that went back leaves the clock where it is).
+  // A run's setup re-evaluates the latest step, with that step's tau and without measuring it
+  // again, unless the controller has not measured at all: `run 50; run 50` is `run 100`.
+  const bool in_run = update->whichflag == 1, in_setup = update->setupflag != 0;
+  bool new_step = false;
+  if (in_run && !in_setup && update->ntimestep > last_step_) {
+    if (last_step_ >= 0) clock_ += update->ntimestep - last_step_;
+    new_step = true;
+  }
+  last_step_ = update->ntimestep;
+  const double tau = (in_run && in_setup && continued_) ? tau_used_ : tau_;
+  const bool measure = relative_ && in_run && (in_setup ? !measured_ : (new_step && clock_ % every_ == 0));
+
+  energy_ = -tau * capped_;
+  tau_used_ = tau;
   // E_b = E - tau s(S): the group's read-out shifts by d(-tau s)/dS (model units)
   cotangent_.resize(F);
-  for (int k = 0; k < F; k++) cotangent_[k] = -tau_ * gradient_[k];
-  const bool measure = relative_ && update->whichflag == 1 && update->ntimestep % every_ == 0;
+  for (int k = 0; k < F; k++) cotangent_[k] = -tau * gradient_[k];
   if (measure) {
     unscaled_.resize(F);
     for (int k = 0; k < F; k++) unscaled_[k] = -gradient_[k];
   }
   pair->biased_backward(groupbit, cotangent_, measure ? &unscaled_ : nullptr, total_forces_, bias_forces_);
-  measured_step_ = measure ? update->ntimestep : -1;
+  pending_average_ = measure;
   evaluated_step_ = update->ntimestep;
+  continued_ = true;
 }
 
 /* ----------------------------------------------------------------------
@@ -202,11 +240,12 @@ void FixLLPRBias::add_bias(PairLLPR *pair)
 
 void FixLLPRBias::post_force(int /*vflag*/)
 {
-  if (!relative_ || measured_step_ != update->ntimestep || averaged_step_ == update->ntimestep) return;
+  // each measurement is averaged once (the setup of a run calls this again)
+  if (!relative_ || !pending_average_) return;
+  pending_average_ = false;
   // the ghosts' parts of both force arrays onto their owners
   comm->reverse_comm(this);
   update_tau();
-  averaged_step_ = update->ntimestep;
 }
 
 void FixLLPRBias::update_tau()
@@ -227,17 +266,17 @@ void FixLLPRBias::update_tau()
   MPI_Allreduce(local, total, 3, MPI_DOUBLE, MPI_SUM, world);
   if (total[2] == 0.0) return;  // no atom of the group left: nothing to average
   const double force = total[0] / total[2], bias = total[1] / total[2];
-  if (first_measure_ < 0) {
+  if (!measured_) {
     mean_force_ = force;
     mean_bias_force_ = bias;
-    first_measure_ = update->ntimestep;
+    measured_ = true;
   } else {
     const double mixing = std::min(1.0, static_cast<double>(every_) / hist_);
     mean_force_ = (1.0 - mixing) * mean_force_ + mixing * force;
     mean_bias_force_ = (1.0 - mixing) * mean_bias_force_ + mixing * bias;
   }
   // a group whose sigma does not change with the positions has no bias force to scale
-  if (update->ntimestep - first_measure_ >= delay_ && mean_bias_force_ > 0.0)
+  if (clock_ >= delay_ && mean_bias_force_ > 0.0)
     tau_ = tau_relative_ * mean_force_ / mean_bias_force_;
 }
 
@@ -294,4 +333,57 @@ double FixLLPRBias::memory_usage()
   const size_t n = total_forces_.capacity() + bias_forces_.capacity() + local_sum_.capacity() +
                    total_sum_.capacity() + gradient_.capacity() + cotangent_.capacity() + unscaled_.capacity();
   return static_cast<double>(n) * sizeof(double);
+}
+
+/* ----------------------------------------------------------------------
+   restart files: the controller's state, so that a restarted run goes on as the run that wrote
+   the file (positions and velocities are in the file already)
+------------------------------------------------------------------------- */
+
+namespace {
+constexpr double kRestartFormat = 1.0;
+constexpr int kRestartSize = 9;
+}  // namespace
+
+void FixLLPRBias::write_restart(FILE *fp)
+{
+  const double list[kRestartSize] = {kRestartFormat,
+                                     relative_ ? 1.0 : 0.0,
+                                     tau_,
+                                     tau_used_,
+                                     mean_force_,
+                                     mean_bias_force_,
+                                     static_cast<double>(clock_),
+                                     measured_ ? 1.0 : 0.0,
+                                     continued_ ? 1.0 : 0.0};
+  if (comm->me == 0) {
+    const int size = kRestartSize * sizeof(double);
+    fwrite(&size, sizeof(int), 1, fp);
+    fwrite(list, sizeof(double), kRestartSize, fp);
+  }
+}
+
+void FixLLPRBias::restart(char *buf)
+{
+  const auto *list = reinterpret_cast<const double *>(buf);
+  if (list[0] != kRestartFormat)
+    error->all(FLERR, "fix llpr/bias {}: the restart file holds its state in an unknown format ({}); it was "
+                      "written by another version of the llpr plugin",
+               id, list[0]);
+  // a fixed tau has no state to carry over: the new command's tau holds
+  if (!relative_) return;
+  if (list[1] != 1.0) {
+    if (comm->me == 0)
+      error->warning(FLERR, "fix llpr/bias {}: the fix that wrote the restart file had a fixed tau; the tau "
+                            "relative controller starts afresh (tau 0 until its first averages are in)",
+                     id);
+    return;
+  }
+  tau_ = list[2];
+  tau_used_ = list[3];
+  mean_force_ = list[4];
+  mean_bias_force_ = list[5];
+  clock_ = static_cast<bigint>(list[6]);
+  measured_ = list[7] != 0.0;
+  continued_ = list[8] != 0.0;
 }

@@ -352,7 +352,7 @@ run 0
 
 def test_tau_relative_follows_mean_forces(model, tmp_path):
     """tau relative R with every 1, hist 1, delay 0: after the first (unbiased) evaluation, tau
-    = R <|F|> / <|dF_bias/dtau|> over the group's atoms; the next evaluation uses it."""
+    = R <|F|> / <|dF_bias/dtau|> over the group's atoms; the next MD step uses it."""
     atoms = si_diamond((2, 2, 2), rattle=0.1, seed=36)
     group = _corner_group(atoms, radius=4.0)
     ratio = 0.3
@@ -369,7 +369,8 @@ def test_tau_relative_follows_mean_forces(model, tmp_path):
         res["vector"] = [lmp.extract_fix("b", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, i) for i in range(5)]
         return res
 
-    post = f"{_group_command('part', group)}\nfix b part llpr/bias tau relative {ratio} every 1 hist 1 delay 0\nrun 0\nrun 0"
+    # no integrator: step 1 has the positions of step 0, measured in the setup
+    post = f"{_group_command('part', group)}\nfix b part llpr/bias tau relative {ratio} every 1 hist 1 delay 0\nrun 1"
     res = run_in_process(tmp_path, model, atoms, ["Si"], collect=collect, post=post)
     sigma, tau_used, _, got_force, got_bias = res["vector"]
     print(f"tau {tau_used:.6g} (reference {tau:.6g}), <|F|> {got_force:.6g}, <|dF_b/dtau|> {got_bias:.6g}")
@@ -484,11 +485,18 @@ ERROR_CASES = {
     "unknown keyword": ({"args": "tau 0.5 strength 2"}, "unknown keyword strength"),
     "two fixes": ({"post": "fix c all llpr/bias tau 0.1"}, "fix llpr/bias b already biases pair_style llpr"),
     "fix_modify virial no": ({"post": "fix_modify b virial no"}, "fix_modify virial no is not available"),
+    "run_style respa": ({"pre": "run_style respa 2 2"}, "run_style respa is not supported", "use run_style verlet"),
+    "dynamic group": ({"pre": "region r block INF INF INF INF 0 2.5\ngroup low dynamic all region r every 1",
+                       "group": "low"}, "group low is dynamic; dynamic groups are not supported"),
+    # the line search's energy would be pe without E_bias, whose gradient the forces are not
+    "minimize without the bias energy": ({"post": "minimize 0 1e-8 20 200"}, "needs `fix_modify b energy yes`"),
+    "minimize with fire, without the bias energy": ({"post": "min_style fire\nminimize 0 1e-8 20 200"},
+                                                    "needs `fix_modify b energy yes`"),
 }
 
 
 @pytest.mark.parametrize("kind", list(ERROR_CASES))
 def test_bad_input_is_a_lammps_error(bad_files, tmp_path, kind):
-    changes, want = ERROR_CASES[kind]
+    changes, *wants = ERROR_CASES[kind]
     settings = {key: value.format(**bad_files) for key, value in {**GOOD, **changes}.items()}
-    assert_lammps_error(run_lmp(BAD_INPUT.format(**settings), tmp_path), want)
+    assert_lammps_error(run_lmp(BAD_INPUT.format(**settings), tmp_path), *wants)
