@@ -60,6 +60,13 @@ class ComputeLLPR : public Compute {
   void compute_vector() override;
   double memory_usage() override;
 
+  // the vector's layout, for fix llpr/record: K members' dE_k from element deviation_offset()
+  // (0-based), then with virial yes K dP_k and 6 K pressure tensor deviations
+  bool ensemble() const { return ensemble_; }
+  bool virial() const { return virial_; }
+  int members() const { return members_; }
+  int deviation_offset() const { return offset_; }
+
  private:
   void compute_virial_deviations(PairLLPR *pair);
   void max_sigma(PairLLPR *pair);

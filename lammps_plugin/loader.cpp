@@ -150,6 +150,12 @@ void *create_fix_bias(void *lmp, int narg, char **arg)
   return fn(lmp, narg, arg);
 }
 
+void *create_fix_record(void *lmp, int narg, char **arg)
+{
+  auto fn = reinterpret_cast<llpr_style_factory2 *>(implementation(lmp, "llpr_lammps_create_fix_record"));
+  return fn(lmp, narg, arg);
+}
+
 }  // namespace
 
 extern "C" void lammpsplugin_init(void *ptr, void *handle, void *register_callback)
@@ -188,5 +194,10 @@ extern "C" void lammpsplugin_init(void *ptr, void *handle, void *register_callba
   d.name = "llpr/bias";
   d.info = "llpr/bias: MD biased towards uncertain configurations, E - tau sigma_E of a group";
   d.creator.v2 = &create_fix_bias;
+  reg(&d, lmp);
+
+  d.name = "llpr/record";
+  d.info = "llpr/record: self-describing record of the ensemble members' deviations and observables, for llpr reweight";
+  d.creator.v2 = &create_fix_record;
   reg(&d, lmp);
 }

@@ -701,6 +701,11 @@ int PairLLPR::n_features() const
   return model_ ? static_cast<int>(model_->metadata().n_features) : 0;
 }
 
+std::string PairLLPR::model_seal() const
+{
+  return model_ ? model_->metadata().seal : std::string();
+}
+
 int PairLLPR::ensemble_size() const
 {
   return model_ ? static_cast<int>(model_->metadata().ensemble_size) : 0;

@@ -59,6 +59,8 @@ class PairLLPR : public Pair {
   // when the timestep number repeats, e.g. `run 0` after `displace_atoms`)
   bigint evaluations() const { return evaluations_; }
   const std::string &model_path() const { return model_path_; }
+  // the model file's whole-file checksum text ("" for an unsealed file): names the file in records
+  std::string model_seal() const;
   // Member force deviations dF_k = F_k - F (LAMMPS force units) of the current step, on local
   // and ghost atoms before reverse communication: out[(k * nall + i) * 3 + c] for LAMMPS index
   // i < nall = nlocal + nghost (0 for atoms the model did not see). Re-runs the model on the

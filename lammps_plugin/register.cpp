@@ -5,6 +5,7 @@
 
 #include "compute_llpr.h"
 #include "fix_llpr_bias.h"
+#include "fix_llpr_record.h"
 #include "pair_llpr.h"
 
 #include "llpr/core.h"
@@ -36,6 +37,12 @@ LLPR_EXPORT void *llpr_lammps_create_compute_global(void *lmp, int narg, char **
 LLPR_EXPORT void *llpr_lammps_create_fix_bias(void *lmp, int narg, char **arg)
 {
   Fix *fix = new FixLLPRBias(static_cast<LAMMPS *>(lmp), narg, arg);
+  return static_cast<void *>(fix);
+}
+
+LLPR_EXPORT void *llpr_lammps_create_fix_record(void *lmp, int narg, char **arg)
+{
+  Fix *fix = new FixLLPRRecord(static_cast<LAMMPS *>(lmp), narg, arg);
   return static_cast<void *>(fix);
 }
 

@@ -610,6 +610,7 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
   if (impl_->meta.passes_messages()) torch::jit::setGraphExecutorOptimize(false);
   impl_->meta.integrity = integrity.summary;
   impl_->meta.sealed = integrity.sealed;
+  impl_->meta.seal = integrity.seal;
   impl_->module.eval();
   if (dev.type() != torch::kCPU) impl_->module.to(dev);
   impl_->device = dev;

@@ -264,6 +264,7 @@ IntegrityReport verify_file(const std::string &path)
     damaged(path, "cannot read it to the end");
   if (got != want) damaged(path, "its content does not match the checksum written at export");
   report.sealed = true;
+  report.seal = end.comment;
   report.summary = "whole-file CRC-64 verified (" + std::to_string(f.size) + " bytes)";
   return report;
 }

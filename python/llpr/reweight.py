@@ -45,34 +45,6 @@ import numpy as np
 # LAMMPS' own Boltzmann constants (update.cpp), so that beta matches the thermostat's
 BOLTZMANN = {"metal": 8.617343e-5, "real": 0.0019872067}
 
-# thermo keywords whose value depends on the model: member k's value is the mean model's plus
-# its energy deviation (energies) or its pressure deviation (pressures, tensor index or None)
-ENERGY_KEYWORDS = ("pe", "etotal", "evdwl", "epair", "c_thermo_pe")
-PRESSURE_KEYWORDS = {"press": None, "c_thermo_press": None, "pxx": 0, "pyy": 1, "pzz": 2, "pxy": 3, "pxz": 4,
-                     "pyz": 5}
-# thermo keywords that depend on the model but that this module does not rebuild per member
-MODEL_DEPENDENT_OTHER = ("enthalpy", "ecoul", "elong", "emol", "ebond", "eangle", "edihed", "eimp", "etail")
-# thermo keywords that are not observables (bookkeeping, timings)
-NOT_OBSERVABLES = ("step", "elapsed", "elaplong", "dt", "time", "cpu", "tpcpu", "spcpu", "cpuremain", "part",
-                   "timeremain", "atoms")
-# the column headers LAMMPS writes for thermo keywords (thermo.cpp)
-THERMO_HEADERS = {
-    "step": "Step", "elapsed": "Elapsed", "elaplong": "Elaplong", "dt": "Dt", "time": "Time", "cpu": "CPU",
-    "tpcpu": "T/CPU", "spcpu": "S/CPU", "cpuremain": "CPULeft", "part": "Part", "timeremain": "TimeoutLeft",
-    "atoms": "Atoms", "temp": "Temp", "press": "Press", "pe": "PotEng", "ke": "KinEng", "etotal": "TotEng",
-    "enthalpy": "Enthalpy", "evdwl": "E_vdwl", "ecoul": "E_coul", "epair": "E_pair", "ebond": "E_bond",
-    "eangle": "E_angle", "edihed": "E_dihed", "eimp": "E_impro", "emol": "E_mol", "elong": "E_long",
-    "etail": "E_tail", "vol": "Volume", "density": "Density", "lx": "Lx", "ly": "Ly", "lz": "Lz",
-    "pxx": "Pxx", "pyy": "Pyy", "pzz": "Pzz", "pxy": "Pxy", "pxz": "Pxz", "pyz": "Pyz",
-}
-_KEYWORD_OF_HEADER = {header: key for key, header in THERMO_HEADERS.items()}
-
-
-def thermo_keyword(name: str) -> str:
-    """The thermo keyword of a column name given as keyword (``pe``) or header (``PotEng``)."""
-    return _KEYWORD_OF_HEADER.get(name, name.lower())
-
-
 MAX_BLOCKS = 200
 DEFAULT_MIN_ESS_FRACTION = 0.1
 DEFAULT_MIN_ESS_FRAMES = 20
@@ -82,154 +54,188 @@ class ReweightWarning(UserWarning):
     """Emitted (and stored in the result) when an estimate is not to be trusted."""
 
 
-# -------------------------------------------------------------------------------- LAMMPS files
-@dataclass
-class Table:
-    """Per-frame data read from LAMMPS output: ``steps`` (T,) and ``columns``, each (T,) for a
-    scalar column or (T, R) for a column of a ``fix ave/time ... mode vector`` file (R rows)."""
-
-    path: str
-    steps: np.ndarray
-    columns: dict
-    kind: str = "scalar"  # or "vector"
-
-    def column(self, name: str) -> np.ndarray:
-        if name not in self.columns:
-            raise ValueError(
-                f"{self.path} has no column {name!r}; its columns are: {', '.join(self.columns) or '(none)'}"
-            )
-        return self.columns[name]
-
-
-@dataclass
-class LogInfo:
-    """What the log says besides its thermo tables."""
-
-    units: str | None = None
-    norm: bool = False  # thermo_modify norm yes: extensive values are divided by the atom count
-    atoms: list = field(default_factory=list)  # atom count of each run ("... with N atoms")
-    computes: dict = field(default_factory=dict)  # llpr ensemble computes: id -> layout
-    ave_time: dict = field(default_factory=dict)  # output file -> (nevery, nrepeat, nfreq, ave mode)
-
-
-_LAYOUT = re.compile(
-    r"^llpr: compute (\S+) \(group (\S+)\): (\d+) members; dE_k in c_\S+\[(\d+)\]\.\.c_\S+\[(\d+)\]"
-    r"(?:; dP_k in c_\S+\[(\d+)\]\.\.c_\S+\[(\d+)\]; pressure tensor deviations \([^)]*\) in "
-    r"c_\S+\[(\d+)\]\.\.c_\S+\[(\d+)\])?"
+# ----------------------------------------------------------------------- the record of a run
+RECORD_FORMAT = "llpr-record"
+RECORD_VERSION = 1
+# values of the record that depend on the model: member k's value is the mean model's plus a
+# recorded deviation (None: dE_k; a name: that deviation block, with a component for tensors)
+MODEL_DEPENDENT = {"pe": ("dE", None), "press": ("dP", None), "pxx": ("dP_tensor", 0), "pyy": ("dP_tensor", 1),
+                   "pzz": ("dP_tensor", 2), "pxy": ("dP_tensor", 3), "pxz": ("dP_tensor", 4),
+                   "pyz": ("dP_tensor", 5)}
+# what a segment must share with the others to be reweighted with them
+_SAME = (("members", "K (ensemble members)"), ("units", "units"), ("every", "recording period N"),
+         ("virial", "virial"), ("compute", "compute"))
+_NOT_RECORD = (
+    "reweighting reads the record of fix llpr/record, which states the model, K, units and column layout: add "
+    "`compute ens all llpr ensemble yes` and `fix rec all llpr/record N md.rec ens [observables]` to the input and "
+    "give md.rec (a LAMMPS log or fix ave/time file is not read: its units, normalisation, layout and averaging "
+    "would have to be guessed)"
 )
 
 
-def _is_number(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
+@dataclass
+class RecordSegment:
+    """One run's part of a ``fix llpr/record`` file: its ``header`` (model, seal, K, units,
+    layout, sampling) and its ``data`` (frames x values). ``path`` and ``index`` (1-based, in
+    the file) say where it was read."""
+
+    path: str
+    index: int
+    header: dict
+    data: np.ndarray
+
+    @property
+    def columns(self) -> dict:
+        """Column name -> slice of ``data``'s columns."""
+        out, start = {}, 0
+        for col in self.header["columns"]:
+            out[col["name"]] = slice(start, start + int(col["size"]))
+            start += int(col["size"])
+        return out
+
+    def column(self, name: str) -> np.ndarray:
+        """(frames,) for a scalar value, (frames, size) for the deviations and vector values."""
+        cols = self.columns
+        if name not in cols:
+            raise ValueError(f"{self.where} records no {name!r}; it records: {', '.join(cols)}")
+        block = self.data[:, cols[name]]
+        sizes = {c["name"]: c for c in self.header["columns"]}
+        if sizes[name].get("vector") or name in ("dE", "dP", "dP_tensor"):
+            return block
+        return block[:, 0]
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.data[:, 0].astype(np.int64)
+
+    @property
+    def where(self) -> str:
+        return f"{self.path} (run {self.index})"
 
 
-def read_log(path: str):
-    """Thermo tables of a LAMMPS log (one per run, ``thermo_style custom`` one line per step)
-    and what the log says about units, normalisation and llpr ensemble computes.
-    Returns ``(tables, info)``: a list of :class:`Table` and a :class:`LogInfo`."""
+def _segment_error(path, lineno, text):
+    return ValueError(f"{path}, line {lineno}: {text}")
+
+
+def read_record(path) -> list:
+    """The segments (:class:`RecordSegment`, one per run) of a ``fix llpr/record`` file.
+
+    Refuses anything that is not such a record, a newer format, a line with the wrong number of
+    values or a value that is not a finite number (naming the line)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give the file written by fix llpr/record")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"LAMMPS log {path!r} does not exist")
-    with open(path, errors="replace") as fh:
-        lines = fh.read().splitlines()
-    info = LogInfo()
-    tables, header, rows = [], None, []
+        raise FileNotFoundError(f"record {path!r} does not exist")
+    segments, header, rows, width = [], None, [], 0
 
     def close():
-        nonlocal header, rows
         if header is not None:
-            data = np.array(rows, dtype=float).reshape(len(rows), len(header))
-            steps_col = [k for k, name in enumerate(header) if name.lower() == "step"]
-            if not steps_col:
-                raise ValueError(f"{path}: a thermo table without a Step column; add step to thermo_style custom")
-            columns = {name: data[:, k] for k, name in enumerate(header)}
-            tables.append(Table(path, data[:, steps_col[0]].astype(np.int64), columns))
-        header, rows = None, []
+            data = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+            segments.append(RecordSegment(path, len(segments) + 1, header, data))
 
-    for line in lines:
-        words = line.split()
-        if header is not None:
-            if len(words) == len(header) and all(_is_number(w) for w in words):
-                rows.append([float(w) for w in words])
+    with open(path, errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            text = line.strip()
+            if not text:
                 continue
-            if line.startswith("Loop time of"):
-                m = re.search(r"with (\d+) atoms", line)
-                if m:
-                    info.atoms.append(int(m.group(1)))
+            if text.startswith("#"):
+                try:
+                    new = json.loads(text[1:])
+                except json.JSONDecodeError:
+                    new = None
+                if not isinstance(new, dict) or new.get("format") != RECORD_FORMAT:
+                    raise _segment_error(path, lineno, f"not a header of {RECORD_FORMAT}; {_NOT_RECORD}")
+                if int(new.get("version", 0)) > RECORD_VERSION:
+                    raise _segment_error(path, lineno, f"{RECORD_FORMAT} version {new.get('version')} was written by "
+                                         f"a newer llpr (this one reads version {RECORD_VERSION}); upgrade llpr")
+                missing = [k for k in ("members", "units", "every", "columns", "sampling", "energies") if k not in new]
+                if missing:
+                    raise _segment_error(path, lineno, f"the header lacks {', '.join(missing)}: the file is damaged")
+                if new["sampling"] != "instantaneous" or new["energies"] != "total":
+                    raise _segment_error(path, lineno, f"sampling {new['sampling']!r}, energies {new['energies']!r}: "
+                                         "reweighting needs instantaneous total values")
                 close()
-            continue  # warnings and other output inside a run
-        if words and words[0] == "Step" and len(words) > 1 and not any(_is_number(w) for w in words):
-            header = words
-            continue
-        if words[:1] == ["units"] and len(words) > 1:
-            info.units = words[1]
-        elif words[:1] == ["thermo_modify"] and "norm" in words:
-            k = words.index("norm")
-            if k + 1 < len(words):
-                info.norm = words[k + 1] in ("yes", "1", "on", "true")
-        elif words[:1] == ["thermo_style"] and len(words) > 1 and words[1] in ("multi", "yaml"):
-            raise ValueError(
-                f"{path}: thermo_style {words[1]} is not read here; use thermo_style custom (one line per step)"
-            )
-        elif line.startswith("llpr: compute"):
-            m = _LAYOUT.match(line)
-            if m:
-                g = [int(x) if x is not None else None for x in m.groups()[2:]]
-                info.computes[m.group(1)] = {"group": m.group(2), "members": g[0], "dE": (g[1], g[2]),
-                                             "dP": (g[3], g[4]) if g[3] else None,
-                                             "dP_tensor": (g[5], g[6]) if g[5] else None}
-        elif len(words) >= 8 and words[0] == "fix" and words[3] == "ave/time" and "file" in words:
+                header, rows = new, []
+                width = sum(int(c["size"]) for c in new["columns"])
+                continue
+            if header is None:
+                raise _segment_error(path, lineno, f"a line before any {RECORD_FORMAT} header; {_NOT_RECORD}")
+            words = text.split()
+            if len(words) != width:
+                raise _segment_error(path, lineno, f"{len(words)} values where the header of run {len(segments) + 1} "
+                                     f"lays out {width} (a line cut short, e.g. by a run that was killed?)")
             try:
-                nums = (int(words[4]), int(words[5]), int(words[6]))
+                values = [float(w) for w in words]
             except ValueError:
-                continue  # variables in the command; nothing to check
-            ave = words[words.index("ave") + 1] if "ave" in words[:-1] else "one"
-            info.ave_time[os.path.basename(words[words.index("file") + 1])] = nums + (ave,)
+                raise _segment_error(path, lineno, "a value that is not a number") from None
+            if not all(math.isfinite(v) for v in values):
+                bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
+                name = next(c["name"] for c, s in zip(header["columns"], np.cumsum([int(c["size"]) for c in
+                                                                                    header["columns"]])) if bad < s)
+                raise _segment_error(path, lineno, f"step {words[0]}: {name} is {words[bad]}; a frame with a "
+                                     "non-finite value has no weight: fix the run (or start after it with --start)")
+            rows.append(values)
     close()
-    if not tables:
-        raise ValueError(f"{path}: no thermo table found (a line starting with 'Step' and rows of numbers)")
-    return tables, info
+    if not segments:
+        raise ValueError(f"{path} holds no {RECORD_FORMAT} header; {_NOT_RECORD}")
+    return segments
 
 
-def read_ave_time(path: str) -> Table:
-    """A ``fix ave/time`` output file: scalar mode (one line per output step, one column per
-    value) or vector mode (per output step a line ``step nrows`` and ``nrows`` rows)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"fix ave/time file {path!r} does not exist")
-    with open(path) as fh:
-        lines = fh.read().splitlines()
-    comments = [ln[1:].split() for ln in lines if ln.startswith("#")]
-    body = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
-    if len(comments) < 2 or not comments[1] or comments[1][0] != "TimeStep":
-        raise ValueError(f"{path} does not look like a fix ave/time file (no '# TimeStep ...' header line)")
-    if len(comments[1]) >= 2 and comments[1][1] == "Number-of-rows":
-        names = comments[2][1:] if len(comments) > 2 and comments[2][:1] == ["Row"] else []
-        steps, frames, k = [], [], 0
-        while k < len(body):
-            step, nrows = int(body[k][0]), int(body[k][1])
-            block = np.array([[float(x) for x in row[1:]] for row in body[k + 1:k + 1 + nrows]])
-            if block.shape[0] != nrows:
-                raise ValueError(f"{path}: the block of step {step} is cut short (file still being written?)")
-            steps.append(step)
-            frames.append(block)
-            k += 1 + nrows
-        if not frames:
-            raise ValueError(f"{path} holds no data")
-        data = np.stack(frames)  # (T, R, C)
-        names = names or [f"column{c + 1}" for c in range(data.shape[2])]
-        return Table(path, np.array(steps, dtype=np.int64), {n: data[:, :, c] for c, n in enumerate(names)}, "vector")
-    names = comments[1][1:]
-    rows = [r for r in body if len(r) == len(names) + 1]
-    if not rows:
-        raise ValueError(f"{path} holds no data")
-    data = np.array(rows, dtype=float)
-    return Table(path, data[:, 0].astype(np.int64), {n: data[:, c + 1] for c, n in enumerate(names)})
+def _model_seal(model: str):
+    """The seal (whole-file checksum text) of an exported model file, or None if unsealed."""
+    import zipfile
 
+    if not os.path.isfile(model):
+        raise FileNotFoundError(f"model file {model!r} does not exist")
+    try:
+        with zipfile.ZipFile(model) as zf:
+            comment = zf.comment.decode(errors="replace")
+    except zipfile.BadZipFile:
+        raise ValueError(f"{model} is not an exported llpr model file (not a zip archive)") from None
+    return comment or None
+
+
+def select_segments(records, run: int | None = None, model: str | None = None) -> list:
+    """The segments of one or more records (files in the order given, e.g. a run and its
+    continuation from a restart file) to be reweighted together: all of them, or the ``run``-th
+    (1-based, counted over all files). Refuses segments that differ in what reweighting needs
+    to be the same (the model file, K, units, period, layout), naming both sides, and a
+    ``model`` file other than the one recorded."""
+    paths = [records] if isinstance(records, (str, os.PathLike)) else list(records)
+    if not paths:
+        raise ValueError(f"no record given; {_NOT_RECORD}")
+    segments = [s for p in paths for s in read_record(p)]
+    if run is not None:
+        if not 1 <= int(run) <= len(segments):
+            raise ValueError(f"run {run} does not exist: the record holds {len(segments)} run(s) "
+                             f"({', '.join(s.where for s in segments)})")
+        segments = [segments[int(run) - 1]]
+    first = segments[0]
+    for seg in segments[1:]:
+        a, b = first.header, seg.header
+        if (a.get("seal") or a.get("model")) != (b.get("seal") or b.get("model")):
+            raise ValueError(f"{first.where} was run with {a.get('model')} (seal {a.get('seal')}), {seg.where} with "
+                             f"{b.get('model')} (seal {b.get('seal')}): different models are different ensembles; "
+                             "reweight one run at a time (--run N)")
+        for key, what in _SAME:
+            if a.get(key) != b.get(key):
+                raise ValueError(f"{first.where} has {what} {a.get(key)!r}, {seg.where} has {b.get(key)!r}: these "
+                                 "runs cannot be reweighted together; reweight one at a time (--run N)")
+        if [(c["name"], c["size"]) for c in a["columns"]] != [(c["name"], c["size"]) for c in b["columns"]]:
+            names = lambda h: " ".join(f"{c['name']}({c['size']})" for c in h["columns"])  # noqa: E731
+            raise ValueError(f"{first.where} records [{names(a)}], {seg.where} records [{names(b)}]: the layouts "
+                             "differ; reweight one run at a time (--run N)")
+    if model is not None:
+        seal = _model_seal(os.fspath(model))
+        recorded = first.header.get("seal")
+        if seal is None or recorded is None:
+            raise ValueError(f"{model} or the model recorded in {first.where} ({first.header.get('model')}) carries no "
+                             "seal (whole-file checksum), so they cannot be matched; export the model with llpr export")
+        if seal != recorded:
+            raise ValueError(f"{first.where} was written with {first.header.get('model')} ({recorded}), not with "
+                             f"{model} ({seal})")
+    return segments
 
 # ------------------------------------------------------------------------------ the estimators
 def _blocking_level(x: np.ndarray) -> int:
@@ -573,269 +579,99 @@ def _finish(dE, results, temperature, units, sources, notes, warn, min_ess_fract
     return ReweightResult(float(temperature), units, dE.shape[1], dE.shape[0], ess, results, sources, all_notes)
 
 
-# ------------------------------------------------------------------------ from LAMMPS output
-def _select_run(tables, run):
-    if run is None or run == -1:
-        return tables[-1]
-    if run == 0:
-        steps = np.concatenate([t.steps for t in tables])
-        names = [n for n in tables[-1].columns if all(n in t.columns for t in tables)]
-        cols = {n: np.concatenate([t.columns[n] for t in tables]) for n in names}
-        return Table(tables[-1].path, steps, cols)
-    if not 1 <= run <= len(tables):
-        raise ValueError(f"run {run} does not exist: the log holds {len(tables)} thermo table(s)")
-    return tables[run - 1]
+# ----------------------------------------------------------------------- from a LAMMPS record
+def _axis_of(name: str, columns: dict):
+    """The default axis of a vector value c_ID[j]: c_ID[1] when it is recorded (as the bins of
+    compute rdf), else None."""
+    m = re.fullmatch(r"([cf]_[^\[]+)\[(\d+)\]", name)
+    if m and m.group(2) != "1" and f"{m.group(1)}[1]" in columns:
+        return f"{m.group(1)}[1]"
+    return None
 
 
-def _unique(table: Table) -> Table:
-    """The first frame of every step (a step can be written twice, e.g. at the end of one run
-    and the start of the next)."""
-    _, first = np.unique(table.steps, return_index=True)
-    first = np.sort(first)
-    if first.size == table.steps.size:
-        return table
-    return Table(table.path, table.steps[first], {k: v[first] for k, v in table.columns.items()}, table.kind)
-
-
-def _columns(compute: str, start: int, end: int):
-    return [f"c_{compute}[{k}]" for k in range(start, end + 1)]
-
-
-def reweight_lammps(
+def reweight_record(
     temperature: float,
-    log: str | None = None,
-    deviations=None,
+    records,
     observables=None,
-    compute: str | None = None,
-    members: int | None = None,
-    units: str | None = None,
-    start: int | None = None,
     run: int | None = None,
+    start: int | None = None,
+    model: str | None = None,
     blocks="auto",
     min_ess_fraction: float = DEFAULT_MIN_ESS_FRACTION,
     min_ess_frames: int = DEFAULT_MIN_ESS_FRAMES,
     warn: bool = True,
 ) -> ReweightResult:
-    """Reweight observables from LAMMPS output.
+    """Reweight the observables of a ``fix llpr/record`` file (or several: a run and its
+    continuations, reweighted as one trajectory) to the members of the last-layer ensemble.
 
-    ``log``: a LAMMPS log whose thermo table (the last run by default; ``run`` = N for the
-    N-th, 0 for all) holds scalar observables and, unless ``deviations`` does, the members'
-    energy deviations (the vector of ``compute ID all llpr ensemble yes``, whose layout the log
-    states); ``deviations``: ``fix ave/time`` file(s) holding the energy deviations and/or the
-    members' pressure deviations (``virial yes``). ``observables``: thermo column names
-    (keywords such as ``pe`` or headers such as ``PotEng``), or ``"FILE:COLUMN"`` for a column
-    of a ``fix ave/time`` file (vector mode: one value per row, e.g. ``"rdf.dat:c_rdf[2]"``; its
-    first column is the axis, or ``"FILE:COLUMN@AXIS"``). Default: every thermo column that is
-    an observable. ``compute``/``members``: the compute's ID and K, read from the log when it
-    has the compute's layout line. ``start``: the first time step to use (equilibration before
-    it is left out). Each observable is evaluated on the steps that have its values, the
-    energy deviations and, for a pressure, the members' pressure deviations.
-    """
-    notes, sources = [], []
-    info = LogInfo()
-    thermo = None
-    if log is not None:
-        tables, info = read_log(log)
-        thermo = _unique(_select_run(tables, run))
-        which = "all runs" if run == 0 else f"run {run or len(tables)} of {len(tables)}"
-        sources.append(f"thermo table of {log} ({len(thermo.steps)} lines, {which})")
-    if units is None:
-        units = info.units or "metal"
+    ``observables``: names of recorded values — ``pe``, ``press``, ``pxx`` ... ``pyz`` (with the
+    members' own values: ``pe + dE_k``, and ``press + dP_k`` when the compute has ``virial yes``),
+    ``temp``, ``vol``, and the values given to the fix (``v_rho``, ``c_rdf[2]``; a vector value
+    takes ``@AXIS``, another recorded vector, default ``c_ID[1]``). Default: ``pe``, ``press``
+    and every value given to the fix. ``run``: reweight only the ``run``-th run of the record;
+    ``start``: the first time step used; ``model``: the exported file the run must have used
+    (checked against the recorded seal). Runs that differ in model, K, units, period or layout
+    are refused (reweight them one at a time)."""
+    segments = select_segments(records, run, model)
+    head = segments[0].header
+    units = head["units"]
     if units not in BOLTZMANN:
-        raise ValueError(f"units {units!r}: pair_style llpr runs with units metal or real only")
-    paths = [deviations] if isinstance(deviations, (str, os.PathLike)) else list(deviations or [])
-    for path in paths:
-        _check_instantaneous(info, path)
-    files = [_unique(read_ave_time(path)) for path in paths]
-    searched = files + ([thermo] if thermo is not None else [])
-    if not searched:
-        raise ValueError("nothing to read: give a LAMMPS log (thermo table) and/or a fix ave/time file with the "
-                         "energy deviations of compute ID all llpr ensemble yes")
-
-    compute, layout = _energy_compute(info.computes, searched, compute, members)
-    K = layout["members"]
-    if layout["group"] is None:
-        notes.append(f"the group and layout of compute {compute} are not known (no layout line in a log): assumed "
-                     "the default layout (dE_k in c_ID[4]..c_ID[3+K]); the weights need the energy deviations of the "
-                     "whole system, i.e. compute ID all llpr ensemble yes")
-    elif layout["group"] != "all":
-        raise ValueError(
-            f"compute {compute} gives the energy deviations of group {layout['group']}, but reweighting needs those "
-            f"of the whole system: add `compute ID all llpr ensemble yes` and reweight with it")
-    dE_names = _columns(compute, *layout["dE"])
-    dev_table = next((t for t in searched if dE_names[0] in t.columns), None)
-    missing = [n for n in dE_names if dev_table is None or n not in dev_table.columns]
-    if missing:
-        raise ValueError(f"the output lacks {len(missing)} of the {K} energy deviations of compute {compute} "
-                         f"(first missing: {missing[0]}); output all of them, e.g. c_{compute}[*]")
-    dE_steps = dev_table.steps
-    dE = np.stack([dev_table.columns[n] for n in dE_names], axis=1)
-    atoms = None  # thermo_modify norm yes: the thermo table's extensive values are per atom
-    if info.norm:
-        if not info.atoms or (run == 0 and len(set(info.atoms)) > 1):
-            raise ValueError("thermo_modify norm yes divides the thermo energies by the atom count, which the log "
-                             "does not give for this run; use thermo_modify norm no")
-        atoms = float(info.atoms[-1] if run in (None, -1, 0) else info.atoms[run - 1])
-        if dev_table is thermo:
-            dE = dE * atoms
-            notes.append(f"thermo_modify norm yes: energies in the thermo table are per atom; the weights use "
-                         f"dE_k x {atoms:.0f} atoms")
+        raise ValueError(f"{segments[0].where}: units {units!r}; pair_style llpr runs with units metal or real only")
+    data = np.concatenate([s.data for s in segments])
+    proto = segments[0]
+    frames = RecordSegment(proto.path, proto.index, head, data)
     if start is not None:
-        keep = dE_steps >= int(start)
-        dE_steps, dE = dE_steps[keep], dE[keep]
-    sources.append(f"energy deviations: {dE_names[0]}..{dE_names[-1]} of {dev_table.path} ({K} members, group "
-                   f"{layout['group'] or 'not checked'}), {len(dE_steps)} frames")
-    dP_source = _pressure_source(info.computes, searched, compute, layout)
-
+        frames = RecordSegment(proto.path, proto.index, head, data[frames.steps >= int(start)])
+    if frames.data.shape[0] == 0:
+        raise ValueError(f"no frame of the record is at or after step {start}")
+    cols = frames.columns
+    dE = frames.column("dE")
+    K = int(head["members"])
+    if dE.shape[1] != K or K < 2:
+        raise ValueError(f"{proto.where}: {dE.shape[1]} energy deviations for K = {K}: the file is damaged")
+    sources = [f"{s.where}: model {s.header.get('model')} ({s.header.get('seal') or 'unsealed'}), {K} members, "
+               f"units {units}, every {s.header['every']} steps, {s.data.shape[0]} frames" for s in segments]
+    if start is not None:
+        sources.append(f"from step {start}: {frames.data.shape[0]} frames")
+    values = [c["name"] for c in head["columns"][12:] if c["name"] not in ("dE", "dP", "dP_tensor")]
     if observables is None:
-        if thermo is None:
-            raise ValueError("name the observables (--observable NAME or FILE:COLUMN)")
-        own = [f"c_{c}[" for c in set(info.computes) | {compute}]
-        observables = [n for n in thermo.columns
-                       if thermo_keyword(n) not in NOT_OBSERVABLES and not any(n.startswith(o) for o in own)]
+        axes = {_axis_of(v, cols) for v in values}
+        observables = ["pe", "press"] + [v for v in values if v not in axes]
     results = {}
     for spec in observables:
-        name, values, steps, axis, axis_name, table = _observable(spec, thermo, info)
-        extra, used = _member_deviations(name, table is thermo, dP_source, compute, atoms)
-        common = np.intersect1d(steps, dE_steps)
-        if extra is not None and extra[0] is not None:
-            common = np.intersect1d(common, extra[0])
-        if common.size < 4:
-            raise ValueError(f"{name}: only {common.size} of its steps have energy deviations (and member values); "
-                             "write them on the same steps (thermo and fix ave/time with a common period)")
-        ia, ib = _rows(steps, common), _rows(dE_steps, common)
-        if extra is None:
-            delta = None
-        elif extra[1] is None:  # an energy: its members' values are its own plus dE_k
-            delta = dE[ib] / (atoms or 1.0)
-        else:
-            delta = extra[1][_rows(extra[0], common)]
-        results[name] = reweight_observable(dE[ib], values[ia], temperature, units, delta, blocks, name, used,
-                                            min_ess_fraction, min_ess_frames, axis, axis_name, ess_warning=False)
-    return _finish(dE, results, temperature, units, sources, notes, warn, min_ess_fraction, min_ess_frames)
-
-
-def _rows(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Indices of the time steps ``wanted`` in ``steps`` (each present once)."""
-    index = {int(t): i for i, t in enumerate(steps)}
-    return np.array([index[int(t)] for t in wanted], dtype=np.int64)
-
-
-def _energy_compute(layouts: dict, tables: list, compute, members):
-    """(ID, layout) of the compute whose energy deviations weight the frames."""
-    def frames(cid, lay):
-        return max([len(t.steps) for t in tables if f"c_{cid}[{lay['dE'][0]}]" in t.columns] or [0])
-
-    if compute is None:
-        found = [c for c, lay in layouts.items() if frames(c, lay)]
-        candidates = [c for c in found if layouts[c]["group"] == "all"] or found
-        # the one written most often (e.g. in the thermo output rather than every 100 steps)
-        most = max([frames(c, layouts[c]) for c in candidates] or [0])
-        candidates = [c for c in candidates if frames(c, layouts[c]) == most]
-        if len(candidates) > 1:
-            raise ValueError(f"several llpr ensemble computes in the output ({', '.join(candidates)}); choose one "
-                             "with --compute ID (Python: compute='ID')")
-        if candidates:
-            compute = candidates[0]
-        else:
-            ids = sorted({m.group(1) for t in tables for n in t.columns for m in [re.match(r"c_(\w+)\[\d+\]$", n)] if m})
-            if members is None or len(ids) != 1:
-                raise ValueError(
-                    "no energy deviations found: output the vector of `compute ID all llpr ensemble yes` (thermo_style "
-                    "custom ... c_ID[*], or fix ave/time 10 1 10 c_ID[*] file ...) and give the log (which states its "
-                    "layout), or --compute ID and --members K")
-            compute = ids[0]
-    layout = layouts.get(compute)
-    if layout is None:
-        if members is None:
-            raise ValueError(f"the log does not give the layout of compute {compute} (the line 'llpr: compute "
-                             f"{compute} (group ...): K members ...'); give --members K")
-        m = int(members)
-        layout = {"group": None, "members": m, "dE": (4, 3 + m), "dP": None, "dP_tensor": None}
-        if any(f"c_{compute}[{4 + 2 * m}]" in t.columns for t in tables):
-            layout["dP"], layout["dP_tensor"] = (4 + m, 3 + 2 * m), (4 + 2 * m, 3 + 8 * m)
-    elif members is not None and int(members) != layout["members"]:
-        raise ValueError(f"--members {members}, but the log says compute {compute} has {layout['members']}")
-    return compute, layout
-
-
-def _pressure_source(layouts: dict, tables: list, compute: str, layout: dict):
-    """(ID, layout, table) of the members' pressure deviations (virial yes): of the energy
-    compute, or of any other llpr ensemble compute of group all; None if the output has none."""
-    for cid in [compute] + [c for c in layouts if c != compute]:
-        lay = layout if cid == compute else layouts[cid]
-        if lay.get("dP") and (cid == compute or lay["group"] == "all"):
-            for table in tables:
-                if f"c_{cid}[{lay['dP'][0]}]" in table.columns:
-                    return cid, lay, table
-    return None
-
-
-def _check_instantaneous(info: LogInfo, path):
-    """Reweighting needs per-frame values: a fix ave/time that averages (Nrepeat > 1, or ave
-    running/window) hands over averages, whose weights are not exp(-beta dE_k)."""
-    if path is None:
-        return
-    entry = info.ave_time.get(os.path.basename(path))
-    if entry and (entry[1] != 1 or entry[3] != "one"):
-        raise ValueError(
-            f"{path} holds averages (fix ave/time Nevery {entry[0]} Nrepeat {entry[1]} Nfreq {entry[2]}, ave "
-            f"{entry[3]}); reweighting needs instantaneous values: use Nrepeat 1 (e.g. fix ave/time 10 1 10 ...) "
-            "and ave one")
-
-
-def _observable(spec: str, thermo: Table | None, info: LogInfo):
-    """(name, values (T,) or (T, R), steps, axis, axis name, table) of an observable spec."""
-    axis_name = None
-    if ":" in spec:
-        path, column = spec.rsplit(":", 1)
-        if "@" in column:
-            column, axis_name = column.split("@", 1)
-        _check_instantaneous(info, path)
-        table = _unique(read_ave_time(path))
-        values = table.column(column)
+        name, axis_name = (spec.split("@", 1) + [None])[:2] if "@" in spec else (spec, None)
+        if name in ("step", "atoms", "dE", "dP", "dP_tensor"):
+            raise ValueError(f"{name} is not an observable; name one of: temp, pe, press, vol, pxx..pyz, "
+                             f"{', '.join(values) or '(no values given to the fix)'}")
+        if name not in cols:
+            raise ValueError(f"{proto.path} records no {name!r}: give it to fix llpr/record (it records "
+                             f"{', '.join(c for c in cols if c not in ('step', 'atoms', 'dE', 'dP', 'dP_tensor'))})")
+        A = frames.column(name)
         axis = None
-        if table.kind == "vector":
-            axis_name = axis_name or next(iter(table.columns))
-            axis = table.column(axis_name)[0]
+        if A.ndim == 2:
+            axis_name = axis_name or _axis_of(name, cols)
+            if axis_name is not None:
+                if axis_name not in cols:
+                    raise ValueError(f"{spec}: the axis {axis_name} is not recorded")
+                axis_values = frames.column(axis_name)
+                if axis_values.ndim != 2 or axis_values.shape[1] != A.shape[1]:
+                    raise ValueError(f"{spec}: the axis {axis_name} does not have the {A.shape[1]} rows of {name}")
+                axis = axis_values[0]
         elif axis_name:
-            raise ValueError(f"{spec}: an axis (@{axis_name}) is only for vector-mode files")
-        return f"{os.path.basename(path)}:{column}", values, table.steps, axis, axis_name, table
-    if thermo is None:
-        raise ValueError(f"observable {spec!r}: a thermo column needs the log (or give FILE:COLUMN)")
-    column = spec if spec in thermo.columns else THERMO_HEADERS.get(spec.lower(), spec)
-    return spec, thermo.column(column), thermo.steps, None, None, thermo
-
-
-def _member_deviations(name, from_thermo, dP_source, compute, atoms):
-    """What the members' values of a thermo observable are: ``(None, note)`` for one that does
-    not depend on the model (or whose member values are not in the output), ``((steps, None),
-    note)`` for an energy (its own value plus dE_k), ``((steps, dP (T, K)), note)`` for a
-    pressure (plus the members' pressure deviations on those steps)."""
-    key = thermo_keyword(name)
-    if not from_thermo:
-        return None, "mean model (a configuration observable)"
-    if key in ENERGY_KEYWORDS:
-        per_atom = f" / {atoms:.0f} atoms" if atoms else ""
-        return (None, None), f"member values ({name} + dE_k{per_atom}, from c_{compute}[...])"
-    if key in PRESSURE_KEYWORDS:
-        if dP_source is None:
-            return None, ("mean model (the output carries no member pressures: use compute ID all llpr ensemble yes "
-                          "virial yes to get them)")
-        cid, lay, src = dP_source
-        comp = PRESSURE_KEYWORDS[key]
-        if comp is None:
-            cols = _columns(cid, *lay["dP"])
-        else:
-            cols = [f"c_{cid}[{lay['dP_tensor'][0] + 6 * k + comp}]" for k in range(lay["members"])]
-        if any(c not in src.columns for c in cols):
-            return None, f"mean model (the member pressures c_{cid}[...] for {name} are not all in the output)"
-        dP = np.stack([src.columns[c] for c in cols], axis=1)
-        return (src.steps, dP), f"member values ({name} + dP_k, from c_{cid}[...])"
-    if key in MODEL_DEPENDENT_OTHER:
-        return None, (f"mean model ({name} depends on the model, but its member values are not rebuilt here: "
-                      "reweight pe and press instead)")
-    return None, "mean model (a configuration observable)"
+            raise ValueError(f"{spec}: an axis is only for vector values")
+        delta, used = None, "mean model (a configuration observable)"
+        if name in MODEL_DEPENDENT:
+            block, comp = MODEL_DEPENDENT[name]
+            if block in cols:
+                dev = frames.column(block)
+                delta = dev if comp is None else dev[:, comp::6]
+                used = f"member values ({name} + {'dE_k' if block == 'dE' else 'dP_k'})"
+            else:
+                used = (f"mean model ({name} depends on the model, but the record has no member pressures: use "
+                        f"compute {head.get('compute')} all llpr ensemble yes virial yes)")
+        results[name] = reweight_observable(dE, A, temperature, units, delta, blocks, name, used, min_ess_fraction,
+                                            min_ess_frames, axis, axis_name, ess_warning=False)
+    return _finish(dE, results, temperature, units, sources, [], warn, min_ess_fraction, min_ess_frames)
 
 
 # ---------------------------------------------------------------------------------- reporting

@@ -81,6 +81,7 @@ struct Metadata {
   // how the file's integrity was verified on load (IntegrityReport::summary)
   std::string integrity;
   bool sealed = false;
+  std::string seal;  // the whole-file checksum text of a sealed file (identifies the file), "" if unsealed
 
   // The model passes messages: a centre's energy depends on its neighbours' edges, so it needs
   // the graph over centres and ghost atoms out to the receptive field, not only its own edges.

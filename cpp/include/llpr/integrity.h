@@ -20,6 +20,7 @@ struct IntegrityReport {
   int64_t bytes = 0;         // file size
   int64_t records = 0;       // zip records whose CRC-32 was checked (unsealed files)
   std::string summary;       // one line for `llpr check`
+  std::string seal;          // the seal text (zip comment) of a sealed file, "" otherwise
 };
 
 // Verify `path`; throws llpr::DamagedFile (see core.h) naming what is wrong.
