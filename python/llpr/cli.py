@@ -87,10 +87,47 @@ def _distributed():
     return dist.get_rank(), world
 
 
+def _leave_process_group() -> None:
+    """Shut down the process group :func:`_distributed` joined: left to the interpreter's exit,
+    its threads may abort the process after the work is done."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _check_output_file(path, option: str, example: str) -> None:
+    """Refuse an output file that cannot be written, before the work that makes it."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name, e.g. {os.path.join(path, example)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{option} {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option} {path}: no permission to write there; choose another path")
+
+
+def _check_output_folder(path, option: str) -> None:
+    """Refuse an output folder that cannot be made or written, before the work that fills it."""
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a file; give a folder name")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{option} {path}: {existing} is a file, so the folder cannot be made there")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"{option} {path}: no permission to write in {existing}; choose another folder")
+
+
 def cmd_data(args) -> None:
     from .data import split_dataset, write_dataset
     from .sampling import generate_dataset
 
+    _check_output_folder(args.output, "-o")
     os.makedirs(args.output, exist_ok=True)
     start = time.perf_counter()
     structures = generate_dataset(
@@ -109,6 +146,7 @@ def cmd_train(args) -> None:
     from .train import TrainConfig, evaluate_errors, train_model
     from .graphs import AtomisticDataset
 
+    _check_output_file(args.output, "-o", "model.ckpt")
     train, val = _read(args.train, args), _read(args.val, args)
     model_kwargs = {"cutoff": args.cutoff} if args.cutoff else {}
     config = TrainConfig(
@@ -135,10 +173,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
+    from .calibrate import check_enough_targets
     from .graphs import AtomisticDataset, StreamingDataset, make_loader
     from .protocol import check_atomistic_model
     from .uncertainty import LLPR, save_llpr
 
+    _check_output_file(args.output, "-o", "llpr.ckpt")
     model = _load_model(args)
     try:
         check_atomistic_model(model)
@@ -154,12 +194,18 @@ def cmd_calibrate(args) -> None:
     # validation set is small and every process calibrates on all of it, identically
     train = StreamingDataset(args.train, model.cutoff, dtype, energy_key=args.energy_key,
                              forces_key=args.forces_key, rank=rank, world_size=world)
-    val = AtomisticDataset(_read(args.val, args), model.cutoff, dtype)
+    val_structures = _read(args.val, args)
+    extra_structures = _read(args.calibration_extra, args) if args.calibration_extra else []
+    # before the pass over the training set: whether the validation set can determine the calibration
+    calibration_set = val_structures + extra_structures
+    check_enough_targets(len(calibration_set), sum(len(a) for a in calibration_set) if args.force_calibration > 0
+                         else 0, args.sigma_power)
+    val = AtomisticDataset(val_structures, model.cutoff, dtype)
     progress = _progress(args) and rank == 0
     llpr = LLPR(model).fit(make_loader(train, args.batch_size), progress=progress)
     extra = None
     if args.calibration_extra:
-        extra = make_loader(AtomisticDataset(_read(args.calibration_extra, args), model.cutoff, dtype), args.batch_size)
+        extra = make_loader(AtomisticDataset(extra_structures, model.cutoff, dtype), args.batch_size)
     # then a second pass over the training atoms, with the calibrated C: the extrapolation grade's max q
     llpr.calibrate(make_loader(val, args.batch_size), train_loader=make_loader(train, args.batch_size),
                    progress=progress, force_weight=args.force_calibration, sigma_power=args.sigma_power,
@@ -182,6 +228,7 @@ def cmd_export(args) -> None:
     from .modelfile import export_model
     from .uncertainty import load_llpr
 
+    _check_output_file(args.output, "-o", "model.pt")
     llpr = load_llpr(args.checkpoint)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     export_model(llpr, args.output, dtype=dtype, ensemble=args.ensemble, seed=args.seed)
@@ -190,18 +237,20 @@ def cmd_export(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_model, format_summary, write_plots
+    from .evaluate import evaluate_model, format_summary, write_metrics_json, write_plots
 
+    _check_output_file(args.json, "--json", "metrics.json")
+    _check_output_folder(args.plots, "--plots")
     ensemble = False if args.no_ensemble else None
-    result = evaluate_model(args.model, _read(args.data, args), progress=_progress(args), ensemble=ensemble)
+    result = evaluate_model(args.model, _read(args.data, args), progress=_progress(args), ensemble=ensemble,
+                            source=args.data)
     m = result["metrics"]
     print(format_summary(m))
     if args.plots:
         paths = write_plots(result["arrays"], args.plots)
         print(f"plots: {', '.join(paths.values())}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(m, fh, indent=2)
+        write_metrics_json(m, args.json)
 
 
 def cmd_check(args) -> None:
@@ -210,20 +259,25 @@ def cmd_check(args) -> None:
     info = check_model(args.model)
     for key, value in info.items():
         print(f"{key:20s} {value}")
+    calibration = info.get("calibration")
+    for warning in calibration.get("warnings", []) if isinstance(calibration, dict) else []:
+        print(f"{'calibration warning':20s} {warning}")
 
 
 def cmd_reweight(args) -> None:
     import warnings
 
-    from .reweight import ReweightWarning, format_report, plot_result, reweight_lammps, write_json
+    from .reweight import ReweightWarning, format_report, plot_result, reweight_record, write_json
 
     blocks = "auto" if args.blocks == "auto" else int(args.blocks)
+    for path in (args.json, args.plot):
+        if path and os.path.isdir(path):
+            raise SystemExit(f"error: {path} is a directory; give a file name for the output")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReweightWarning)  # they are printed with the report
-        result = reweight_lammps(
-            args.temperature, log=args.log, deviations=args.deviations, observables=args.observable or None,
-            compute=args.compute, members=args.members, units=args.units, start=args.start, run=args.run,
-            blocks=blocks, min_ess_fraction=args.min_ess,
+        result = reweight_record(
+            args.temperature, args.record, observables=args.observable or None, run=args.run, start=args.start,
+            model=args.model, blocks=blocks, min_ess_fraction=args.min_ess,
         )
     print(format_report(result))
     if args.json:
@@ -326,20 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("reweight", help="model uncertainty of MD averages: reweight a run to the ensemble members")
-    p.add_argument("log", nargs="?", default=None,
-                   help="LAMMPS log whose thermo table holds c_ID[*] of compute ID all llpr ensemble yes")
+    p.add_argument("record", nargs="+",
+                   help="file(s) written by fix llpr/record (a run and its continuations, in order)")
     p.add_argument("--temperature", type=float, required=True, help="the thermostat's temperature (K)")
-    p.add_argument("--deviations", action="append", metavar="FILE",
-                   help="fix ave/time file with the members' energy (or pressure) deviations, if not in the thermo "
-                        "table; repeat for several")
-    p.add_argument("--observable", action="append", metavar="NAME|FILE:COLUMN[@AXIS]",
-                   help="a thermo column (pe, press, vol, v_rho, ...) or a fix ave/time column, e.g. "
-                        "rdf.dat:c_rdf[2]; repeat for several (default: every thermo column)")
-    p.add_argument("--compute", default=None, help="ID of the compute llpr ensemble yes (default: from the log)")
-    p.add_argument("--members", type=int, default=None, help="K, where the log does not give it")
-    p.add_argument("--units", default=None, choices=["metal", "real"], help="default: from the log")
+    p.add_argument("--observable", action="append", metavar="NAME[@AXIS]",
+                   help="a recorded value: pe, press, pxx..pyz, temp, vol, or one given to the fix (v_rho, "
+                        "c_rdf[2]); repeat for several (default: pe, press and every value given to the fix)")
+    p.add_argument("--model", default=None, help="the exported model file the run must have used (checked)")
     p.add_argument("--start", type=int, default=None, help="first time step to use (drop equilibration)")
-    p.add_argument("--run", type=int, default=None, help="which run of the log (1, 2, ...; 0: all; default: last)")
+    p.add_argument("--run", type=int, default=None,
+                   help="reweight only this run of the record (1, 2, ...; default: all runs, which must agree)")
     p.add_argument("--blocks", default="auto", help="number of blocks for the sampling errors (default: auto)")
     p.add_argument("--min-ess", type=float, default=0.1,
                    help="warn when a member's effective sample size is below this fraction of the frames")
@@ -360,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"llpr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     return 0
 
 

@@ -11,6 +11,7 @@ the RMSE of the Voigt components (eV/A^3).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -21,8 +22,8 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from .calibrate import gaussian_nll
-from .data import stress_label
-from .modelfile import ensemble_size, has_extrapolation_grade, load_exported, require_ensemble
+from .data import check_structure, stress_label, structure_name
+from .modelfile import calibration_warnings, ensemble_size, has_extrapolation_grade, load_exported, require_ensemble
 from .graphs import graph_tensors
 from .train import voigt_stress
 
@@ -129,14 +130,33 @@ def extrapolation_metrics(gammas: list, n_atoms: np.ndarray) -> dict:
     }
 
 
-def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, stress: bool = False) -> dict:
+def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, stress: bool = False,
+                 where: str = "structure") -> dict:
     """Run an exported module on one ASE structure (vesin neighbour list). ``ensemble=True``
     also runs its last-layer ensemble: ``force_sigma`` (N,), ``force_deviations`` (K, N, 3)
     and ``energy_deviations`` (K,), all float64. ``stress=True`` (a fully periodic cell) adds
     ``stress`` (6, Voigt, eV/A^3, float64) from the virial. Files with the training set's max
-    q also give ``gamma`` (N,), the per-atom extrapolation grade."""
-    inputs = tuple(graph_tensors(atoms, float(module.cutoff), module.dtype).values())
+    q also give ``gamma`` (N,), the per-atom extrapolation grade.
+
+    A NaN or inf output (e.g. two atoms on one site) raises ValueError naming ``where``, the
+    atoms and their closest pair, as the ASE calculator and LAMMPS refuse it: metrics of a
+    broken evaluation would be NaN, or a miss counted as a number."""
+    from ase.calculators.calculator import CalculationFailed
+
+    from .ase import _check_finite
+
+    graph = graph_tensors(atoms, float(module.cutoff), module.dtype, where=where)
+    inputs = tuple(graph.values())
+    has_edges = graph["edge_index"].shape[1] > 0
     out = module(*inputs, len(atoms), forces, stress)
+    try:
+        _check_finite(out, has_edges, atoms, ("energies", "features") + (("forces",) if forces else ())
+                      + (("virial_atom",) if stress else ()))
+        if ensemble:
+            ens = module.ensemble_forward(*inputs, len(atoms), forces, False)
+            _check_finite(ens, has_edges, atoms, ("energy_deviations",) + (("force_deviations",) if forces else ()))
+    except CalculationFailed as exc:
+        raise ValueError(f"{where}: {exc}") from None
     if stress:
         virial = out["virial"].detach().to(torch.float64).unsqueeze(0)
         out["stress"] = voigt_stress(virial, torch.tensor([atoms.get_volume()], dtype=torch.float64))[0]
@@ -145,22 +165,52 @@ def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, str
     if has_extrapolation_grade(module):
         out["gamma"] = module.head.extrapolation_grade(out["features"])
     if ensemble:
-        ens = module.ensemble_forward(*inputs, len(atoms), forces, False)
         for key in ("energy_deviations", "force_deviations", "force_sigma"):
             if key in ens:
                 out[key] = ens[key]
     return out
 
 
-def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble: bool | None = None) -> dict:
+def _element_list(numbers) -> str:
+    from ase.data import chemical_symbols
+
+    return ", ".join(f"{chemical_symbols[z] if 0 < z < len(chemical_symbols) else '?'} (Z = {z})" for z in numbers)
+
+
+def check_evaluation_set(module, atoms_list, source: str | None = None) -> None:
+    """Refuse, before any evaluation and naming the structure (index, and ``source``: the
+    file), what would give wrong or no metrics: a structure no model can take or with a NaN or
+    inf label (:func:`llpr.data.check_structure`), one without energy and forces labels, and
+    one with an element the model does not know."""
+    known = {int(z) for z in module.species}
+    for k, atoms in enumerate(atoms_list):
+        check_structure(atoms, k, source)
+        where = structure_name(k, source)
+        if "energy" not in atoms.info or "forces" not in atoms.arrays:
+            raise ValueError(f"{where} has no energy/forces labels; evaluate needs labelled data")
+        unknown = sorted({int(z) for z in atoms.numbers} - known)
+        if unknown:
+            raise ValueError(
+                f"{where} contains element(s) {_element_list(unknown)} that the model does not know; the "
+                f"model's elements: {_element_list(sorted(known))}. Evaluate it on structures of those "
+                "elements, or train and export a model that includes the others"
+            )
+
+
+def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble: bool | None = None,
+                   source: str | None = None) -> dict:
     """Predictions, errors and uncertainty metrics of an exported file on labelled structures.
 
     ``ensemble``: propagate the file's last-layer ensemble to force uncertainties (default:
-    when the file has one; True on a file without one is an error).
+    when the file has one; True on a file without one is an error). ``source`` (e.g. the file
+    the structures came from) names them in messages. Structures that would give wrong
+    numbers are refused with a ValueError that names them (:func:`check_evaluation_set`, and
+    a NaN or inf prediction: :func:`run_exported`).
     """
     module = load_exported(model_path)
     if len(atoms_list) == 0:
         raise ValueError("no structures to evaluate")
+    check_evaluation_set(module, atoms_list, source)
     k_members = ensemble_size(module)
     if ensemble is None:
         ensemble = k_members > 0
@@ -169,10 +219,8 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
     e_ref, e_pred, e_sigma, n_atoms, f_ref, f_pred, atom_sigma = [], [], [], [], [], [], []
     f_sigma, e_ens_sigma, s_ref, s_pred, gammas = [], [], [], [], []
     for k, atoms in enumerate(tqdm(atoms_list, desc="evaluate", disable=not progress, leave=False)):
-        if "energy" not in atoms.info or "forces" not in atoms.arrays:
-            raise ValueError(f"structure {k} has no energy/forces labels; evaluate needs labelled data")
-        stress = stress_label(atoms, k)
-        out = run_exported(module, atoms, ensemble=ensemble, stress=stress is not None)
+        stress = stress_label(atoms, k, source)
+        out = run_exported(module, atoms, ensemble=ensemble, stress=stress is not None, where=structure_name(k, source))
         if stress is not None:
             s_ref.append(stress)
             s_pred.append(out["stress"].numpy())
@@ -231,6 +279,7 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
     metrics["ensemble_size"] = int(k_members) if ensemble else 0
     # members the file has but this evaluation skipped (ensemble=False, `--no-ensemble`)
     metrics["ensemble_skipped"] = int(k_members) if not ensemble else 0
+    metrics["calibration_warnings"] = calibration_warnings(module)
     if ensemble:
         fs = np.concatenate(f_sigma)
         arrays["force_sigma"] = fs
@@ -252,6 +301,27 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
         # the ensemble's energy spread against the analytic sigma (Monte-Carlo check, ~1/sqrt(2K))
         metrics["ensemble_energy_sigma_ratio"] = float(np.mean(np.array(e_ens_sigma) / e_sigma))
     return {"metrics": metrics, "arrays": arrays}
+
+
+def _json_safe(value):
+    """``value`` with every NaN or inf float replaced by None (null)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics_json(metrics: dict, path: str) -> str:
+    """Write ``metrics`` to ``path`` as strict JSON. Labels and predictions are finite (NaN or
+    inf ones are refused), so a non-finite metric is an undefined one (a Spearman correlation
+    of fewer than three structures, an RMSE / sigma ratio with a zero sigma): it is written as
+    null, never as the bare NaN or Infinity that strict JSON readers refuse."""
+    with open(path, "w") as fh:
+        json.dump(_json_safe(metrics), fh, indent=2, allow_nan=False)
+    return path
 
 
 def format_summary(metrics: dict) -> str:
@@ -309,6 +379,7 @@ def format_summary(metrics: dict) -> str:
         )
     else:
         lines.append("force uncertainty          none: export with `llpr export --ensemble K` for force sigmas")
+    lines += [f"calibration warning        {w}" for w in m.get("calibration_warnings", [])]
     return "\n".join(lines)
 
 

@@ -117,6 +117,15 @@ class ExportedLLPRModel(nn.Module):
         self.strictly_local = bool(model.strictly_local)
         self.energy_unit = ENERGY_UNIT
         self.length_unit = LENGTH_UNIT
+        # LAMMPS and ASE feed positions in the recorded dtype, float32 or float64: a network in
+        # another dtype (float16, bfloat16) would be recorded as float32 and fail on every call
+        dtypes = {t.dtype for t in model.parameters() if t.is_floating_point()}
+        if not dtypes <= {torch.float32, torch.float64}:
+            raise ValueError(
+                f"cannot export a model with {', '.join(sorted(str(d) for d in dtypes))} parameters; the exported "
+                "file holds a float32 or float64 network: export with --dtype float32 or float64 "
+                "(export_model(..., dtype=torch.float32)), or convert the model first (model.float())"
+            )
         self.dtype = "float64" if param.dtype == torch.float64 else "float32"
         self.feature_reduction = FEATURE_REDUCTION
         self.n_features = int(model.n_features)

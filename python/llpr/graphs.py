@@ -6,11 +6,12 @@ import numpy as np
 import torch
 from vesin import NeighborList
 
-from .data import stress_label
+from .data import check_structure, stress_label, structure_name
 
 
-def neighbor_list(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-    """Full neighbour list of ``atoms`` within ``cutoff``.
+def neighbor_list(atoms, cutoff: float, where: str = "structure") -> tuple[np.ndarray, np.ndarray]:
+    """Full neighbour list of ``atoms`` within ``cutoff`` (``where`` names the structure in
+    messages, e.g. "structure 3 in 'test.xyz'").
 
     Returns ``edge_index`` (2, E) int64 with centre atoms in row 0 and neighbours in row 1
     (every pair appears in both directions) and ``edge_shifts`` (E, 3) float64, the
@@ -18,15 +19,21 @@ def neighbor_list(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """
     positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
     if not np.all(np.isfinite(positions)):
-        raise ValueError("structure has non-finite (NaN or inf) positions; fix the input structure")
+        raise ValueError(f"{where} has non-finite (NaN or inf) positions; fix the input structure")
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if pbc.any():
         if not np.all(pbc):
             if np.abs(np.linalg.det(cell)) < 1e-12:
-                raise ValueError("a partially periodic structure needs a full, non-degenerate cell")
+                raise ValueError(
+                    f"{where} is periodic only along {pbc.tolist()} and needs a full, non-degenerate cell "
+                    f"(three independent vectors, also along the non-periodic directions; cell {cell.tolist()})"
+                )
         elif np.abs(np.linalg.det(cell)) < 1e-12:
-            raise ValueError("a periodic structure needs a non-degenerate cell")
+            raise ValueError(
+                f"{where} is periodic but its cell is degenerate (a zero-length or linearly dependent cell "
+                f"vector, cell {cell.tolist()}); give three independent cell vectors (Lattice=)"
+            )
     calculator = NeighborList(cutoff=float(cutoff), full_list=True)
     if pbc.any():
         i, j, S = calculator.compute(points=positions, box=cell, periodic=pbc, quantities="ijS")
@@ -37,16 +44,18 @@ def neighbor_list(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     return edge_index, edge_shifts
 
 
-def graph_tensors(atoms, cutoff: float, dtype=torch.float64, device=None) -> dict[str, torch.Tensor]:
+def graph_tensors(atoms, cutoff: float, dtype=torch.float64, device=None, where: str = "structure"
+                  ) -> dict[str, torch.Tensor]:
     """The model inputs of one ASE structure: ``positions``, ``atomic_numbers``, ``edge_index``
     and ``edge_shifts`` (see :func:`neighbor_list`), in the order an exported model takes them.
 
     ``dtype`` (of positions and shifts) is a torch dtype or its name as an exported file stores
-    it (``module.dtype``: ``"float32"`` or ``"float64"``); ``device`` is where the tensors go.
+    it (``module.dtype``: ``"float32"`` or ``"float64"``); ``device`` is where the tensors go;
+    ``where`` names the structure in messages.
     """
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    edge_index, edge_shifts = neighbor_list(atoms, cutoff)
+    edge_index, edge_shifts = neighbor_list(atoms, cutoff, where)
     return {
         "positions": torch.tensor(atoms.positions, dtype=dtype, device=device),
         "atomic_numbers": torch.tensor(atoms.numbers, dtype=torch.long, device=device),
@@ -62,30 +71,33 @@ class AtomisticDataset(torch.utils.data.Dataset):
     batch. Labels follow the convention of :mod:`llpr.data`: ``atoms.info["energy"]`` (eV),
     ``atoms.arrays["forces"]`` (eV/A) and, where present, ``atoms.info["stress"]`` (eV/A^3,
     fully periodic cells only; items then also hold the cell ``volume``); unlabelled
-    structures are allowed when ``require_labels`` is False.
+    structures are allowed when ``require_labels`` is False. Structures no model can take (no
+    atoms, a zero-length periodic cell vector, a NaN or inf label: :func:`llpr.data.check_structure`)
+    are refused, named by their index and ``source`` (e.g. "the training set" or a file name).
     """
 
-    def __init__(self, atoms_list, cutoff: float, dtype=torch.float32, require_labels: bool = True):
+    def __init__(self, atoms_list, cutoff: float, dtype=torch.float32, require_labels: bool = True,
+                 source: str | None = None):
         atoms_list = list(atoms_list)
         if len(atoms_list) == 0:
             raise ValueError("the dataset is empty: give at least one structure")
         self.items = []
         for k, atoms in enumerate(atoms_list):
-            if len(atoms) == 0:
-                raise ValueError(f"structure {k} has no atoms")
-            item = graph_tensors(atoms, cutoff, dtype)
+            check_structure(atoms, k, source)
+            where = structure_name(k, source)
+            item = graph_tensors(atoms, cutoff, dtype, where=where)
             energy = atoms.info.get("energy")
             forces = atoms.arrays.get("forces")
             if require_labels and (energy is None or forces is None):
                 raise ValueError(
-                    f"structure {k} has no energy/forces labels (atoms.info['energy'], "
+                    f"{where} has no energy/forces labels (atoms.info['energy'], "
                     "atoms.arrays['forces']); label it first, e.g. with llpr.labelling.label_structures"
                 )
             if energy is not None:
                 item["energy"] = torch.tensor(float(energy), dtype=torch.float64)
             if forces is not None:
                 item["forces"] = torch.tensor(np.asarray(forces), dtype=dtype)
-            stress = stress_label(atoms, k)
+            stress = stress_label(atoms, k, source)
             if stress is not None:
                 item["stress"] = torch.tensor(stress, dtype=torch.float64)
                 item["volume"] = torch.tensor(float(atoms.get_volume()), dtype=torch.float64)
@@ -132,10 +144,9 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         for k, atoms in enumerate(iread(self.path, index=":", format="extxyz")):
             if k % self.world_size != self.rank:
                 continue
-            if len(atoms) == 0:
-                raise ValueError(f"structure {k} in '{self.path}' has no atoms")
             atoms = rename_labels(atoms, self.energy_key, self.forces_key)
-            item = graph_tensors(atoms, self.cutoff, self.dtype)
+            check_structure(atoms, k, self.path)
+            item = graph_tensors(atoms, self.cutoff, self.dtype, where=structure_name(k, self.path))
             if "energy" in atoms.info:
                 item["energy"] = torch.tensor(float(atoms.info["energy"]), dtype=torch.float64)
             if "forces" in atoms.arrays:

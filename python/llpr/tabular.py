@@ -107,6 +107,15 @@ class ExportedTabularModel(nn.Module):
         self.n_features = head.n_features()
         if readout.reshape(-1).shape[0] != self.n_features:
             raise ValueError(f"the read-out has {readout.numel()} weights, the LLPR head {self.n_features} features")
+        # the file's inputs, read-out and records are float32 or float64: a network in another
+        # dtype (float16, bfloat16) would be recorded as float32 and fail on every call
+        dtypes = {t.dtype for t in model.parameters() if t.is_floating_point()}
+        if not dtypes <= {torch.float32, torch.float64}:
+            raise ValueError(
+                f"cannot export a tabular model with {', '.join(sorted(str(d) for d in dtypes))} parameters; the "
+                "exported file holds a float32 or float64 network: export with dtype=torch.float32 or "
+                "torch.float64 (export_model(..., dtype=torch.float32)), or convert the model first (model.float())"
+            )
         self.dtype = "float64" if model_dtype == torch.float64 else "float32"
         # a copy of w in the model's dtype: the prediction is the product the estimator takes
         self.register_buffer("readout", readout.detach().reshape(-1).to(model_dtype).clone())

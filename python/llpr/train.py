@@ -238,8 +238,10 @@ def train_model(
         model = registered_model(config.model_class)(species=species, **config.model)
     check_atomistic_model(model)
     model = model.to(dtype)
-    train_ds = AtomisticDataset(train_atoms, model.cutoff, dtype)
-    val_ds = AtomisticDataset(val_atoms, model.cutoff, dtype)
+    # the datasets refuse NaN or inf labels, naming the structure: one such label would only
+    # surface as a non-finite loss, which reads like a divergence
+    train_ds = AtomisticDataset(train_atoms, model.cutoff, dtype, source="the training set")
+    val_ds = AtomisticDataset(val_atoms, model.cutoff, dtype, source="the validation set")
     prepare_model(model, train_atoms, train_ds)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
