@@ -1,8 +1,8 @@
 """`compute llpr ensemble yes [virial yes]`: the members' energy deviations of a group and the
 members' pressure deviations, against the Python reference and against member files run
 directly (llpr.reweight.export_member); the same numbers on 1 and 2 MPI ranks, with a group
-that one rank owns none of and an empty group; the compute's refusals; `llpr reweight` on the
-output of a real run."""
+that one rank owns none of and an empty group; the compute's refusals; fix llpr/record and
+`llpr reweight` on the record of a real run."""
 
 from __future__ import annotations
 
@@ -204,8 +204,8 @@ neigh_modify every 1 delay 0 check yes
 thermo_style custom step pe press vol c_e[*] c_el[*] c_en[*] c_v[*]
 thermo_modify format float %.17g
 thermo 1
-fix rdf all ave/time 2 1 2 c_rdf[*] file rdf.dat mode vector
-fix ens all ave/time 1 1 1 c_e[*] file ens.dat format " %.17g"
+fix all all ave/time 1 1 1 c_e[*] c_el[*] c_en[*] c_v[*] file all.dat format " %.17g"
+fix rec all llpr/record 2 md.rec v c_rdf[1] c_rdf[2]
 run 60
 """
 
@@ -228,70 +228,77 @@ def md_runs(files):
     return runs
 
 
+def _columns(path):
+    """The columns of a fix ave/time file in scalar mode: {name: values}."""
+    with open(path) as fh:
+        names = [line[1:].split() for line in fh if line.startswith("#")][-1]
+    data = np.loadtxt(path, ndmin=2)
+    return {name: data[:, k] for k, name in enumerate(names)}
+
+
 @pytest.mark.mpi
 def test_member_deviations_one_and_two_ranks(md_runs, files):
     """Every step of the MD, the members' energy deviations (group all, a group on one rank
-    only, an empty group) and pressure deviations agree between 1 and 2 ranks to 1e-10."""
-    from llpr.reweight import read_log
+    only, an empty group) and pressure deviations agree between 1 and 2 ranks to 1e-10, and
+    so do the records of fix llpr/record."""
+    from llpr.reweight import read_record
 
-    tables = {n: read_log(d / "log.lammps")[0][-1] for n, d in md_runs.items()}
-    info = read_log(md_runs[2] / "log.lammps")[1]
-    assert info.computes["e"] == {"group": "all", "members": K, "dE": (4, 3 + K), "dP": None, "dP_tensor": None}
-    assert info.computes["v"]["dP"] == (4 + K, 3 + 2 * K) and info.computes["el"]["group"] == "left"
-    one, two = tables[1], tables[2]
-    assert list(one.steps) == list(range(61)) and list(two.steps) == list(range(61))
+    one, two = (_columns(md_runs[n] / "all.dat") for n in (1, 2))
+    assert list(one["TimeStep"]) == list(range(61)) and list(two["TimeStep"]) == list(range(61))
     log2 = (md_runs[2] / "log.lammps").read_text()
     assert "2 by 1 by 1 MPI processor grid" in log2
     compared = 0
-    for name, col in one.columns.items():
+    for name, col in one.items():
         if name.startswith(("c_e[", "c_el[", "c_en[", "c_v[")):
             scale = max(1.0, np.abs(col).max())
-            np.testing.assert_allclose(two.columns[name], col, rtol=0, atol=1e-10 * scale, err_msg=name)
+            np.testing.assert_allclose(two[name], col, rtol=0, atol=1e-10 * scale, err_msg=name)
             compared += 1
     assert compared == 3 * (3 + K) + 3 + 8 * K
     for k in range(4, 4 + K):
-        assert np.all(two.columns[f"c_en[{k}]"] == 0.0)  # the empty group, on both ranks
-        assert np.abs(two.columns[f"c_el[{k}]"]).max() > 1e-4  # group left is not empty
+        assert np.all(two[f"c_en[{k}]"] == 0.0)  # the empty group, on both ranks
+        assert np.abs(two[f"c_el[{k}]"]).max() > 1e-4  # group left is not empty
     # group left sits on rank 0 (x < L/4 at the start; atoms move < 0.3 A in 60 steps)
     positions = files["atoms"].positions
     in_left = positions[:, 0] < 0.2 * files["atoms"].cell[0, 0]
     assert in_left.any() and positions[in_left, 0].max() < 0.5 * files["atoms"].cell[0, 0] - 1.0
+    # the record: every second step, the compute's own values, the same on both rank counts
+    (rec1,), (rec2,) = (read_record(md_runs[n] / "md.rec") for n in (1, 2))
+    assert rec2.header["members"] == K and rec2.header["virial"] and rec2.header["units"] == "metal"
+    assert rec2.header["seal"].startswith("llpr-integrity crc64-xz=")
+    assert list(rec2.steps) == list(range(0, 61, 2))
+    np.testing.assert_array_equal(rec2.column("dE"), np.stack([two[f"c_v[{4 + k}]"][::2] for k in range(K)], 1))
+    np.testing.assert_array_equal(rec2.column("dP"), np.stack([two[f"c_v[{4 + K + k}]"][::2] for k in range(K)], 1))
+    scale = np.abs(rec1.data).max(axis=0)
+    np.testing.assert_allclose(rec2.data, rec1.data, rtol=0, atol=1e-10 * max(1.0, scale.max()))
 
 
 @pytest.mark.mpi
-def test_reweight_cli_on_lammps_output(md_runs, tmp_path):
-    """`llpr reweight` on the 2-rank run: pe and press with the members' own values, the RDF of
-    fix ave/time (vector mode), a JSON (the plot is checked by tests/test_examples.py); the
-    same numbers from the thermo table and from the fix ave/time file of the deviations."""
-    from llpr.reweight import reweight_lammps
+def test_reweight_cli_on_lammps_output(md_runs, files, tmp_path):
+    """`llpr reweight` on the 2-rank run's record: pe and press with the members' own values,
+    the RDF (a vector value, its axis c_rdf[1]), a JSON (the plot is checked by
+    tests/test_examples.py); the model file is checked against the recorded seal."""
+    from llpr.reweight import reweight_record
 
     d = md_runs[2]
     out_json = tmp_path / "rw.json"
     proc = subprocess.run(
-        [os.path.join(BIN, "llpr"), "reweight", "log.lammps", "--temperature", "900", "--compute", "e",
-         "--observable", "pe", "--observable", "press", "--observable", "rdf.dat:c_rdf[2]", "--start", "10",
+        [os.path.join(BIN, "llpr"), "reweight", "md.rec", "--temperature", "900", "--observable", "pe",
+         "--observable", "press", "--observable", "c_rdf[2]", "--start", "10", "--model", files["mean"],
          "--json", str(out_json)],
         cwd=str(d), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "reweighting to 8 ensemble members at T = 900 K" in out
-    assert "member values (pe + dE_k, from c_e[...])" in out
-    assert "member values (press + dP_k, from c_v[...])" in out
-    assert "rdf.dat:c_rdf[2]" in out and "mean model (a configuration observable)" in out
+    assert "member values (pe + dE_k)" in out and "member values (press + dP_k)" in out
+    assert "c_rdf[2]" in out and "mean model (a configuration observable)" in out
     result = json.loads(out_json.read_text())
-    assert result["members"] == K and result["frames"] == 51
-    rdf = result["observables"]["rdf.dat:c_rdf[2]"]
+    assert result["members"] == K and result["frames"] == 26
+    rdf = result["observables"]["c_rdf[2]"]
     assert rdf["axis_name"] == "c_rdf[1]" and len(rdf["axis"]) == 40 and rdf["frames"] <= 26
-    via_file = reweight_lammps(900, log=str(d / "log.lammps"), deviations=str(d / "ens.dat"), compute="e",
-                               observables=["pe"], start=10, warn=False)
-    pe = result["observables"]["pe"]
-    np.testing.assert_allclose(via_file.observables["pe"].members["direct"][:, 0],
-                               np.array(pe["members"]["direct"])[:, 0], rtol=1e-12)
-    np.testing.assert_allclose(via_file.observables["pe"].model_sigma["cea"], pe["model_sigma"]["cea"], rtol=1e-9)
-    # the tool's reading of an averaging fix ave/time is refused (here: a renamed copy, declared averaging)
-    log = (d / "log.lammps").read_text().replace("fix ens all ave/time 1 1 1", "fix ens all ave/time 1 2 2")
-    (tmp_path / "log.lammps").write_text(log)
-    shutil.copy(d / "ens.dat", tmp_path / "ens.dat")
-    with pytest.raises(ValueError, match="holds averages .*use Nrepeat 1"):
-        reweight_lammps(900, log=str(tmp_path / "log.lammps"), deviations=str(tmp_path / "ens.dat"), compute="e",
-                        observables=["pe"], warn=False)
+    # the record of another model file is refused by its seal
+    with pytest.raises(ValueError, match=r"was written with .*mean.pt \(llpr-integrity .*\), not with .*member.pt"):
+        reweight_record(900, d / "md.rec", model=files["member"], warn=False)
+    # a log is not read
+    proc = subprocess.run([os.path.join(BIN, "llpr"), "reweight", "log.lammps", "--temperature", "900"], cwd=str(d),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "reweighting reads the record of fix llpr/record" in proc.stderr

@@ -1,10 +1,12 @@
 """The reweighting estimators against closed forms (jointly Gaussian observable and energy
 deviations; an exponential distribution where the cumulant expansion is wrong), the block
 analysis against the known error of a correlated series, the effective-sample-size warning,
-and the readers of LAMMPS output on hand-written files."""
+and the reader of fix llpr/record files on hand-written records (runs that differ are
+not mixed; anything that is not a record is refused)."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -16,11 +18,10 @@ from llpr.reweight import (
     ReweightWarning,
     block_length,
     format_report,
-    read_ave_time,
-    read_log,
+    read_record,
     reweight,
-    reweight_lammps,
     reweight_observable,
+    reweight_record,
 )
 
 T_K = 1000.0
@@ -133,69 +134,129 @@ def test_bad_inputs_are_refused():
         reweight_observable(de, np.zeros(10), 0.0)
 
 
-LOG = """LAMMPS (22 Jul 2025 - Update 4)
-units metal
-{norm}
-llpr: compute e (group {group}): 2 members; dE_k in c_e[4]..c_e[5]
-thermo_style custom step pe vol c_e[4] c_e[5]
-   Step         PotEng          Volume         c_e[4]         c_e[5]
-{rows}
-WARNING: something in the middle (src/thing.cpp:1)
-Loop time of 0.1 on 1 procs for 9 steps with 4 atoms
-"""
+def _header(members=2, units="metal", every=1, model="m.pt", seal="llpr-integrity crc64-xz=00000000000000aa bytes=9",
+            values=(("v_rho", 1, False),), **extra):
+    builtins = ["step", "atoms", "temp", "pe", "press", "vol", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz"]
+    columns = [{"name": n, "size": 1} for n in builtins] + [{"name": "dE", "size": members}]
+    columns += [{"name": n, "size": size, "vector": vec} for n, size, vec in values]
+    header = {"format": "llpr-record", "version": 1, "model": model, "seal": seal, "members": members,
+              "compute": "e", "group": "all", "virial": False, "units": units, "timestep": 0.001, "every": every,
+              "sampling": "instantaneous", "energies": "total", "columns": columns}
+    header.update(extra)
+    return "# " + json.dumps(header)
 
 
-def _log(tmp_path, group="all", norm="", n=10):
-    rng = np.random.default_rng(4)
-    rows = "\n".join(f"{t} {rng.normal():.10f} {100 + rng.normal():.10f} {0.01 * rng.normal():.10f} "
-                     f"{0.01 * rng.normal():.10f}" for t in range(n))
-    path = tmp_path / "log.lammps"
-    path.write_text(LOG.format(norm=norm, group=group, rows=rows))
+def _rows(n, members=2, first=0, every=1, seed=4, width=1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(n):
+        vals = [first + every * t, 64, 900 + rng.normal(), rng.normal(), rng.normal(), 1280.0] + list(rng.normal(size=6))
+        vals += list(0.01 * rng.normal(size=members)) + list(2.3 + 0.01 * rng.normal(size=width))
+        out.append(" ".join(str(int(v)) if k < 2 else repr(float(v)) for k, v in enumerate(vals)))
+    return out
+
+
+def _write(path, *parts):
+    path.write_text("\n".join(line for part in parts for line in ([part] if isinstance(part, str) else part)) + "\n")
     return str(path)
 
 
-def test_log_reader_and_normalised_thermo(tmp_path):
-    tables, info = read_log(_log(tmp_path))
-    assert len(tables) == 1 and list(tables[0].steps) == list(range(10)) and info.units == "metal"
-    assert info.computes["e"]["members"] == 2 and info.atoms == [4]
-    plain = reweight_lammps(T_K, log=_log(tmp_path), warn=False)
-    assert set(plain.observables) == {"PotEng", "Volume"}  # the default: every observable column
-    both = reweight_lammps(T_K, log=_log(tmp_path), observables=["PotEng", "pe"], warn=False).observables
-    # PotEng is the header LAMMPS writes for the keyword pe: the members' own energies either way
-    assert both["PotEng"].member_values == both["pe"].member_values == "member values (PotEng + dE_k, from c_e[...])" \
-        or both["pe"].member_values.startswith("member values (pe + dE_k")
-    np.testing.assert_array_equal(both["PotEng"].members["direct"], both["pe"].members["direct"])
-    assert both["pe"].member_values.startswith("member values")
-    normed = reweight_lammps(T_K, log=_log(tmp_path, norm="thermo_modify norm yes"), warn=False)
-    assert any("per atom; the weights use dE_k x 4 atoms" in w for w in normed.warnings)
-    # per-atom deviations times 4 atoms: the same weights as total deviations
-    tables[0].columns["c_e[4]"] *= 4
-    tables[0].columns["c_e[5]"] *= 4
-    direct = reweight_observable(np.stack([tables[0].columns["c_e[4]"], tables[0].columns["c_e[5]"]], 1),
-                                 tables[0].columns["Volume"], T_K, blocks=normed.observables["Volume"].blocks)
-    np.testing.assert_allclose(normed.observables["Volume"].members["direct"], direct.members["direct"], rtol=1e-12)
+def test_record_is_read_as_written(tmp_path):
+    """The record's values are what reweighting uses: a hand-written record reweights exactly as
+    its arrays do; the default observables are pe, press and the fix's values."""
+    rows = _rows(12)
+    path = _write(tmp_path / "md.rec", _header(), rows)
+    (seg,) = read_record(path)
+    data = np.array([[float(x) for x in r.split()] for r in rows])
+    np.testing.assert_array_equal(seg.column("dE"), data[:, 12:14])
+    res = reweight_record(T_K, path, warn=False)
+    assert list(res.observables) == ["pe", "press", "v_rho"]
+    assert res.observables["pe"].member_values == "member values (pe + dE_k)"
+    assert res.observables["press"].member_values.startswith("mean model (press depends on the model")
+    direct = reweight_observable(data[:, 12:14], data[:, 3], T_K, member_deviations=data[:, 12:14])
+    np.testing.assert_array_equal(res.observables["pe"].members["direct"], direct.members["direct"])
+    # units real: the record's units give beta (never assumed)
+    real = reweight_record(T_K, _write(tmp_path / "real.rec", _header(units="real"), rows), warn=False)
+    beta_ratio = BOLTZMANN["metal"] / BOLTZMANN["real"]
+    assert real.units == "real"
+    direct_real = reweight_observable(data[:, 12:14], data[:, 14], T_K, units="real")
+    np.testing.assert_array_equal(real.observables["v_rho"].members["cea"], direct_real.members["cea"])
+    assert beta_ratio != 1.0
 
 
-def test_log_refusals(tmp_path):
-    with pytest.raises(ValueError, match="energy deviations of group top, but reweighting needs those of the whole"):
-        reweight_lammps(T_K, log=_log(tmp_path, group="top"))
+@pytest.mark.parametrize("case, match", [
+    ("members", r"run 1\) has K \(ensemble members\) 2, .*run 2\) has 3"),
+    ("units", r"has units 'metal', .*has 'real'"),
+    ("model", r"was run with m.pt .*, .*run 2\) with other.pt"),
+    ("every", r"recording period N 1, .* has 5"),
+    ("values", r"the layouts differ"),
+])
+def test_runs_that_differ_are_not_mixed(tmp_path, case, match):
+    """Two runs of one record (or two records) that differ in K, units, model, period or
+    layout are refused together, naming both sides; each alone is reweighted."""
+    second = {"members": dict(members=3), "units": dict(units="real"),
+              "model": dict(model="other.pt", seal="llpr-integrity crc64-xz=00000000000000bb bytes=9"),
+              "every": dict(every=5), "values": dict(values=(("v_x", 1, False),))}[case]
+    members = second.get("members", 2)
+    path = _write(tmp_path / "md.rec", _header(), _rows(10), _header(**second),
+                  _rows(10, members=members, first=20, every=second.get("every", 1)))
+    with pytest.raises(ValueError, match=match):
+        reweight_record(T_K, path, warn=False)
+    assert reweight_record(T_K, path, run=2, warn=False).members == members
+    assert reweight_record(T_K, path, run=1, warn=False).members == 2
+    # the same as two files
+    a = _write(tmp_path / "a.rec", _header(), _rows(10))
+    b = _write(tmp_path / "b.rec", _header(**second), _rows(10, members=members, first=20))
+    with pytest.raises(ValueError, match="reweight one"):
+        reweight_record(T_K, [a, b], warn=False)
+
+
+def test_record_refusals(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        reweight_lammps(T_K, log=str(tmp_path / "nothing.log"))
-    (tmp_path / "bad.dat").write_text("1 2 3\n")
-    with pytest.raises(ValueError, match="does not look like a fix ave/time file"):
-        read_ave_time(str(tmp_path / "bad.dat"))
+        read_record(tmp_path / "nothing.rec")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_record(tmp_path)
+    log = _write(tmp_path / "log.lammps", "LAMMPS (22 Jul 2025 - Update 4)", "units metal", "Step PotEng c_e[4]")
+    with pytest.raises(ValueError, match="a line before any llpr-record header.*fix llpr/record"):
+        read_record(log)
+    ave = _write(tmp_path / "ens.dat", "# Time-averaged data for fix ens", "# TimeStep c_e[4] c_e[5]", "0 1 2")
+    with pytest.raises(ValueError, match="not a header of llpr-record"):
+        read_record(ave)
+    newer = _write(tmp_path / "new.rec", _header(version=2), _rows(5))
+    with pytest.raises(ValueError, match="version 2 was written by a newer llpr"):
+        read_record(newer)
+    averaged = _write(tmp_path / "avg.rec", _header(sampling="average of 5"), _rows(5))
+    with pytest.raises(ValueError, match="reweighting needs instantaneous total values"):
+        read_record(averaged)
+    rows = _rows(6)
+    cut = _write(tmp_path / "cut.rec", _header(), rows[:-1], rows[-1][:20])
+    with pytest.raises(ValueError, match="line 7: .* values where the header of run 1 lays out 15"):
+        read_record(cut)
+    bad = rows[:3] + [rows[3].replace(rows[3].split()[12], "nan", 1)] + rows[4:]
+    with pytest.raises(ValueError, match="line 5: step 3: dE is nan"):
+        read_record(_write(tmp_path / "nan.rec", _header(), bad))
+    path = _write(tmp_path / "md.rec", _header(), _rows(10))
+    with pytest.raises(ValueError, match="run 2 does not exist: the record holds 1 run"):
+        reweight_record(T_K, path, run=2)
+    with pytest.raises(ValueError, match="records no 'c_rdf\\[2\\]'"):
+        reweight_record(T_K, path, observables=["c_rdf[2]"])
+    with pytest.raises(ValueError, match="dE is not an observable"):
+        reweight_record(T_K, path, observables=["dE"])
+    with pytest.raises(ValueError, match="no frame of the record is at or after step 100"):
+        reweight_record(T_K, path, start=100)
 
 
-def test_ave_time_vector_file(tmp_path):
-    text = ["# Time-averaged data for fix rdf", "# TimeStep Number-of-rows", "# Row c_rdf[1] c_rdf[2]"]
-    for step in (0, 10, 20):
-        text.append(f"{step} 3")
-        text += [f"{r + 1} {0.5 * (r + 1)} {step + r}" for r in range(3)]
-    (tmp_path / "rdf.dat").write_text("\n".join(text) + "\n")
-    table = read_ave_time(str(tmp_path / "rdf.dat"))
-    assert table.kind == "vector" and list(table.steps) == [0, 10, 20]
-    np.testing.assert_array_equal(table.columns["c_rdf[2]"], [[0, 1, 2], [10, 11, 12], [20, 21, 22]])
-    np.testing.assert_array_equal(table.columns["c_rdf[1]"][0], [0.5, 1.0, 1.5])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert table.column("c_rdf[2]").shape == (3, 3)
+def test_vector_values_and_their_axis(tmp_path):
+    values = (("c_rdf[1]", 3, True), ("c_rdf[2]", 3, True))
+    rows = []
+    for t, r in enumerate(_rows(8)):
+        rows.append(" ".join(r.split()[:14]) + " 0.5 1.0 1.5 " + " ".join(str(t + k) for k in range(3)))
+    path = _write(tmp_path / "rdf.rec", _header(values=values), rows)
+    res = reweight_record(T_K, path, warn=False)
+    assert list(res.observables) == ["pe", "press", "c_rdf[2]"]  # c_rdf[1] is the axis of c_rdf[2]
+    rdf = res.observables["c_rdf[2]"]
+    assert rdf.axis_name == "c_rdf[1]"
+    np.testing.assert_array_equal(rdf.axis, [0.5, 1.0, 1.5])
+    np.testing.assert_allclose(rdf.mean_model, [3.5, 4.5, 5.5])
+    with pytest.raises(ValueError, match="an axis is only for vector values"):
+        reweight_record(T_K, path, observables=["pe@c_rdf[1]"])
