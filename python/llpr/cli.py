@@ -8,7 +8,6 @@ import, and ``llpr --help`` or ``llpr plugin-path`` need none of them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
