@@ -145,6 +145,34 @@ def test_finite_difference_forces_of_the_exported_file(sic_files, tmp_path):
         assert abs(-(e[0] - e[1]) / (2 * h) - forces[i, c]) < 1e-6
 
 
+def test_empty_structure_gives_what_the_native_model_gives(sic_files, tmp_path):
+    """An empty Atoms (and, in LAMMPS, an MPI rank without local atoms) has zero energy and
+    empty per-atom results with a MACE file as with llpr's own models; MACE's blocks used to
+    fail on zero nodes with an internal TorchScript error."""
+    from ase import Atoms
+
+    from lammps_helpers import make_model
+
+    native = make_model(tmp_path / "native.pt", species=(6, 14), seed=0, n_structures=9, ensemble=4,
+                        gamma=False)  # as _calibrated
+    _, path = _calibrated(sic_files[1], tmp=tmp_path)
+    for empty in (Atoms(), Atoms(cell=[5.0, 5.0, 5.0], pbc=True)):
+        results = []
+        for file in (native, path):
+            atoms = empty.copy()
+            atoms.calc = LLPRCalculator(str(file), ensemble=True)
+            assert atoms.get_potential_energy() == 0.0 and atoms.get_forces().shape == (0, 3)
+            results.append(atoms.calc.results)
+        assert results[0].keys() == results[1].keys()
+        for key, value in results[0].items():
+            assert np.shape(value) == np.shape(results[1][key]) and np.all(np.asarray(results[1][key]) == 0.0), key
+    # no centres among atoms that are there (ghost atoms only): no energies, zero forces
+    g = graph_tensors(sic_zincblende(), 4.0, torch.float64)
+    out = torch.jit.load(path)(*g.values(), 0, True, True)
+    assert out["energies"].shape == (0,) and out["features"].shape == (0, 16)
+    assert float(out["energy"]) == 0.0 and not bool(out["forces"].any()) and not bool(out["virial"].any())
+
+
 def test_cli_calibrate_export_check_with_mace_keys(sic_files, tmp_path):
     _, compiled = sic_files
     write(tmp_path / "train.xyz", labelled(6, 0, keys=("REF_energy", "REF_forces")))

@@ -19,6 +19,7 @@ from torch import nn
 from .mace import MACEModel
 from .model import LocalPotential
 from .tabular import MLPRegressor
+from .zipcheck import verify_zip
 
 MODEL_KIND = "llpr.model"
 LLPR_KIND = "llpr.LLPR"
@@ -112,6 +113,8 @@ def read_checkpoint(path: str) -> Dict[str, object]:
     unreadable file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint '{path}' does not exist; check the path")
+    # torch.load does not check the archive's CRCs: a damaged checkpoint would load with wrong numbers
+    verify_zip(path, "llpr", "write it again (`llpr train`, `llpr calibrate`)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

@@ -32,6 +32,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
+from .zipcheck import verify_zip
+
 _INSTALL_HINT = "install it with `pip install llpr[mace]` (mace-torch 0.3.x)"
 
 
@@ -123,9 +125,21 @@ def _as_tuples(irreps):
     return tuple((int(mul), (int(ir[0]), int(ir[1]))) for mul, ir in irreps)
 
 
+def _named(source: str) -> str:
+    return f"MACE model '{source}'" if source else "the MACE model"
+
+
 def _children(module) -> list:
     """The entries of a ModuleList, eager or scripted (a scripted one cannot be indexed)."""
     return [child for _, child in module.named_children()]
+
+
+def verify_mace_file(path: str) -> int:
+    """Check the CRC-32 of every record of a MACE file (both kinds are zip archives): libtorch
+    loads a damaged one without a word, and its wrong weights would be calibrated, exported and
+    sealed as sound. :class:`llpr.zipcheck.DamagedInputError` names the file and the damage.
+    Returns the number of records checked."""
+    return verify_zip(path, "mace-torch", "save the model again with mace-torch")
 
 
 def read_mace(path: str, allow_pickle: bool = False) -> torch.jit.ScriptModule:
@@ -136,6 +150,7 @@ def read_mace(path: str, allow_pickle: bool = False) -> torch.jit.ScriptModule:
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"MACE model '{path}' does not exist; check the path")
+    verify_mace_file(path)
     if is_torchscript(path):
         if mace_file_kind(path) != "torchscript":
             raise ValueError(f"'{path}' is a TorchScript file but not a MACE model"
@@ -201,6 +216,15 @@ class MACEModel(nn.Module):
             raise ValueError(f"{source or 'the model'} uses MACE's extra embeddings (joint_embedding), which take "
                              "inputs other than the structure; llpr supports MACE models without them")
         self.init_kwargs = {"torchscript": data, "head": head, "source": source}
+        # NaN or inf weights give NaN for every structure, which the fit would blame on the data
+        broken = [name for name, t in list(mace.named_parameters()) + list(mace.named_buffers())
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if broken:
+            raise ValueError(
+                f"{_named(source)} holds non-finite (NaN or inf) weights ({', '.join(broken[:5])}"
+                f"{', ...' if len(broken) > 5 else ''}): the model file is damaged or the model diverged in "
+                "training. Use a copy of the file as mace-torch wrote it, or a checkpoint from before the divergence"
+            )
         # MACE's blocks as this module's own (a scripted ModuleList cannot be iterated eagerly)
         self.node_embedding = mace.node_embedding
         self.spherical_harmonics = mace.spherical_harmonics
@@ -331,6 +355,12 @@ class MACEModel(nn.Module):
             raise ValueError("structure contains an element the MACE model does not know; it knows "
                              + str(self.species))
         dtype = edge_vectors.dtype
+        if n_centers == 0:
+            # MACE's blocks cannot take zero nodes; no centre (an empty structure, an MPI rank
+            # without local atoms) has no energy, as for llpr's own models. Empty slices of the
+            # edge vectors: the callers' backward passes need outputs in the autograd graph
+            none = edge_vectors[:0, 0]
+            return none, none.unsqueeze(1).repeat(1, self.n_features)
         n_atoms = atomic_numbers.shape[0]
         n_layers = self.n_layers
         centre, neighbour = edge_index[0], edge_index[1]
@@ -390,7 +420,26 @@ class MACEModel(nn.Module):
             own = receiver_level == 0
             pair = self.pair_repulsion_fn(lengths[own], node_attrs, edges[:, own], self.mace_atomic_numbers)
             energies = energies + self.scale * pair[:n_centers]
+        if not torch.jit.is_scripting():
+            # in Python (fit, calibrate); the exported file's callers check its outputs themselves
+            self._check_outputs(energies, features, lengths)
         return energies, features
+
+    @torch.jit.unused
+    def _check_outputs(self, energies: torch.Tensor, features: torch.Tensor, lengths: torch.Tensor) -> None:
+        """NaN or inf from finite, non-overlapping inputs is the model's fault, not the data's:
+        name the model file (non-finite or overlapping inputs are left to the caller's checks)."""
+        if bool(torch.isfinite(energies).all()) and bool(torch.isfinite(features).all()):
+            return
+        if not bool(torch.isfinite(lengths).all()) or (lengths.numel() > 0 and float(lengths.min()) == 0.0):
+            return
+        closest = f"{float(lengths.min()):.3g} A" if lengths.numel() > 0 else "no neighbours"
+        raise ValueError(
+            f"{_named(self.init_kwargs.get('source', ''))} gave non-finite (NaN or inf) energies or features for a "
+            f"structure with finite positions (closest pair: {closest}): the model file is damaged or the model "
+            "diverged in training. Check it with mace-torch on a structure it was trained on, and use a sound copy "
+            "of the file or a checkpoint from before the divergence"
+        )
 
     @torch.jit.export
     def readout_weights(self) -> torch.Tensor:
