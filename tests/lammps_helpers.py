@@ -145,7 +145,8 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
             atoms.numbers = rng.choice(list(species), size=len(atoms))
         label_randomly(atoms, rng)
         structures.append(atoms)
-    half = n_structures * 2 // 3
+    # at least 3 validation structures: fewer cannot determine alpha and varsigma (llpr.calibrate)
+    half = min(n_structures * 2 // 3, n_structures - 3)
     train = AtomisticDataset(structures[:half], model.cutoff, torch.float64)
     val = AtomisticDataset(structures[half:], model.cutoff, torch.float64)
     llpr = LLPR(model).fit(make_loader(train)).calibrate(make_loader(val), train_loader=make_loader(train) if gamma else None)

@@ -52,7 +52,7 @@ BENIGN_WARNINGS = ("No fixes with time integration, atoms won't move",)  # `run 
 
 # tiny sizes for the knobs the docs expose as ${NAME:-default}
 TINY = {
-    "N_PER_TYPE": "1",
+    "N_PER_TYPE": "5",  # 35 structures: a validation set of 4, what a power-law calibration needs at least
     "EPOCHS": "2",
     "TIME_LIMIT": "60",
     "NSTEPS": "20",

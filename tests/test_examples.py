@@ -26,8 +26,8 @@ EXAMPLES = sorted(d for d in os.listdir(os.path.join(ROOT, "examples"))
 EXTRA_ENV = {
     # one round, forced to stop at the first check (step 10), so that labelling and retraining run
     "active_learning": {"ROUNDS": "1", "HALT_GAMMA": "0", "DUMP_GAMMA": "0"},
-    # enough structures for a validation set of 4-coordinated ones
-    "local_rigidity": {"N_PER_TYPE": "3"},
+    # enough structures for a validation set of 3 4-coordinated ones (fewer cannot calibrate)
+    "local_rigidity": {"N_PER_TYPE": "13"},
     # two temperatures (the README's command reweights the 1200 K run), a small ensemble
     "observables": {"TEMPS": "1200 1500", "MEMBERS": "8"},
 }
@@ -48,7 +48,8 @@ def demo_output(tmp_path_factory):
     from llpr.uncertainty import LLPR, save_llpr
 
     d = tmp_path_factory.mktemp("demo_output")
-    structures = generate_dataset(potential="sw", n_per_type=1, seed=0, progress=False)
+    # 14 structures: 3 to validate on, the fewest that can calibrate alpha and varsigma
+    structures = generate_dataset(potential="sw", n_per_type=2, seed=0, progress=False)
     train, val, test = split_dataset(structures, (0.6, 0.2, 0.2), seed=0)
     (d / "data").mkdir()
     for name, part in (("all", structures), ("train", train), ("val", val), ("test", test)):

@@ -63,6 +63,9 @@ class CalibrationResult:
     sigma_scale: float | None = None
     n_extra: int = 0
     extra_source: str = ""
+    # problems found while calibrating (e.g. the best varsigma at the grid's edge), kept with
+    # the result so that checkpoints, exported files, `llpr check` and `llpr evaluate` show them
+    warnings: list = field(default_factory=list)
 
     @property
     def energy_scale(self) -> float:
@@ -86,6 +89,7 @@ class CalibrationResult:
             "sigma_scale": self.energy_scale,
             "n_extra": self.n_extra,
             "extra_source": self.extra_source,
+            "warnings": list(self.warnings),
         }
 
 
@@ -164,6 +168,40 @@ class _ForceQuadraticForm:
         return np.repeat(qbar, 3)
 
 
+def required_targets(fit_power: bool = False) -> int:
+    """How many validation targets the calibration needs: one more than it fits parameters.
+
+    The fitted parameters are alpha and varsigma (2), or the power law's scale s, exponent b
+    and varsigma (3). With alpha (s) in closed form, the NLL depends on varsigma only through
+    the ratios of the targets' variances: with one target it is the same at every varsigma.
+    With as many targets as parameters, its minimum is an exact fit of every target (each
+    ``z_i^2 = e_i^2 / sigma_i^2 = 1``), and every exact fit has the same NLL; there are often
+    several (the variance ratios need not be monotonic in varsigma), so which one is found would
+    be arbitrary. One more target breaks those ties. With forces, each validation atom is one
+    more target (its three force components share one variance)."""
+    return 4 if fit_power else 3
+
+
+def check_enough_targets(n_energy: int, n_force_atoms: int = 0, fit_power: bool = False,
+                         unit: str = "structure") -> None:
+    """ValueError when ``n_energy`` validation targets (``unit``: structures; samples of a
+    tabular model) and ``n_force_atoms`` atoms with forces (force calibration) cannot determine
+    the calibration (:func:`required_targets`)."""
+    need = required_targets(fit_power)
+    if n_energy + n_force_atoms >= need:
+        return
+    what = "the power law sigma = s sqrt(q)^b (s, b and varsigma)" if fit_power else "alpha and varsigma"
+    got = f"{n_energy} validation {unit}{'s' if n_energy != 1 else ''}"
+    if n_force_atoms:
+        got += f" and {n_force_atoms} atom{'s' if n_force_atoms != 1 else ''} with forces"
+    hint = (f": with no more targets than the {need - 1} fitted parameters, the NLL cannot single out one "
+            f"varsigma, and the one found would be arbitrary. Use at least {need} validation {unit}s")
+    if not fit_power:
+        hint += (", or calibrate on forces too (force_weight > 0, `llpr calibrate --force-calibration`), "
+                 "where each atom with forces adds a target")
+    raise ValueError(f"calibrating {what} needs at least {need} validation targets, got {got}{hint}")
+
+
 def calibrate_hyperparameters(
     covariance: torch.Tensor,
     features: torch.Tensor,
@@ -175,6 +213,7 @@ def calibrate_hyperparameters(
     force_errors: torch.Tensor | None = None,
     force_weight: float = 0.0,
     fit_power: bool = False,
+    unit: str = "structure",
 ) -> CalibrationResult:
     """Fit alpha and varsigma by minimising the validation NLL.
 
@@ -187,6 +226,10 @@ def calibrate_hyperparameters(
     atom's structure's summed features with respect to its position, and ``force_errors``
     (M, 3). ``fit_power`` fits the power law ``sigma = s (sqrt q)^b`` on the energies instead
     (not combined with forces: the force sigma comes from the ensemble, which has b = 1).
+
+    ``unit`` names a validation row in messages ("structure"; "sample" for tabular models).
+    A validation set that cannot determine the fit is refused (ValueError): fewer targets than
+    :func:`required_targets`, or an NLL that is the same at every varsigma.
     """
     force_weight = float(force_weight)
     if not math.isfinite(force_weight) or force_weight < 0:
@@ -215,6 +258,9 @@ def calibrate_hyperparameters(
         raise ValueError("non-finite errors or features in the validation set")
     if np.all(errors2 == 0.0):
         raise ValueError("all validation errors are exactly zero: alpha cannot be calibrated")
+    # an atom whose features do not move with it (zero Jacobian) has no force variance to compare
+    n_force_atoms = int((force_jacobian.flatten(1) != 0).any(dim=1).sum()) if force_weight > 0 else 0
+    check_enough_targets(int(errors2.shape[0]), n_force_atoms, fit_power, unit)
 
     qf = SpectralQuadraticForm(covariance, features)
     qf_force = None
@@ -253,13 +299,26 @@ def calibrate_hyperparameters(
         lambda g: objective(g)["objective"], bounds=bracket, method="bounded", options={"xatol": 1e-6 * step}
     )
     log_vs = float(refined.x) if refined.fun <= values[best] else float(grid[best])
-    if best in (0, n_grid - 1):
-        warnings.warn(
-            "the best varsigma lies at the edge of the search grid "
-            f"(varsigma = {10**log_vs:.3g}); the validation set may be too small or unlike the training set",
-            RuntimeWarning,
-            stacklevel=2,
+    # enough targets, but the same variance ratios at every varsigma (copies of one structure,
+    # proportional features): the objective is flat up to round-off, which would pick varsigma.
+    # (With all eigenvalues of F^T F equal, varsigma only rescales every q alike and alpha
+    # absorbs it: any varsigma gives the same sigmas, so a flat objective is harmless there.)
+    scale = max(1.0, float(np.max(np.abs(values))))
+    isotropic = float(lam.max() - lam.min()) <= 1e-12 * lam_max
+    if not isotropic and float(np.max(values) - np.min(values)) <= 1e-9 * scale:
+        raise ValueError(
+            f"the validation NLL is the same at every varsigma (its {errors2.shape[0]} {unit}s have "
+            f"proportional features, e.g. copies of one {unit}): the validation set cannot determine varsigma; "
+            f"use {unit}s that differ from each other"
         )
+    recorded = []
+    if best in (0, n_grid - 1):
+        recorded.append(
+            "the best varsigma lies at the edge of the search grid "
+            f"(varsigma = {10**log_vs:.3g}); the validation set may be too small or unlike the training set"
+        )
+    for message in recorded:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     best_point = objective(log_vs)
     alpha2 = best_point["alpha2"]
     q_before = qf(varsigma_before)
@@ -280,4 +339,5 @@ def calibrate_hyperparameters(
         n_force_components=int(force_errors2.shape[0]) if force_weight > 0 else 0,
         sigma_power=best_point["power"],
         sigma_scale=math.sqrt(best_point["scale2"]) if fit_power else None,
+        warnings=recorded,
     )

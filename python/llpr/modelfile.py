@@ -7,6 +7,7 @@ validator LAMMPS uses too, has checked it.
 """
 
 import copy
+import json
 import os
 import warnings
 from typing import Optional
@@ -109,6 +110,18 @@ def require_extrapolation_grade(module, path: str = "the model file") -> None:
     """ValueError with the re-export hint unless ``module`` can give the extrapolation grade."""
     if not has_extrapolation_grade(module):
         raise ValueError(_core().no_extrapolation_grade_message(path))
+
+
+def calibration_warnings(module) -> list:
+    """The warnings recorded when the loaded exported ``module`` was calibrated (e.g. the best
+    varsigma at the edge of the search grid), from its ``calibration`` JSON; files written
+    before the record existed have none."""
+    try:
+        record = json.loads(getattr(module, "calibration", "") or "{}")
+    except json.JSONDecodeError:
+        return []
+    found = record.get("warnings") if isinstance(record, dict) else None
+    return [str(w) for w in found] if isinstance(found, list) else []
 
 
 def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:

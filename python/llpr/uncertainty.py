@@ -240,6 +240,7 @@ class LLPR:
             fparts = [self.collect_forces(ld) for ld in loaders]
             kwargs.update(force_jacobian=torch.cat([p["jacobian"] for p in fparts]),
                           force_errors=torch.cat([p["errors"] for p in fparts]))
+        kwargs.setdefault("unit", "sample" if self.kind == "tabular" else "structure")
         self.calibration = calibrate_hyperparameters(self.covariance, data["features"], errors,
                                                      force_weight=force_weight, fit_power=sigma_power, **kwargs)
         if extra is not None:
