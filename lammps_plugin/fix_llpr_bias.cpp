@@ -107,7 +107,7 @@ FixLLPRBias::FixLLPRBias(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg, arg
   thermo_virial = 1;
   for (double &v : virial) v = 0.0;
   comm_reverse = relative_ ? 6 : 0;
-  restart_global = 1;  // the controller's state (tau relative) goes into restart files
+  restart_global = relative_ ? 1 : 0;  // the controller's state goes into restart files
 }
 
 FixLLPRBias::~FixLLPRBias()
@@ -162,13 +162,14 @@ void FixLLPRBias::init()
     error->all(FLERR, "fix llpr/bias: fix_modify virial no is not available: the bias virial comes out of the "
                       "same backward pass as the model's and is part of pair_style llpr's virial, so the "
                       "pressure always includes it");
-  // the minimizer's line search takes the energy from pe: without E_bias in it, the energy it
-  // sees does not decrease along the biased forces, and it stops at its first step
+  // the minimizer takes the energy from pe: without E_bias in it, the energy a line search sees
+  // does not decrease along the biased forces, and it stops at its first step
   if (update->whichflag == 2 && tau_ != 0.0 && !thermo_energy)
     error->all(FLERR, "fix llpr/bias {}: minimize with a bias (tau {}) needs `fix_modify {} energy yes`: the "
-                      "minimizer's energy is pe, which without E_bias is not the energy the biased forces derive "
-                      "from, so its line search would stop at once; add fix_modify {} energy yes (or unfix {} to "
-                      "minimize the model's own energy)",
+                      "minimizer's energy is pe, which without E_bias is not the energy whose gradient the biased "
+                      "forces are (a line search would stop at once, and every style would test convergence on "
+                      "the wrong energy); add fix_modify {} energy yes (or unfix {} to minimize the model's own "
+                      "energy)",
                id, tau_, id, id, id);
   pair->set_bias(this);
 }
@@ -211,8 +212,10 @@ void FixLLPRBias::add_bias(PairLLPR *pair)
   // again, unless the controller has not measured at all: `run 50; run 50` is `run 100`.
   const bool in_run = update->whichflag == 1, in_setup = update->setupflag != 0;
   bool new_step = false;
-  if (in_run && !in_setup && update->ntimestep > last_step_) {
-    if (last_step_ >= 0) clock_ += update->ntimestep - last_step_;
+  if (in_run && !in_setup && update->ntimestep != last_step_) {
+    // a step of the run: one step on from the latest evaluation (a timestep behind it can only
+    // follow a reset_timestep whose run skipped its setup, `run N pre no`: still one step)
+    clock_ += (last_step_ >= 0 && update->ntimestep > last_step_) ? update->ntimestep - last_step_ : 1;
     new_step = true;
   }
   last_step_ = update->ntimestep;
@@ -370,12 +373,11 @@ void FixLLPRBias::restart(char *buf)
     error->all(FLERR, "fix llpr/bias {}: the restart file holds its state in an unknown format ({}); it was "
                       "written by another version of the llpr plugin",
                id, list[0]);
-  // a fixed tau has no state to carry over: the new command's tau holds
-  if (!relative_) return;
-  if (list[1] != 1.0) {
+  // a fixed tau has no state: the new command's tau holds
+  if (!relative_ || list[1] != 1.0) {
     if (comm->me == 0)
-      error->warning(FLERR, "fix llpr/bias {}: the fix that wrote the restart file had a fixed tau; the tau "
-                            "relative controller starts afresh (tau 0 until its first averages are in)",
+      error->warning(FLERR, "fix llpr/bias {}: the restart file holds the state of a tau relative controller, "
+                            "which a fixed tau does not use",
                      id);
     return;
   }

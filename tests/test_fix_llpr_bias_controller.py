@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lammps_helpers import lammps_module_marks, lammps_script, make_model, open_lammps_quiet, si_diamond, write_data
+from lammps_helpers import (
+    lammps_module_marks,
+    lammps_script,
+    make_model,
+    open_lammps_quiet,
+    printed_values,
+    run_lmp,
+    si_diamond,
+    write_data,
+)
 
 pytestmark = lammps_module_marks()
 
@@ -152,6 +161,25 @@ pair_coeff * * Si
     finally:
         lmp.close()
     assert got["vector"][1] == 0.0
+
+
+def test_restart_of_tau_relative_into_a_fixed_tau_warns(setup, tmp_path):
+    """A fixed tau has no use for the controller's state in the file: its own tau holds, and a
+    warning says the state is not used."""
+    model, _ = setup
+    _run(setup, f"run 10\nwrite_restart {tmp_path / 'relative.restart'}")
+    proc = run_lmp(f"""
+read_restart relative.restart
+pair_style llpr {model} device cpu
+pair_coeff * * Si
+fix b all llpr/bias tau 0.4
+run 0
+print "TAU $(f_b[2]:%.17g)"
+""", tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert "the restart file holds the state of a tau relative controller, which a fixed tau does not use" in out
+    assert printed_values(proc, "TAU") == [0.4]
 
 
 # ------------------------------------------------------------------ minimize
