@@ -146,9 +146,9 @@ def test_finite_difference_forces_of_the_exported_file(sic_files, tmp_path):
 
 
 def test_empty_structure_gives_what_the_native_model_gives(sic_files, tmp_path):
-    """An empty Atoms (and, in LAMMPS, an MPI rank without local atoms) has zero energy and
-    empty per-atom results with a MACE file as with llpr's own models; MACE's blocks used to
-    fail on zero nodes with an internal TorchScript error."""
+    """An empty Atoms has zero energy and empty per-atom results with a MACE file as with
+    llpr's own models; MACE's blocks used to fail on zero nodes with an internal TorchScript
+    error."""
     from ase import Atoms
 
     from lammps_helpers import make_model
@@ -166,7 +166,8 @@ def test_empty_structure_gives_what_the_native_model_gives(sic_files, tmp_path):
         assert results[0].keys() == results[1].keys()
         for key, value in results[0].items():
             assert np.shape(value) == np.shape(results[1][key]) and np.all(np.asarray(results[1][key]) == 0.0), key
-    # no centres among atoms that are there (ghost atoms only): no energies, zero forces
+    # the file called with no centres among atoms that are there (ghost atoms only): no
+    # energies, zero forces
     g = graph_tensors(sic_zincblende(), 4.0, torch.float64)
     out = torch.jit.load(path)(*g.values(), 0, True, True)
     assert out["energies"].shape == (0,) and out["features"].shape == (0, 16)

@@ -356,9 +356,9 @@ class MACEModel(nn.Module):
                              + str(self.species))
         dtype = edge_vectors.dtype
         if n_centers == 0:
-            # MACE's blocks cannot take zero nodes; no centre (an empty structure, an MPI rank
-            # without local atoms) has no energy, as for llpr's own models. Empty slices of the
-            # edge vectors: the callers' backward passes need outputs in the autograd graph
+            # MACE's blocks cannot take zero nodes; no centres (an empty structure) give no
+            # energies, as llpr's own models do. Empty slices of the edge vectors: the callers'
+            # backward passes need outputs in the autograd graph
             none = edge_vectors[:0, 0]
             return none, none.unsqueeze(1).repeat(1, self.n_features)
         n_atoms = atomic_numbers.shape[0]
