@@ -7,8 +7,8 @@ or finite weights that overflow) is named as the culprit instead of the data."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,9 +20,10 @@ import torch
 from llpr.zipcheck import DamagedInputError, verify_zip
 
 BIN = os.path.dirname(sys.executable)
-needs_mace = pytest.mark.skipif(__import__("importlib").util.find_spec("mace") is None,
+needs_mace = pytest.mark.skipif(importlib.util.find_spec("mace") is None,
                                 reason="mace-torch is not installed (pip install llpr[mace])")
-pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def _record_span(path, record):
@@ -71,8 +72,9 @@ def test_damaged_compiled_mace_file_with_finite_values_is_refused(mace_files, tm
     record = _damaged_copy(compiled, damaged)
     # the damage is silent for libtorch: the file loads, with finite weights that differ a little
     sound, broken = torch.jit.load(compiled), torch.jit.load(damaged)
-    changed = [n for (n, a), (_, b) in zip(sound.named_parameters(), broken.named_parameters()) if not torch.equal(a, b)]
-    changed += [n for (n, a), (_, b) in zip(sound.named_buffers(), broken.named_buffers()) if not torch.equal(a, b)]
+    pairs = list(zip(sound.named_parameters(), broken.named_parameters()))
+    pairs += list(zip(sound.named_buffers(), broken.named_buffers()))
+    changed = [n for (n, a), (_, b) in pairs if not torch.equal(a, b)]
     assert len(changed) == 1 and all(bool(torch.isfinite(t).all()) for t in broken.parameters())
     message = rf"model file '{damaged}' is damaged \(record '{record}' fails its CRC-32 check\): .*mace-torch"
     with pytest.raises(DamagedInputError, match=message):
@@ -135,8 +137,9 @@ def test_mace_model_with_nan_weights_is_named(tmp_path):
     with torch.no_grad():
         model.readouts[0].linear.weight[3] = float("nan")
     _, compiled = save_mace(model, tmp_path)
-    with pytest.raises(ValueError, match=rf"MACE model '{compiled}' holds non-finite \(NaN or inf\) weights "
-                                         r"\(readouts.0.linear.weight\): the model file is damaged or the model diverged"):
+    message = (rf"MACE model '{compiled}' holds non-finite \(NaN or inf\) weights \(readouts.0.linear.weight\): "
+               r"the model file is damaged or the model diverged")
+    with pytest.raises(ValueError, match=message):
         MACEModel.from_file(compiled)
 
 
