@@ -16,6 +16,10 @@ part of llpr):
 * ``atoms.info["config_type"]``: one of :data:`llpr.sampling.CONFIG_TYPES` or ``"user"``;
 * ``atoms.info["potential"]`` (a key of :data:`llpr.labelling.POTENTIALS`) and, for MD
   snapshots, ``atoms.info["temperature"]`` (K).
+
+Labels that are present must be finite, and a structure needs atoms and, along each periodic
+direction, a cell vector: :func:`check_structure` refuses anything else, naming the structure
+and its file (every reader of structures calls it).
 """
 
 from __future__ import annotations
@@ -187,7 +191,9 @@ def read_dataset(path: str, require_labels: bool = True, energy_key: str = "ener
     """Read an extended-XYZ file of labelled structures (see the module's label convention).
 
     ``energy_key``, ``forces_key``, ``stress_key``: where the file keeps the labels, if not
-    under llpr's names (e.g. ``REF_energy`` in files written for MACE)."""
+    under llpr's names (e.g. ``REF_energy`` in files written for MACE). Every structure is
+    checked (:func:`check_structure`): a NaN label or a frame without atoms stops the reading
+    with a ValueError naming the structure's index and the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset file '{path}' does not exist; check the path (or run `llpr data`)")
     if os.path.getsize(path) == 0:
