@@ -177,9 +177,16 @@ def check_observables(root, output):
     import json
 
     result = json.loads((out / "rdf_1200.json").read_text())
-    rdf = result["observables"]["rdf_1200.dat:c_rdf[2]"]
-    assert len(rdf["axis"]) == 100 and len(rdf["model_sigma"]["cea"]) == 100
+    rdf = result["observables"]["c_rdf[2]"]  # g(r) of fix llpr/record, against its bins c_rdf[1]
+    assert rdf["axis_name"] == "c_rdf[1]" and len(rdf["axis"]) == 100 and len(rdf["model_sigma"]["cea"]) == 100
+    assert np.all(np.diff(rdf["axis"]) > 0)
     assert all(np.isfinite(rdf["model_sigma"]["cea"])) and result["frames"] == 21  # NSTEPS=20: a frame per step
+    assert set(result["observables"]) == {"v_rho", "pe", "c_rdf[2]"}
+    # one segment, recorded after the equilibration only
+    from llpr.reweight import read_record
+
+    segments = read_record(out / "md_1200.rec")
+    assert len(segments) == 1 and segments[0].steps.tolist() == list(range(21))
 
 
 CHECKS = {

@@ -19,7 +19,7 @@ def thermal_expansion(results) -> dict:
     member (its reweighted densities): the members' spread is the slope's model uncertainty.
     The same members at every temperature, so their errors in the density largely cancel."""
     temps = np.array(list(results))
-    dens = [r.observables["density"] for r in results.values()]
+    dens = [r.observables["v_rho"] for r in results.values()]
     x = temps - temps.mean()
     weights = x / np.sum(x * x)  # slope = sum_i weights_i y_i
 
@@ -46,14 +46,14 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llpr.reweight import format_report, reweight_lammps
+    from llpr.reweight import format_report, reweight_record
 
     results = {}
     for T in args.temps:
         tag = f"{T:g}"
         try:
-            results[T] = reweight_lammps(T, log=f"log_{tag}.lammps",
-                                         observables=["density", "pe", f"rdf_{tag}.dat:c_rdf[2]"], warn=False)
+            # the record of in.observables: v_rho is the density, c_rdf[2] g(r) against c_rdf[1]
+            results[T] = reweight_record(T, f"md_{tag}.rec", observables=["v_rho", "pe", "c_rdf[2]"], warn=False)
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: temperature {tag} K: {exc}", file=sys.stderr)
             return 2
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
              "pe (eV) | model sigma of pe (CEA) | smallest ESS / frames |",
              "|---|---|---|---|---|---|---|---|"]
     for T, r in results.items():
-        d, e = r.observables["density"], r.observables["pe"]
+        d, e = r.observables["v_rho"], r.observables["pe"]
         lines.append(f"| {T:g} | {d.mean_model[0]:.5f} | {d.mean_model_error[0]:.5f} | {d.model_sigma['cea'][0]:.5f} | "
                      f"{d.model_sigma['direct'][0]:.5f} | {e.mean_model[0]:.4f} | {e.model_sigma['cea'][0]:.4f} | "
                      f"{r.ess.min():.0f} / {r.frames} |")
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     fig, (ax_g, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2))
     for k, (T, r) in enumerate(results.items()):
-        g = r.observables[f"rdf_{T:g}.dat:c_rdf[2]"]
+        g = r.observables["c_rdf[2]"]
         offset = 1.5 * k  # stacked, for legibility
         y, s = g.mean_model + offset, g.model_sigma["cea"]
         ax_g.plot(g.axis, y, color=f"C{k}", lw=1, label=f"{T:g} K (+{offset:g})")
@@ -91,9 +91,9 @@ def main(argv=None) -> int:
     ax_g.set_title("RDF, band: +-2 model sigma (CEA)", fontsize=9)
     ax_g.legend(fontsize=8)
     temps = np.array(list(results))
-    dens = np.array([r.observables["density"].mean_model[0] for r in results.values()])
-    model = np.array([r.observables["density"].model_sigma["cea"][0] for r in results.values()])
-    sampling = np.array([r.observables["density"].mean_model_error[0] for r in results.values()])
+    dens = np.array([r.observables["v_rho"].mean_model[0] for r in results.values()])
+    model = np.array([r.observables["v_rho"].model_sigma["cea"][0] for r in results.values()])
+    sampling = np.array([r.observables["v_rho"].mean_model_error[0] for r in results.values()])
     ax_d.errorbar(temps, dens, yerr=model, fmt="o", capsize=6, lw=2, label="model uncertainty (1 sigma)")
     ax_d.errorbar(temps + 0.01 * np.ptp(temps + 1), dens, yerr=sampling, fmt="none", ecolor="k", capsize=3,
                   label="sampling error (1 sigma)")
