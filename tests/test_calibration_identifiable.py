@@ -117,6 +117,19 @@ def test_with_forces_each_atom_is_a_target():
     jacobian[1] = 0.0
     with pytest.raises(ValueError, match="got 1 validation structure and 1 atom with forces"):
         run(jacobian)
+    # with enough other atoms, it is left out of the force terms: the same calibration as
+    # without it, finite (its error over a zero variance made the objective infinite)
+    moving = torch.tensor(rng.normal(size=(3, 3, 5)))
+    force_errors = torch.tensor(rng.normal(size=(4, 3)))
+    with_still = torch.cat([moving, torch.zeros(1, 3, 5)])
+    a = calibrate_hyperparameters(cov, feats, errors, force_weight=1.0, force_jacobian=with_still,
+                                  force_errors=force_errors)
+    b = calibrate_hyperparameters(cov, feats, errors, force_weight=1.0, force_jacobian=moving,
+                                  force_errors=force_errors[:3])
+    assert np.isfinite(a.alpha) and (a.alpha, a.varsigma, a.n_force_components) == (b.alpha, b.varsigma, 9)
+    with pytest.raises(ValueError, match="no validation atom's features change when it moves"):
+        calibrate_hyperparameters(cov, feats, errors, force_weight=1.0, force_jacobian=torch.zeros(3, 3, 5),
+                                  force_errors=force_errors[:3])
 
 
 def test_structures_with_proportional_features_are_refused():

@@ -258,8 +258,18 @@ def calibrate_hyperparameters(
         raise ValueError("non-finite errors or features in the validation set")
     if np.all(errors2 == 0.0):
         raise ValueError("all validation errors are exactly zero: alpha cannot be calibrated")
-    # an atom whose features do not move with it (zero Jacobian) has no force variance to compare
-    n_force_atoms = int((force_jacobian.flatten(1) != 0).any(dim=1).sum()) if force_weight > 0 else 0
+    # an atom whose features do not move with it (zero Jacobian, e.g. an isolated atom) has a
+    # force variance of zero whatever alpha and varsigma: it has nothing to calibrate, and its
+    # z^2 = e^2 / 0 would make the objective infinite, so it is left out of the force terms
+    n_force_atoms = 0
+    if force_weight > 0:
+        moving = (force_jacobian.flatten(1) != 0).any(dim=1)
+        n_force_atoms = int(moving.sum())
+        if n_force_atoms == 0:
+            raise ValueError("force calibration: no validation atom's features change when it moves (every force "
+                             "Jacobian is zero, e.g. isolated atoms); calibrate on energies only (force_weight=0)")
+        force_jacobian = force_jacobian[moving]
+        force_errors2 = force_errors2.reshape(-1, 3)[moving.numpy()].reshape(-1)
     check_enough_targets(int(errors2.shape[0]), n_force_atoms, fit_power, unit)
 
     qf = SpectralQuadraticForm(covariance, features)
@@ -292,6 +302,10 @@ def calibrate_hyperparameters(
     hi = 0.5 * math.log10(lam_max * 10.0)
     grid = np.linspace(lo, hi, n_grid)
     values = np.array([objective(g)["objective"] for g in grid])
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"the calibration objective is not finite at varsigma = "
+                         f"{10 ** grid[~np.isfinite(values)][0]:.3g}: a validation {unit} whose predicted variance is "
+                         "zero has a non-zero error; check the validation set and the model's features")
     best = int(np.argmin(values))
     step = grid[1] - grid[0]
     bracket = (grid[max(best - 1, 0)], grid[min(best + 1, n_grid - 1)])
