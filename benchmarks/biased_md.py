@@ -83,7 +83,7 @@ run {steps}
 def lmp_run(folder, script, reuse=True):
     """Run `script` with `lmp` in `folder` unless (`reuse`) a finished run of the same input is
     there; its log's last thermo table and the log's text."""
-    from llpr.reweight import read_log
+    from lammps_output import read_thermo
 
     os.makedirs(folder, exist_ok=True)
     path, log = os.path.join(folder, "in.md"), os.path.join(folder, "log.lammps")
@@ -98,8 +98,7 @@ def lmp_run(folder, script, reuse=True):
                               env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"LAMMPS failed (exit {proc.returncode}) in {folder}; see its log.lammps")
-    tables, _ = read_log(log)
-    return tables[-1], open(log).read()
+    return read_thermo(log)[-1], open(log).read()
 
 
 def bias_command(ratio, tau=None):
@@ -120,7 +119,7 @@ def datasets(work, quick):
     files = [os.path.join(work, f"{name}.xyz") for name in ("train", "val", "heldout")]
     if all(os.path.exists(f) for f in files):
         return [read_dataset(f) for f in files]
-    n = 3 if quick else 1
+    n = 2 if quick else 1  # quick: still 4 validation structures, as calibration needs at least 3
     known = generate_dataset(potential="sw", n_per_type={"crystal": 24 // n, "strained": 12 // n},
                              config_types=("crystal", "strained"), seed=0, progress=False)
     train, val, _ = split_dataset(known, (0.8, 0.2, 0.0), seed=0)

@@ -12,9 +12,11 @@ mean model's trajectory reweighted to member k.
    weights keep an effective sample size (ESS) of at least half the frames, and the same
    among those with an ESS fraction between 0.1 (where ``llpr reweight`` starts warning) and
    0.3.
-3. Production: the mean model (with ``compute e all llpr ensemble yes``) and each chosen
-   member exported as a model of its own (``llpr.reweight.export_member``: read-out
-   ``w + dw_k``), the same protocol, independent velocities, two runs at a time.
+3. Production: the mean model (with ``compute e all llpr ensemble yes``, recorded by ``fix
+   llpr/record``: the record ``llpr reweight`` reads) and each chosen member exported as a
+   model of its own (``llpr.reweight.export_member``: read-out ``w + dw_k``; its thermo output
+   and a ``fix ave/time`` file of the RDF, read by ``benchmarks/lammps_output.py``), the same
+   protocol, independent velocities, two runs at a time.
 4. Three observables: the potential energy per atom (depends on the model: member k's own
    energies ``pe + dE_k`` are reweighted), the density, and the height of the first peak of
    the radial distribution function (the mean of ``g(r)`` over the bins within 0.1 A of the
@@ -49,6 +51,7 @@ import torch
 from llpr.reweight import BOLTZMANN
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 BIN = os.path.dirname(sys.executable)
 LMP = os.path.join(BIN, "lmp")
 K, SEED, T_K = 32, 0, 1200.0
@@ -65,20 +68,25 @@ create_atoms 1 box
 mass 1 28.0855
 pair_style llpr {model} device cpu
 pair_coeff * * Si
-{ensemble}
 compute rdf all rdf 80
+variable rho equal density
 velocity all create {temp2} {seed} mom yes rot yes dist gaussian
 fix npt all npt temp {temp} {temp} 0.1 iso 0.0 0.0 1.0
 timestep 0.001
 neighbor 1.0 bin
-thermo_style custom step temp pe press vol density {columns}
+thermo_style custom step temp pe press vol density
 thermo_modify format float %.15g
 thermo {every}
 run {equilibration}
 reset_timestep 0
-fix rdf all ave/time {every} 1 {every} c_rdf[*] file rdf.dat mode vector
+{production}
 run {steps}
 """
+# the mean model's production is recorded for reweighting; a member's (no ensemble in its
+# file) is read from its thermo output and an RDF file
+RECORD = """compute e all llpr ensemble yes max no
+fix rec all llpr/record {every} md.rec e v_rho c_rdf[1] c_rdf[2]"""
+PLAIN = "fix rdf all ave/time {every} 1 {every} c_rdf[*] file rdf.dat mode vector"
 
 
 def train(work: str, quick: bool):
@@ -117,9 +125,8 @@ def train(work: str, quick: bool):
 def start_md(folder, model, steps, equilibration, every, seed, ensemble):
     """Start one run in ``folder`` (None: a finished run with the same input is there already)."""
     os.makedirs(folder, exist_ok=True)
-    script = MD.format(model=model, ensemble="compute e all llpr ensemble yes max no" if ensemble else "",
-                       columns="c_e[*]" if ensemble else "", temp=T_K, temp2=2 * T_K, seed=seed, steps=steps,
-                       equilibration=equilibration, every=every)
+    script = MD.format(model=model, production=(RECORD if ensemble else PLAIN).format(every=every), temp=T_K,
+                       temp2=2 * T_K, seed=seed, steps=steps, equilibration=equilibration, every=every)
     path, log = os.path.join(folder, "in.md"), os.path.join(folder, "log.lammps")
     if os.path.exists(path) and open(path).read() == script and os.path.exists(log) and \
             "Total wall time" in open(log).read():
@@ -138,29 +145,44 @@ def wait(procs):
             raise RuntimeError(f"LAMMPS failed (exit {p.returncode}) in {p.args}; see its log.lammps")
 
 
-def observables(folder, peak=None):
+def observables(folder, peak=None, model=None):
     """Per-frame observables of a run: steps, pe per atom, density, first-peak height (and the
-    RDF), the members' dE_k (if written)."""
-    from llpr.reweight import read_ave_time, read_log
+    RDF); with ``model`` (the mean model's file), read from the run's record, which must have
+    been written with that file, with the members' dE_k."""
+    if model is not None:
+        from llpr.reweight import select_segments
 
-    tables, info = read_log(os.path.join(folder, "log.lammps"))
-    thermo = tables[-1]
-    rdf = read_ave_time(os.path.join(folder, "rdf.dat"))
-    r, g = rdf.columns["c_rdf[1]"][0], rdf.columns["c_rdf[2]"]
-    common, ia, ib = np.intersect1d(thermo.steps, rdf.steps, return_indices=True)
+        segments = select_segments(os.path.join(folder, "md.rec"), model=model)
+        if len(segments) != 1:
+            raise RuntimeError(f"{folder}/md.rec holds {len(segments)} runs; the production is one run")
+        rec = segments[0]
+        if rec.header["members"] != K or rec.header["units"] != "metal":
+            raise RuntimeError(f"{rec.where}: K = {rec.header['members']}, units {rec.header['units']}; expected "
+                               f"K = {K}, metal")
+        steps, atoms = rec.steps, rec.column("atoms")
+        pe, density, r, g = rec.column("pe"), rec.column("v_rho"), rec.column("c_rdf[1]")[0], rec.column("c_rdf[2]")
+        dE = rec.column("dE")
+    else:
+        from lammps_output import read_ave_time_vector, read_thermo
+
+        thermo = read_thermo(os.path.join(folder, "log.lammps"))[-1]
+        rdf = read_ave_time_vector(os.path.join(folder, "rdf.dat"))
+        steps, ia, ib = np.intersect1d(thermo.steps, rdf.steps, return_indices=True)
+        atoms = np.full(steps.size, N_ATOMS)  # thermo_modify norm no (the default): pe is the total
+        pe, density = thermo.column("PotEng")[ia], thermo.column("Density")[ia]
+        r, g = rdf.column("c_rdf[1]")[0], rdf.column("c_rdf[2]")[ib]
+        dE = None
+    if not np.all(atoms == N_ATOMS):
+        raise RuntimeError(f"{folder}: {sorted(set(atoms.tolist()))} atoms, expected {N_ATOMS}")
     if peak is None:  # the first maximum of this run's mean g(r)
         mean_g = g.mean(axis=0)
         first = int(np.argmax(mean_g[: np.searchsorted(r, 3.0)]))
         peak = float(r[first])
     bins = np.abs(r - peak) <= PEAK_HALF_WIDTH + 1e-9
-    out = {
-        "steps": common, "pe_per_atom": thermo.columns["PotEng"][ia] / N_ATOMS,
-        "density": thermo.columns["Density"][ia], "peak": g[ib][:, bins].mean(axis=1), "peak_r": peak,
-        "r": r, "g": g[ib],
-    }
-    if "e" in info.computes:  # the columns of dE_k, as the compute's layout line gives them
-        first, last = info.computes["e"]["dE"]
-        out["dE"] = np.stack([thermo.columns[f"c_e[{c}]"][ia] for c in range(first, last + 1)], axis=1)
+    out = {"steps": steps, "pe_per_atom": pe / N_ATOMS, "density": density, "peak": g[:, bins].mean(axis=1),
+           "peak_r": peak, "r": r, "g": g}
+    if dE is not None:
+        out["dE"] = dE
     return out
 
 
@@ -238,7 +260,7 @@ def main(argv=None):
 
     # pilot: choose the members
     wait([start_md(os.path.join(args.work, "pilot"), mean_pt, pilot_steps, equilibration, every, 11, True)])
-    pilot = reweight_all(observables(os.path.join(args.work, "pilot")))
+    pilot = reweight_all(observables(os.path.join(args.work, "pilot"), model=mean_pt))
     members = choose_members(pilot, args.quick)
     frac = pilot.ess / pilot.frames
     print(f"pilot: ESS fraction {frac.min():.2f}..{frac.max():.2f}; members {members}", flush=True)
@@ -249,7 +271,7 @@ def main(argv=None):
     for start in range(0, len(runs), 2):
         wait([start_md(os.path.join(args.work, name), model, steps, equilibration, every, seed, ens)
               for name, model, seed, ens in runs[start:start + 2]])
-    mean_obs = observables(os.path.join(args.work, "mean"))
+    mean_obs = observables(os.path.join(args.work, "mean"), model=mean_pt)
     result = reweight_all(mean_obs)
     frac = result.ess / result.frames
     checks = {}

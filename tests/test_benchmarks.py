@@ -166,6 +166,28 @@ def test_biased_md_quick(tmp_path):
     assert "target <= 1.05" in md and "| tau relative 0.3 |" in md
 
 
+def test_reweighting_physics_quick(tmp_path):
+    """benchmarks/reweighting_physics.py end to end at tiny sizes: the mean model's runs are
+    reweighted from their fix llpr/record records (written with its file, one run each), the
+    members' runs read from their own thermo output and RDF file; finite numbers in the report."""
+    from llpr.reweight import read_record
+
+    work = tmp_path / "work"
+    run_benchmark("reweighting_physics.py", "--quick", "--steps", "1000", "--work", str(work), "--out",
+                  str(tmp_path / "rw"))
+    r = json.loads((tmp_path / "rw.json").read_text())
+    assert r["frames"] == 101 and len(r["ess_fraction"]) == 32  # steps 0..1000 every 10, K = 32
+    for run in ("pilot", "mean"):
+        segments = read_record(work / run / "md.rec")
+        assert len(segments) == 1 and segments[0].header["members"] == 32 and segments[0].steps[0] == 0
+    assert segments[0].data.shape[0] == r["frames"]
+    assert r["checks"]
+    for check in r["checks"].values():
+        for row in check["rows"].values():
+            assert all(math.isfinite(row[key]) for key in ("member_md", "member_md_error", "direct", "cea", "z_cea"))
+    assert (tmp_path / "rw_rdf.png").exists() and "| density (g/cm^3) |" in (tmp_path / "rw.md").read_text()
+
+
 def test_extrapolation_grade_quick(tmp_path):
     """The OOD benchmark runs (tiny sizes); its AUROCs agree with a direct count of pairs, and
     the max-sigma and max-gamma scores rank the structures identically."""
