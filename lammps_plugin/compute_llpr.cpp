@@ -221,7 +221,7 @@ ComputeLLPR::ComputeLLPR(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg,
   std::fill(extlist, extlist + size_vector, 0);
   std::fill(extlist + o, extlist + o + K, 1);
   if (ensemble_ && comm->me == 0) {
-    // the layout, in the log for the reader (and for `llpr reweight`)
+    // the layout, in the log for the reader (fix llpr/record takes it from the compute itself)
     std::string text = fmt::format("llpr: compute {} (group {}): {} members; dE_k in c_{}[{}]..c_{}[{}]", id,
                                    group->names[igroup], K, id, o + 1, id, o + K);
     if (virial_)

@@ -19,6 +19,7 @@
 #include "update.h"
 #include "utils.h"
 #include "variable.h"
+#include "platform.h"
 
 #include <cmath>
 #include <cstring>
@@ -140,6 +141,14 @@ void FixLLPRRecord::init()
 {
   ensemble_compute();
   if (!force->pair_match("llpr", 1, 0)) error->all(FLERR, "fix llpr/record requires pair_style llpr");
+  // a biased run samples exp(-beta (E - tau s)), not the mean model's ensemble: its frames
+  // reweighted with exp(-beta dE_k) alone would give plausible, wrong averages
+  for (const auto &fix : modify->get_fix_list())
+    if (utils::strmatch(fix->style, "^llpr/bias"))
+      error->all(FLERR, "fix llpr/record: fix {} (llpr/bias) biases the dynamics, so the frames are not a sample "
+                        "of the mean model's ensemble and cannot be reweighted to its members; unfix {} for the run "
+                        "you record",
+                 fix->id, fix->id);
   for (const char *id : {"thermo_temp", "thermo_pe", "thermo_press"})
     if (!modify->get_compute_by_id(id))
       error->all(FLERR, "fix llpr/record: the thermo compute {} is gone; it is needed for the built-in columns", id);
@@ -302,6 +311,13 @@ void FixLLPRRecord::record()
   }
   if (comm->me == 0) {
     if (!fp_) {
+      // a run continued from a restart file: its earlier runs were recorded, most likely into
+      // this file, which "w" would empty without a word
+      if (restored_ && !append_ && !platform::path_is_directory(path_) && platform::file_is_readable(path_))
+        error->one(FLERR, "fix llpr/record: this run continues one recorded ({} run(s) up to step {}) before the "
+                          "restart file was written, and {} exists: add append yes to continue that record, or "
+                          "record into a new file",
+                   segments_, last_step_, path_);
       fp_ = fopen(path_.c_str(), append_ ? "a" : "w");
       if (!fp_)
         error->one(FLERR, "fix llpr/record: cannot open {} for writing: {}", path_, utils::getsyserror());
@@ -376,4 +392,5 @@ void FixLLPRRecord::restart(char *buf)
   auto list = reinterpret_cast<double *>(buf);
   last_step_ = static_cast<bigint>(list[0]);
   segments_ = static_cast<int>(list[1]);
+  restored_ = true;
 }

@@ -56,6 +56,7 @@ class FixLLPRRecord : public Fix {
   std::vector<int> segment_sizes_;
   bigint last_step_ = -1;         // the last step recorded (kept through restarts)
   int segments_ = 0;              // segments written by this fix (kept through restarts)
+  bool restored_ = false;         // state read from a restart file
 };
 
 }  // namespace LAMMPS_NS

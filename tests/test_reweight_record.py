@@ -239,6 +239,16 @@ def test_record_continues_through_a_restart_file(setting, tmp_path):
     assert not parts[0].header["continues"] and parts[1].header["continues"] and parts[1].header["segment"] == 2
     joined = np.concatenate([p.data for p in parts])
     np.testing.assert_allclose(joined, whole.data, rtol=1e-9, atol=1e-9)
+    # a restarted run that would overwrite its own record without append yes is refused
+    with pytest.raises(Exception, match="this run continues one recorded .1 run.s. up to step 10. before the restart "
+                                        "file was written, and .*restarted.rec exists: add append yes"):
+        lmp = open_lammps_quiet()
+        try:
+            lmp.commands_string(RESTART.format(read=f"read_restart {tmp_path}/md.restart", model=model,
+                                               rec=tmp_path / "restarted.rec", append="no") + "run 10")
+        finally:
+            lmp.close()
+    assert read_record(tmp_path / "restarted.rec")[0].steps[0] == 0  # untouched
     a = reweight_record(900, tmp_path / "whole.rec", observables=["pe"], warn=False).observables["pe"]
     b = reweight_record(900, tmp_path / "restarted.rec", observables=["pe"], warn=False).observables["pe"]
     np.testing.assert_allclose(b.members["cea"], a.members["cea"], rtol=1e-8)
@@ -259,6 +269,8 @@ def test_record_continues_through_a_restart_file(setting, tmp_path):
     ("fix rec all llpr/record 2 r.rec ens v_nothing", ["variable nothing of v_nothing does not exist"]),
     ("fix avg all ave/time 1 2 2 c_thermo_pe\nfix rec all llpr/record 2 r.rec ens f_avg",
      ["f_avg comes from fix avg (style ave/time), which averages over time", "needs instantaneous values"]),
+    ("fix b all llpr/bias tau 0.2\nfix rec all llpr/record 2 r.rec ens",
+     ["fix b (llpr/bias) biases the dynamics", "cannot be reweighted to its members; unfix b"]),
     ("fix sp all ave/time 3 1 3 c_thermo_pe\nfix rec all llpr/record 3 r.rec ens f_sp",
      ["f_sp comes from fix sp (style ave/time)", "record the compute or variable it averages instead"]),
 ])

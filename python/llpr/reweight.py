@@ -23,11 +23,12 @@ observable ``A`` (``A_k`` for one that depends on the model itself, e.g. ``pe + 
 
 References: Imbalzano, Zhuang, Kapil, Rossi, Engel, Grasselli & Ceriotti, J. Chem. Phys. 154,
 074102 (2021); Kellner & Ceriotti, arXiv:2402.16621 (2024). The method, its assumptions and
-its limits: docs/method.md; the LAMMPS side: docs/compute_llpr.md.
+its limits: docs/method.md; the LAMMPS side: docs/compute_llpr.md and docs/fix_llpr_record.md.
 
-Readers for LAMMPS output (the log's thermo tables, ``fix ave/time`` files in scalar and
-vector mode) are here too, and :func:`export_member` writes member ``k`` as a model file of
-its own (to check the reweighting against MD run with that member directly).
+The run comes from a ``fix llpr/record`` file (:func:`read_record`, :func:`reweight_record`),
+whose header states the model file, K, units and layout: nothing is inferred from a log.
+:func:`export_member` writes member ``k`` as a model file of its own (to check the reweighting
+against MD run with that member directly).
 """
 
 from __future__ import annotations
