@@ -59,7 +59,7 @@ def split(structures, seed: int):
     idd = [a for a in structures if not is_ood(a)]
     ood = [a for a in structures if is_ood(a)]
     order = np.random.default_rng(seed).permutation(len(idd))
-    n_val = n_test = max(1, len(idd) // 10)
+    n_val = n_test = max(4, len(idd) // 10)  # 4: the fewest validation structures that calibrate a power law
     val = [idd[i] for i in order[:n_val]]
     test = [idd[i] for i in order[n_val : n_val + n_test]]
     train = [idd[i] for i in order[n_val + n_test :]]
