@@ -5,7 +5,7 @@ silicon crystal at 900 K, and one active-learning round driven by each.
     python benchmarks/biased_md.py --quick    # a few minutes: every stage runs, no verdict
 
 1. Model: a small LocalPotential trained on Stillinger-Weber (SW) silicon, crystal and
-   strained crystal at 300-1200 K only (``llpr.sampling``), for a fixed number of epochs (no
+   strained crystal at 300-1200 K only (``llpr.lammps.sampling``), for a fixed number of epochs (no
    time limit: the model, and so every count below, is the same on any machine up to
    round-off); LLPR fitted on the training set, calibrated on the validation set, exported.
 2. Thresholds: the largest per-atom sigma_i of any training atom (as
@@ -114,7 +114,7 @@ def datasets(work, quick):
     """Training, validation (crystal and strained crystal) and held-out (defects, surfaces)
     structures, labelled with SW (cached in `work`)."""
     from llpr.data import read_dataset, split_dataset, write_dataset
-    from llpr.sampling import generate_dataset
+    from llpr.lammps.sampling import generate_dataset
 
     files = [os.path.join(work, f"{name}.xyz") for name in ("train", "val", "heldout")]
     if all(os.path.exists(f) for f in files):
@@ -137,7 +137,7 @@ def loader(model, structures):
 
 
 def calibrated(model, train, val):
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
 
     return LLPR(model).fit(loader(model, train)).calibrate(loader(model, val))
 
@@ -145,8 +145,8 @@ def calibrated(model, train, val):
 def trained_model(work, train, val, epochs, name):
     """A model trained from scratch on `train` for `epochs` epochs (seed 0; the
     best-validation state), cached in `work` as `name`."""
-    from llpr.checkpoint import load_model, save_model
-    from llpr.train import TrainConfig, train_model
+    from llpr.models.checkpoint import load_model, save_model
+    from llpr.models.train import TrainConfig, train_model
 
     path = os.path.join(work, f"{name}_{epochs}_{len(train)}.ckpt")
     if os.path.exists(path):
@@ -159,7 +159,7 @@ def trained_model(work, train, val, epochs, name):
 
 def errors(model, structures):
     from llpr.graphs import AtomisticDataset
-    from llpr.train import evaluate_errors
+    from llpr.models.train import evaluate_errors
 
     e = evaluate_errors(model, AtomisticDataset(structures, model.cutoff, torch.float64))
     return {"energy_rmse_mev_per_atom": 1000 * e["energy_rmse_per_atom"], "force_rmse_ev_per_a": e["force_rmse"]}
@@ -255,7 +255,7 @@ def active_learning(work, model, train, val, heldout, picked, epochs):
     """Retrain from scratch, same settings and seed, on the training set plus each set of
     picked frames (labelled with SW); held-out errors, and the picked frames' own errors,
     before (the model that explored) and after."""
-    from llpr.labelling import label_structures
+    from llpr.lammps.labelling import label_structures
 
     rows = {"before": {"heldout": errors(model, heldout), "train_structures": len(train)}}
     for k, (name, frames) in enumerate(picked.items()):

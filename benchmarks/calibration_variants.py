@@ -38,9 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from uq_quality import OOD_TYPES, is_ood, llpr_predict, machine_description, metrics, split, train_config, train_members  # noqa: E402
 
 from llpr.graphs import AtomisticDataset, make_loader  # noqa: E402
-from llpr.sampling import generate_dataset  # noqa: E402
-from llpr.train import train_model  # noqa: E402
-from llpr.uncertainty import LLPR  # noqa: E402
+from llpr.lammps.sampling import generate_dataset  # noqa: E402
+from llpr.models.train import train_model  # noqa: E402
+from llpr.uncertainty.estimator import LLPR  # noqa: E402
 
 VARIANTS = (
     ("energy (default)", {}),

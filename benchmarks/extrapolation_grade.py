@@ -2,7 +2,7 @@
 the total-energy sigma as scores separating in- from out-of-distribution structures.
 
 Data and split: those of ``benchmarks/uq_quality.py`` (its ``split()``): Si.sw structures from
-`llpr.sampling.generate_dataset`; trained on crystal up to 900 K, strained crystal, amorphous
+`llpr.lammps.sampling.generate_dataset`; trained on crystal up to 900 K, strained crystal, amorphous
 and liquid; ID test = their held-out 10 %. OOD sets, never trained or calibrated on: (001)
 surfaces, vacancies, interstitials, crystal above 900 K. Strained crystal is part of the
 training distribution in that split; its ID-test structures against the rest of the ID test
@@ -37,9 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from uq_quality import split, train_config  # noqa: E402  (the same split and budget)
 
 from llpr.graphs import AtomisticDataset, make_loader  # noqa: E402
-from llpr.sampling import generate_dataset  # noqa: E402
-from llpr.train import train_model  # noqa: E402
-from llpr.uncertainty import LLPR  # noqa: E402
+from llpr.lammps.sampling import generate_dataset  # noqa: E402
+from llpr.models.train import train_model  # noqa: E402
+from llpr.uncertainty.estimator import LLPR  # noqa: E402
 
 SCORES = ("max_atom_sigma", "max_gamma", "energy_sigma", "energy_sigma_per_atom")
 

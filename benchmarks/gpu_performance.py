@@ -87,7 +87,7 @@ def profile_steps(model_path: str, n: int, device: str, steps: int) -> dict:
     under the torch profiler: per-step wall time, GPU kernel time, host-device copies."""
     from torch.profiler import ProfilerActivity, profile
 
-    from llpr._lammps import open_lammps
+    from llpr.lammps.session import open_lammps
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

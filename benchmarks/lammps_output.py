@@ -1,6 +1,6 @@
 """Plain LAMMPS output for the benchmarks' own bookkeeping: the thermo tables of a log and a
 ``fix ave/time`` file. Not for reweighting: ``llpr reweight`` reads only the self-describing
-record of ``fix llpr/record`` (llpr.reweight.read_record), since a log states neither the
+record of ``fix llpr/record`` (llpr.lammps.reweight.read_record), since a log states neither the
 units, the normalisation nor the layout of its columns. The benchmarks write their own inputs,
 so here the column names are known: ``thermo_style custom`` one line per step, ``thermo_modify
 norm no``, ``fix ave/time`` with ``Nrepeat 1``."""

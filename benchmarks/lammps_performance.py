@@ -72,8 +72,8 @@ def build_model(path: str, seed: int = 0, dtype: torch.dtype = torch.float64, en
 
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.model import LocalPotential
-    from llpr.uncertainty import LLPR
+    from llpr.models.potential import LocalPotential
+    from llpr.uncertainty.estimator import LLPR
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

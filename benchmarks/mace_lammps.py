@@ -40,9 +40,9 @@ def build_model(folder: str) -> tuple[str, str]:
     from test_mace import labelled
 
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.mace import MACEModel
+    from llpr.models.mace import MACEModel
     from llpr.modelfile import export_model
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
 
     import pathlib
 

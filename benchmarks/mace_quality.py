@@ -29,10 +29,10 @@ from uq_quality import llpr_predict, machine_description, metrics, split, train_
 
 from llpr.data import write_dataset  # noqa: E402
 from llpr.graphs import AtomisticDataset, make_loader  # noqa: E402
-from llpr.mace import MACEModel  # noqa: E402
-from llpr.sampling import generate_dataset  # noqa: E402
-from llpr.train import train_model  # noqa: E402
-from llpr.uncertainty import LLPR  # noqa: E402
+from llpr.models.mace import MACEModel  # noqa: E402
+from llpr.lammps.sampling import generate_dataset  # noqa: E402
+from llpr.models.train import train_model  # noqa: E402
+from llpr.uncertainty.estimator import LLPR  # noqa: E402
 
 MACE_ARGS = ["--model", "MACE", "--hidden_irreps", "16x0e+16x1o", "--MLP_irreps", "16x0e", "--max_L", "1",
              "--correlation", "2", "--r_max", "4.0", "--num_interactions", "2", "--batch_size", "4",

@@ -20,7 +20,7 @@ import sys
 
 import torch
 from llpr import _core
-from llpr.head import LLPRHead
+from llpr.uncertainty.llpr_head import LLPRHead
 
 from timing import best_time, write_report  # benchmarks/ is on the path of a script run from it
 

@@ -5,7 +5,7 @@ mean model's trajectory reweighted to member k.
     python benchmarks/reweighting_physics.py --quick         # minutes; a smoke test, no verdict
 
 1. Train a small silicon model on Stillinger-Weber data (crystal, strained, liquid, vacancy,
-   amorphous; ``llpr.sampling``), fit and calibrate the LLPR, export it with a K = 32
+   amorphous; ``llpr.lammps.sampling``), fit and calibrate the LLPR, export it with a K = 32
    last-layer ensemble (seed 0).
 2. A pilot NPT run of the mean model (64 atoms of diamond Si, 1200 K, 0 bar); from it, two
    members: the one with the largest reweighted shift of the density among those whose
@@ -14,7 +14,7 @@ mean model's trajectory reweighted to member k.
    0.3.
 3. Production: the mean model (with ``compute e all llpr ensemble yes``, recorded by ``fix
    llpr/record``: the record ``llpr reweight`` reads) and each chosen member exported as a
-   model of its own (``llpr.reweight.export_member``: read-out ``w + dw_k``; its thermo output
+   model of its own (``llpr.lammps.reweight.export_member``: read-out ``w + dw_k``; its thermo output
    and a ``fix ave/time`` file of the RDF, read by ``benchmarks/lammps_output.py``), the same
    protocol, independent velocities, two runs at a time.
 4. Three observables: the potential energy per atom (depends on the model: member k's own
@@ -48,7 +48,7 @@ from datetime import date
 import numpy as np
 import torch
 
-from llpr.reweight import BOLTZMANN
+from llpr.lammps.reweight import BOLTZMANN
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -93,9 +93,9 @@ def train(work: str, quick: bool):
     """The calibrated LLPR of a small model trained on SW silicon (cached in ``work``)."""
     from llpr.data import split_dataset
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.sampling import generate_dataset
-    from llpr.train import TrainConfig, evaluate_errors, train_model
-    from llpr.uncertainty import LLPR, load_llpr, save_llpr
+    from llpr.lammps.sampling import generate_dataset
+    from llpr.models.train import TrainConfig, evaluate_errors, train_model
+    from llpr.uncertainty.estimator import LLPR, load_llpr, save_llpr
 
     path = os.path.join(work, "llpr.ckpt")
     if os.path.exists(path):
@@ -150,7 +150,7 @@ def observables(folder, peak=None, model=None):
     RDF); with ``model`` (the mean model's file), read from the run's record, which must have
     been written with that file, with the members' dE_k."""
     if model is not None:
-        from llpr.reweight import select_segments
+        from llpr.lammps.reweight import select_segments
 
         segments = select_segments(os.path.join(folder, "md.rec"), model=model)
         if len(segments) != 1:
@@ -187,7 +187,7 @@ def observables(folder, peak=None, model=None):
 
 
 def reweight_all(obs):
-    from llpr.reweight import reweight
+    from llpr.lammps.reweight import reweight
 
     dE = obs["dE"]
     values = {"pe_per_atom": obs["pe_per_atom"], "density": obs["density"], "peak": obs["peak"], "rdf": obs["g"]}
@@ -252,7 +252,7 @@ def main(argv=None):
     os.makedirs(args.work, exist_ok=True)
     torch.set_num_threads(2)
     from llpr.modelfile import export_model
-    from llpr.reweight import block_average, export_member, plot_result
+    from llpr.lammps.reweight import block_average, export_member, plot_result
 
     llpr, training = train(args.work, args.quick)
     mean_pt = export_model(llpr, os.path.join(args.work, "mean.pt"), ensemble=K, seed=SEED)

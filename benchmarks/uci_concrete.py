@@ -33,9 +33,9 @@ import time
 import numpy as np
 import torch
 
-from llpr.calibrate import gaussian_nll
-from llpr.tabular import MLPRegressor
-from llpr.uncertainty import LLPR
+from llpr.uncertainty.calibrate import gaussian_nll
+from llpr.models.tabular import MLPRegressor
+from llpr.uncertainty.estimator import LLPR
 
 PAPER = {  # Bigi et al., UCI table, Concrete row: RMSE, NLL
     "PBP": (5.67, 3.16),

@@ -1,6 +1,6 @@
 """Uncertainty quality: LLPR (one model) against a deep ensemble (K models) on silicon.
 
-Data: Si.sw reference structures (`llpr.sampling.generate_dataset`). In distribution (ID):
+Data: Si.sw reference structures (`llpr.lammps.sampling.generate_dataset`). In distribution (ID):
 crystal up to 900 K, strained crystal, melt-quenched amorphous and liquid; their held-out
 10 % is the ID test set, another 10 % the validation set. Out of distribution (OOD), never
 trained on: (001) surfaces, vacancies, interstitials and crystal above 900 K.
@@ -40,12 +40,12 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from llpr.ensemble import DeepEnsemble
+from deep_ensemble import DeepEnsemble
 from llpr.evaluate import uncertainty_metrics
 from llpr.graphs import AtomisticDataset, make_loader
-from llpr.sampling import generate_dataset
-from llpr.train import TrainConfig, predict_batch, train_model
-from llpr.uncertainty import LLPR
+from llpr.lammps.sampling import generate_dataset
+from llpr.models.train import TrainConfig, predict_batch, train_model
+from llpr.uncertainty.estimator import LLPR
 
 OOD_TYPES = ("surface", "vacancy", "interstitial")
 

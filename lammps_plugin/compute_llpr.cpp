@@ -123,7 +123,7 @@ void ComputeLLPRAtom::compute_peratom()
   // and ghost atoms, the ghosts' parts summed onto their owners (reverse communication, one
   // member at a time), then the spread over the members. This is the one uncertainty formula
   // written in C++, because it must run after the reverse communication; its Python twin is
-  // llpr.propagation.force_sigma (LLPRHead.force_sigma), which tests compare it with.
+  // llpr.uncertainty.propagation.force_sigma (LLPRHead.force_sigma), which tests compare it with.
   pair->ensemble_force_deviations("compute llpr/atom forces yes", dforce_);
   const int K = pair->ensemble_size();
   nall_ = atom->nlocal + atom->nghost;

@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def si_structures():
-    from llpr.sampling import generate_dataset
+    from llpr.lammps.sampling import generate_dataset
 
     return generate_dataset(potential="sw", n_per_type=4, seed=123, progress=False)
 
@@ -29,7 +29,7 @@ def si_splits(si_structures):
 def small_model(si_splits):
     """A small float64 potential trained for a few epochs (enough to have meaningful,
     non-random features; accuracy is not the point here)."""
-    from llpr.train import TrainConfig, train_model
+    from llpr.models.train import TrainConfig, train_model
 
     train, val, _ = si_splits
     config = TrainConfig(
@@ -42,7 +42,7 @@ def small_model(si_splits):
 @pytest.fixture(scope="session")
 def small_llpr(small_model, si_splits):
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
 
     train, val, _ = si_splits
     llpr = LLPR(small_model)

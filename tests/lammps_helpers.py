@@ -127,8 +127,8 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
     training set's max q for the extrapolation grade unless `gamma` is False)."""
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.model import LocalPotential
-    from llpr.uncertainty import LLPR
+    from llpr.models.potential import LocalPotential
+    from llpr.uncertainty.estimator import LLPR
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -145,7 +145,7 @@ def make_model(path, species=(14,), seed=0, n_structures=30, dtype=torch.float64
             atoms.numbers = rng.choice(list(species), size=len(atoms))
         label_randomly(atoms, rng)
         structures.append(atoms)
-    # at least 3 validation structures: fewer cannot determine alpha and varsigma (llpr.calibrate)
+    # at least 3 validation structures: fewer cannot determine alpha and varsigma (llpr.uncertainty.calibrate)
     half = min(n_structures * 2 // 3, n_structures - 3)
     train = AtomisticDataset(structures[:half], model.cutoff, torch.float64)
     val = AtomisticDataset(structures[half:], model.cutoff, torch.float64)
@@ -245,7 +245,7 @@ def virial6(tensor):
 
 
 def open_lammps_quiet():
-    from llpr._lammps import open_lammps
+    from llpr.lammps.session import open_lammps
 
     return open_lammps()
 

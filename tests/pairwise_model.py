@@ -1,5 +1,5 @@
-"""A second atomistic model, deliberately unlike llpr.model.LocalPotential, that follows
-llpr.protocol.AtomisticModel and nothing else: a radial-only pair network.
+"""A second atomistic model, deliberately unlike llpr.models.potential.LocalPotential, that follows
+llpr.models.protocol.AtomisticModel and nothing else: a radial-only pair network.
 
 Per-atom features ``f_i = sum_j fc(r_ij) MLP([b(r_ij), onehot(s_i), onehot(s_j)])`` with a
 sine (Bessel-like) radial basis ``b_n(r) = sin(n pi r / rc) / r`` and the cosine cutoff

@@ -170,7 +170,7 @@ def test_reweighting_physics_quick(tmp_path):
     """benchmarks/reweighting_physics.py end to end at tiny sizes: the mean model's runs are
     reweighted from their fix llpr/record records (written with its file, one run each), the
     members' runs read from their own thermo output and RDF file; finite numbers in the report."""
-    from llpr.reweight import read_record
+    from llpr.lammps.reweight import read_record
 
     work = tmp_path / "work"
     run_benchmark("reweighting_physics.py", "--quick", "--steps", "1000", "--work", str(work), "--out",

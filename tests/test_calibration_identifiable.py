@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from llpr.calibrate import SpectralQuadraticForm, calibrate_hyperparameters, gaussian_nll, required_targets
-from llpr.checkpoint import save_model
+from llpr.uncertainty.calibrate import SpectralQuadraticForm, calibrate_hyperparameters, gaussian_nll, required_targets
+from llpr.models.checkpoint import save_model
 from llpr.cli import main
 from llpr.data import write_dataset
 from llpr.graphs import AtomisticDataset, make_loader
@@ -147,8 +147,8 @@ def test_structures_with_proportional_features_are_refused():
 
 
 def test_tabular_validation_samples_count_the_same():
-    from llpr.tabular import MLPRegressor
-    from llpr.uncertainty import LLPR
+    from llpr.models.tabular import MLPRegressor
+    from llpr.uncertainty.estimator import LLPR
 
     torch.manual_seed(0)
     x = torch.randn(60, 3, dtype=torch.float64)
@@ -173,7 +173,7 @@ def files(small_model, si_splits, tmp_path_factory):
 
 
 def test_cli_calibrate_refuses_too_few_structures_before_fitting(files, monkeypatch, capsys):
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
 
     def no_fit(*args, **kwargs):
         raise AssertionError("the training set was read before the validation set was checked")
@@ -195,8 +195,8 @@ def test_grid_edge_warning_is_recorded_and_shown(files, small_model, capsys):
     """Validation errors proportional to |f| are fitted best as varsigma -> infinity: the best
     varsigma lies at the grid's top edge."""
     from llpr.data import read_dataset
-    from llpr.plugin import check_model
-    from llpr.uncertainty import LLPR, load_llpr
+    from llpr.lammps.plugin import check_model
+    from llpr.uncertainty.estimator import LLPR, load_llpr
 
     d = files
     val = read_dataset(f"{d}/val.xyz") + read_dataset(f"{d}/test.xyz")
@@ -245,16 +245,16 @@ def test_grid_edge_warning_is_recorded_and_shown(files, small_model, capsys):
 def test_cli_checks_output_paths_before_the_work(files, monkeypatch, capsys, command, message):
     import llpr.evaluate
     import llpr.modelfile
-    import llpr.sampling
-    import llpr.train
-    import llpr.uncertainty
+    import llpr.lammps.sampling
+    import llpr.models.train
+    import llpr.uncertainty.estimator
 
     def never(*args, **kwargs):
         raise AssertionError("the work started before the output path was checked")
 
-    for module, name in ((llpr.evaluate, "evaluate_model"), (llpr.uncertainty.LLPR, "fit"),
-                         (llpr.uncertainty, "load_llpr"), (llpr.train, "train_model"),
-                         (llpr.sampling, "generate_dataset")):
+    for module, name in ((llpr.evaluate, "evaluate_model"), (llpr.uncertainty.estimator.LLPR, "fit"),
+                         (llpr.uncertainty.estimator, "load_llpr"), (llpr.models.train, "train_model"),
+                         (llpr.lammps.sampling, "generate_dataset")):
         monkeypatch.setattr(module, name, never)
     d = str(files)
     assert main([part.format(d=d) for part in command]) == 2

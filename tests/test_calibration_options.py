@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from llpr.calibrate import SpectralQuadraticForm, calibrate_hyperparameters
+from llpr.uncertainty.calibrate import SpectralQuadraticForm, calibrate_hyperparameters
 
 
 def _synthetic(n_struct, n_atoms, alpha, varsigma, seed=0, n_features=6):
@@ -50,7 +50,7 @@ def test_joint_nll_recovers_alpha_and_varsigma():
     # five energies alone cannot pin varsigma down: forces are what makes it identifiable
     assert joint.force_nll is not None and math.isfinite(joint.force_nll)
     # the closed-form alpha is the minimum of the joint objective at that varsigma
-    from llpr.calibrate import _ForceQuadraticForm
+    from llpr.uncertainty.calibrate import _ForceQuadraticForm
     _, vecs = torch.linalg.eigh(cov)
     qf = SpectralQuadraticForm(cov, feats)
     q, qbar = qf(joint.varsigma), _ForceQuadraticForm(qf, vecs, jac)(joint.varsigma)
@@ -133,7 +133,7 @@ def test_force_jacobian_is_the_ensemble_propagation(small_llpr, si_splits):
 
 def test_llpr_calibrate_options_and_export_record(small_model, si_splits, tmp_path):
     from llpr.modelfile import export_model
-    from llpr.uncertainty import LLPR, load_llpr, save_llpr
+    from llpr.uncertainty.estimator import LLPR, load_llpr, save_llpr
 
     train, val, test = si_splits
     llpr = LLPR(small_model).fit(_loader(train, small_model))
@@ -177,7 +177,7 @@ def test_llpr_calibrate_options_and_export_record(small_model, si_splits, tmp_pa
 
 
 def test_cli_calibration_options(small_model, si_splits, tmp_path, capsys):
-    from llpr.checkpoint import save_model
+    from llpr.models.checkpoint import save_model
     from llpr.cli import main
     from llpr.data import write_dataset
 

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from llpr.checkpoint import save_model
+from llpr.models.checkpoint import save_model
 from llpr.cli import main
 from llpr.data import read_dataset, write_dataset
 from llpr.evaluate import evaluate_model
-from llpr.sampling import generate_dataset
+from llpr.lammps.sampling import generate_dataset
 
 
 def _llpr(*args, cwd=None):
@@ -123,7 +123,7 @@ def test_help_describes_the_commands_and_every_option():
 
 def test_cli_train_defaults_are_the_train_config_defaults():
     from llpr.cli import build_parser
-    from llpr.train import TrainConfig
+    from llpr.models.train import TrainConfig
 
     args = build_parser().parse_args(["train", "--train", "a.xyz", "--val", "b.xyz"])
     config = TrainConfig()

@@ -90,7 +90,7 @@ def test_uncertainty_methods_match_exported_methods(models, rows):
 
 def test_check_model_metadata(models):
     from llpr.modelfile import load_exported
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     module = load_exported(models["sic"])
     meta = check_model(models["sic"])
@@ -106,7 +106,7 @@ def test_check_model_metadata(models):
 
 
 def test_missing_and_corrupt_files(models):
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     missing = str(models["dir"] / "nope.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -123,8 +123,8 @@ def test_missing_and_corrupt_files(models):
 
 
 def test_torchscript_without_llpr_data(models):
-    from llpr.model import LocalPotential
-    from llpr.plugin import check_model
+    from llpr.models.potential import LocalPotential
+    from llpr.lammps.plugin import check_model
 
     path = str(models["dir"] / "bare.pt")
     torch.jit.save(torch.jit.script(LocalPotential([14], hidden=(8,))), path)
@@ -142,8 +142,8 @@ def _export_modified(llpr_module_path, out_path, head_changes=None, head_class=N
     changed: attributes of the wrapper (or buffers, when given a tensor), in ``head_changes``
     buffers of its head, and the class of the head (``head_class``, a subclass of LLPRHead)."""
     from llpr.export import ExportedLLPRModel
-    from llpr.head import LLPRHead
-    from llpr.model import LocalPotential
+    from llpr.uncertainty.llpr_head import LLPRHead
+    from llpr.models.potential import LocalPotential
 
     src = torch.jit.load(llpr_module_path)
     model = LocalPotential(list(src.species), cutoff=4.0, n_basis=6, n_channels=4, l_max=2, hidden=(16, 16)).double()
@@ -205,7 +205,7 @@ def test_force_evaluation_in_blocks_of_centres(models, chunk):
 
 
 def test_each_contract_mismatch_is_named(models):
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     path = _export_modified(
         models["sic"],
@@ -227,7 +227,7 @@ def test_each_contract_mismatch_is_named(models):
 
 
 def test_bad_llpr_buffers_are_named(models):
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     n = torch.jit.load(models["sic"]).n_features
     cases = [
@@ -257,7 +257,7 @@ def test_cuda_without_gpu_is_a_clear_error(models):
 
 
 def test_plugin_location_and_entry_point():
-    from llpr.plugin import plugin_dir, plugin_path
+    from llpr.lammps.plugin import plugin_dir, plugin_path
 
     folder = plugin_dir()
     assert isinstance(folder, str) and os.path.isdir(folder)

@@ -132,7 +132,7 @@ def test_unreadable_file_is_named(tmp_path, content, message):
 def test_bad_inputs(tmp_path):
     bare = tmp_path / "bare.xyz"
     write_dataset([bulk("Si", "diamond", 5.431, cubic=True)], str(bare))
-    with pytest.raises(ValueError, match="no energy/forces labels.*llpr.labelling.label_structures"):
+    with pytest.raises(ValueError, match="no energy/forces labels.*llpr.lammps.labelling.label_structures"):
         read_dataset(str(bare))
     assert len(read_dataset(str(bare), require_labels=False)) == 1
     with pytest.raises(ValueError, match="structure list is empty"):

@@ -193,8 +193,8 @@ def docs_model(path, species, seed, noise=0.005, checkpoint=None):
 
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.model import LocalPotential
-    from llpr.uncertainty import LLPR
+    from llpr.models.potential import LocalPotential
+    from llpr.uncertainty.estimator import LLPR
     from lammps_helpers import sic_zincblende, si_diamond
 
     torch.manual_seed(seed)
@@ -216,7 +216,7 @@ def docs_model(path, species, seed, noise=0.005, checkpoint=None):
     llpr.fit(make_loader(train, 8)).calibrate(make_loader(val, 8), train_loader=make_loader(train, 8))
     export_model(llpr, str(path))
     if checkpoint is not None:
-        from llpr.uncertainty import save_llpr
+        from llpr.uncertainty.estimator import save_llpr
 
         save_llpr(llpr, str(checkpoint))
     return str(path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llpr.ensemble import DeepEnsemble
-from llpr.train import TrainConfig
+from deep_ensemble import DeepEnsemble
+from llpr.models.train import TrainConfig
 
 
 def test_deep_ensemble_train_predict_calibrate(si_splits):

@@ -40,12 +40,12 @@ def demo_output(tmp_path_factory):
     import torch
 
     from llpr.data import split_dataset, write_dataset
-    from llpr.checkpoint import save_model
+    from llpr.models.checkpoint import save_model
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.sampling import generate_dataset
-    from llpr.train import TrainConfig, train_model
-    from llpr.uncertainty import LLPR, save_llpr
+    from llpr.lammps.sampling import generate_dataset
+    from llpr.models.train import TrainConfig, train_model
+    from llpr.uncertainty.estimator import LLPR, save_llpr
 
     d = tmp_path_factory.mktemp("demo_output")
     # 14 structures: 3 to validate on, the fewest that can calibrate alpha and varsigma
@@ -121,7 +121,7 @@ def check_active_learning(root, output):
     before = read_dataset(str(root / "demo_output" / "data" / "train.xyz"))
     after = read_dataset(str(out / "data" / "train.xyz"))
     assert len(after) == len(before) + 1 and after[-1].info["config_type"] == "active_learning_0"
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     assert check_model(str(out / "model_1.pt"))["elements"] == ["Si"]
     summary = [ln for ln in output.splitlines() if ln.strip().startswith("0 ")]
@@ -130,7 +130,7 @@ def check_active_learning(root, output):
 
 def check_sic(root, output):
     out = root / "runs" / "sic"
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     assert sorted(check_model(str(out / "sic.pt"))["elements"]) == ["C", "Si"]
     assert "energy uncertainty (eV): whole box" in output and "Si atoms" in output and "C atoms" in output
@@ -183,7 +183,7 @@ def check_observables(root, output):
     assert all(np.isfinite(rdf["model_sigma"]["cea"])) and result["frames"] == 21  # NSTEPS=20: a frame per step
     assert set(result["observables"]) == {"v_rho", "pe", "c_rdf[2]"}
     # one segment, recorded after the equilibration only
-    from llpr.reweight import read_record
+    from llpr.lammps.reweight import read_record
 
     segments = read_record(out / "md_1200.rec")
     assert len(segments) == 1 and segments[0].steps.tolist() == list(range(21))

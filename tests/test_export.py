@@ -12,11 +12,11 @@ import torch
 from ase.build import bulk
 
 from llpr.ase import LLPRCalculator
-from llpr.checkpoint import save_model
+from llpr.models.checkpoint import save_model
 from llpr.modelfile import export_model, load_exported
 from llpr.graphs import AtomisticDataset, collate, make_loader
-from llpr.train import predict_batch
-from llpr.uncertainty import LLPR
+from llpr.models.train import predict_batch
+from llpr.uncertainty.estimator import LLPR
 
 FRESH_PROCESS = r"""
 import sys, json, numpy as np, torch

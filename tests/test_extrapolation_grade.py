@@ -63,7 +63,7 @@ def test_training_atoms_have_gamma_at_most_one(small_llpr, si_splits):
 
 
 def test_bulk_trained_llpr_grades_surfaces_above_one_and_vacancies_above_bulk(small_model, si_structures):
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
 
     # bulk crystal only (300 K): surfaces and vacancies hold environments it never saw; one
     # validation crystal, calibrated on its forces too (each atom a target: enough to determine
@@ -83,7 +83,7 @@ def test_bulk_trained_llpr_grades_surfaces_above_one_and_vacancies_above_bulk(sm
 
 def test_gamma_needs_the_training_pass(small_model, si_splits, tmp_path):
     from llpr.modelfile import export_model, load_exported, require_extrapolation_grade
-    from llpr.uncertainty import LLPR, load_llpr, save_llpr
+    from llpr.uncertainty.estimator import LLPR, load_llpr, save_llpr
 
     train, val, _ = si_splits
     llpr = LLPR(small_model).fit(_loader(small_model, train)).calibrate(_loader(small_model, val))
@@ -113,7 +113,7 @@ class _HeadBeforeGamma:
 
     @staticmethod
     def make(head):
-        from llpr.head import LLPRHead
+        from llpr.uncertainty.llpr_head import LLPRHead
 
         class OldHead(LLPRHead):
             def __init__(self, h):
@@ -138,7 +138,7 @@ def files(small_llpr, tmp_path_factory):
     from llpr import __version__
     from llpr.export import ExportedLLPRModel
     from llpr.modelfile import export_model
-    from llpr.plugin import _core
+    from llpr.lammps.plugin import _core
 
     d = tmp_path_factory.mktemp("gamma_files")
     new = export_model(small_llpr, str(d / "gamma.pt"), ensemble=4, seed=1)
@@ -155,7 +155,7 @@ def files(small_llpr, tmp_path_factory):
 
 def test_core_gamma_equals_the_head(files, si_splits):
     """The C++ core (what LAMMPS calls) runs the file's LLPRHead.extrapolation_grade."""
-    from llpr.plugin import _core
+    from llpr.lammps.plugin import _core
 
     atoms = si_splits[2][0]
     ref = reference(files["gamma"], atoms)
@@ -175,7 +175,7 @@ def test_file_before_gamma_loads_and_says_to_reexport(files, si_splits):
     from llpr.ase import LLPRCalculator
     from llpr.evaluate import evaluate_model
     from llpr.modelfile import has_extrapolation_grade, load_exported
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     info = check_model(files["old"])
     assert info["has_extrapolation_grade"] is False and info["max_train_q"] is None
@@ -267,7 +267,7 @@ def test_lammps_gamma_on_a_file_before_gamma_says_to_reexport(files, tmp_path):
 
 
 def test_make_model_helper_without_gamma(tmp_path):
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     path = make_model(tmp_path / "m.pt", gamma=False, n_structures=6)
     assert check_model(path)["has_extrapolation_grade"] is False

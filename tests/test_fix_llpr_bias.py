@@ -154,7 +154,7 @@ def test_second_model_strictly_local_and_message_passing(tmp_path, message_passi
     pair style refuses models that pass messages beyond the cutoff)."""
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.modelfile import export_model
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
 
     from pairwise_model import PairwiseModel
 
@@ -438,7 +438,7 @@ print "FINAL $(pe:%.17g) $(etotal:%.17g) $(f_b:%.17g) $(f_b[1]:%.17g) $(f_b[2]:%
 # ------------------------------------------------------------------ refused inputs
 @pytest.fixture(scope="module")
 def bad_files(model, tmp_path_factory):
-    from llpr.head import LLPRHead
+    from llpr.uncertainty.llpr_head import LLPRHead
 
     from test_core import _export_modified
 

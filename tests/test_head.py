@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llpr.head import LLPRHead
+from llpr.uncertainty.llpr_head import LLPRHead
 
 
 def _covariance(n, condition, seed):

@@ -115,7 +115,7 @@ def test_evaluate_json_is_strict(model_path, tmp_path, capsys):
 def test_training_refuses_a_nan_label_before_training():
     """A NaN label read as 'training diverged ... lower the learning rate' after the first
     epoch; now the structure and its label are named before any training."""
-    from llpr.train import TrainConfig, train_model
+    from llpr.models.train import TrainConfig, train_model
 
     train, val = _structures(4), _structures(2, seed=10)
     train[1].info["energy"] = np.nan
@@ -186,8 +186,8 @@ def test_evaluate_names_an_element_the_model_does_not_know(model_path, tmp_path,
 
 def test_calibration_extra_file_with_a_nan_force_is_named(tmp_path, capsys):
     """A NaN force in the --calibration-extra file was reported as 'in the validation set'."""
-    from llpr.checkpoint import save_model
-    from llpr.model import LocalPotential
+    from llpr.models.checkpoint import save_model
+    from llpr.models.potential import LocalPotential
 
     torch.manual_seed(0)
     model = LocalPotential([14], cutoff=4.0, n_basis=4, n_channels=2, l_max=1, hidden=(8,)).to(torch.float64)
@@ -208,8 +208,8 @@ def test_float16_export_is_refused(tmp_path):
     """A float16 tabular model was exported, recorded as float32, and every call of the file
     failed on mixed dtypes."""
     from llpr.modelfile import export_model
-    from llpr.tabular import MLPRegressor
-    from llpr.uncertainty import LLPR
+    from llpr.models.tabular import MLPRegressor
+    from llpr.uncertainty.estimator import LLPR
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)

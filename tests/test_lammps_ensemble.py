@@ -106,7 +106,7 @@ def test_ensemble_in_blocks_of_centres(models, tmp_path, name, chunk):
 
 
 def test_core_without_ensemble(models):
-    from llpr.plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     assert check_model(models["plain"])["ensemble_size"] == 0
     model = core.Model(models["plain"])

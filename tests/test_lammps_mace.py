@@ -44,9 +44,9 @@ def models(tmp_path_factory):
     import torch
 
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.mace import MACEModel
+    from llpr.models.mace import MACEModel
     from llpr.modelfile import export_model
-    from llpr.uncertainty import LLPR
+    from llpr.uncertainty.estimator import LLPR
     from test_mace import labelled
 
     d = tmp_path_factory.mktemp("lammps_mace")

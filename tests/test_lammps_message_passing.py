@@ -52,12 +52,12 @@ def models(tmp_path_factory):
     briefly on Stillinger-Weber labels of rattled diamond cells (stable MD); "sic": cutoff 3.5 A,
     untrained (C and Si); both pass messages and carry a K-member ensemble. "local": the pair
     network without message passing."""
-    from llpr.checkpoint import register_model
+    from llpr.models.checkpoint import register_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.labelling import label_structures
+    from llpr.lammps.labelling import label_structures
     from llpr.modelfile import export_model
-    from llpr.train import TrainConfig, train_model
-    from llpr.uncertainty import LLPR
+    from llpr.models.train import TrainConfig, train_model
+    from llpr.uncertainty.estimator import LLPR
 
     d = tmp_path_factory.mktemp("message_passing")
     register_model("PairwiseModel", PairwiseModel)

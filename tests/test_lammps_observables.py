@@ -1,6 +1,6 @@
 """`compute llpr ensemble yes [virial yes]`: the members' energy deviations of a group and the
 members' pressure deviations, against the Python reference and against member files run
-directly (llpr.reweight.export_member); the same numbers on 1 and 2 MPI ranks, with a group
+directly (llpr.lammps.reweight.export_member); the same numbers on 1 and 2 MPI ranks, with a group
 that one rank owns none of and an empty group; the compute's refusals; fix llpr/record and
 `llpr reweight` on the record of a real run."""
 
@@ -40,7 +40,7 @@ def files(small_llpr, exported_path, tmp_path_factory):
     """The mean model with a K-member ensemble, member MEMBER of it as a file of its own, a
     file without an ensemble, and a 64-atom Si cell."""
     from llpr.modelfile import export_model
-    from llpr.reweight import export_member
+    from llpr.lammps.reweight import export_member
 
     d = tmp_path_factory.mktemp("observables")
     atoms = si_diamond((2, 2, 2), rattle=0.08, seed=11)
@@ -241,7 +241,7 @@ def test_member_deviations_one_and_two_ranks(md_runs, files):
     """Every step of the MD, the members' energy deviations (group all, a group on one rank
     only, an empty group) and pressure deviations agree between 1 and 2 ranks to 1e-10, and
     so do the records of fix llpr/record."""
-    from llpr.reweight import read_record
+    from llpr.lammps.reweight import read_record
 
     one, two = (_columns(md_runs[n] / "all.dat") for n in (1, 2))
     assert list(one["TimeStep"]) == list(range(61)) and list(two["TimeStep"]) == list(range(61))
@@ -277,7 +277,7 @@ def test_reweight_cli_on_lammps_output(md_runs, files, tmp_path):
     """`llpr reweight` on the 2-rank run's record: pe and press with the members' own values,
     the RDF (a vector value, its axis c_rdf[1]), a JSON (the plot is checked by
     tests/test_examples.py); the model file is checked against the recorded seal."""
-    from llpr.reweight import reweight_record
+    from llpr.lammps.reweight import reweight_record
 
     d = md_runs[2]
     out_json = tmp_path / "rw.json"

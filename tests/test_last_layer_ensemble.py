@@ -21,7 +21,7 @@ from llpr.ase import LLPRCalculator
 from llpr.export import ExportedLLPRModel
 from llpr.modelfile import ensemble_size, export_model, load_exported
 from llpr.graphs import AtomisticDataset, collate, make_loader
-from llpr.model import edge_vectors_from_positions
+from llpr.models.potential import edge_vectors_from_positions
 
 from lammps_helpers import strained
 
@@ -200,7 +200,7 @@ def test_export_rejects_one_member(small_llpr, tmp_path):
 
 def test_cli_export_ensemble(small_llpr, tmp_path, capsys):
     from llpr.cli import main
-    from llpr.uncertainty import save_llpr
+    from llpr.uncertainty.estimator import save_llpr
 
     ckpt = str(tmp_path / "llpr.ckpt")
     save_llpr(small_llpr, ckpt)
@@ -217,7 +217,7 @@ def test_cli_export_ensemble(small_llpr, tmp_path, capsys):
 def test_edge_gradients_every_path(small_llpr, si_splits, k, centred):
     """The member gradients (one pass per member, K-1 passes for a re-centred ensemble, or the
     feature Jacobian when K > F) equal one autograd call per member."""
-    from llpr.propagation import ensemble_edge_gradients
+    from llpr.uncertainty.propagation import ensemble_edge_gradients
 
     batch = _batch(small_llpr, [si_splits[2][0]])
     gen = torch.Generator().manual_seed(k)
@@ -236,7 +236,7 @@ def test_edge_gradients_every_path(small_llpr, si_splits, k, centred):
 def test_lean_force_virial_deviations_equal_edge_gradients(small_llpr, si_splits):
     """The memory-lean per-atom reduction (used by the exported file) equals the per-edge
     gradients scattered to atoms, on every path."""
-    from llpr.propagation import edge_gradients_to_forces, ensemble_edge_gradients, ensemble_force_virial_deviations
+    from llpr.uncertainty.propagation import edge_gradients_to_forces, ensemble_edge_gradients, ensemble_force_virial_deviations
 
     batch = _batch(small_llpr, [si_splits[2][0]])
     n = batch["positions"].shape[0]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from ase.build import bulk
 
-from llpr.calibrate import calibrate_hyperparameters
+from llpr.uncertainty.calibrate import calibrate_hyperparameters
 from llpr.graphs import AtomisticDataset, collate, make_loader
-from llpr.tabular import MLPRegressor
-from llpr.uncertainty import LLPR, atomistic_outputs
+from llpr.models.tabular import MLPRegressor
+from llpr.uncertainty.estimator import LLPR, atomistic_outputs
 
 
 class IdentityFeatures(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Pretrained MACE models through llpr (llpr.mace): the feature convention against MACE's own
+"""Pretrained MACE models through llpr (llpr.models.mace): the feature convention against MACE's own
 node energies, the exported file against MACE's own ASE calculator, the command line
 (calibrate -> export -> check), the streamed and distributed covariance, and the messages for
 bad input. The LAMMPS side (message passing) is in test_lammps_mace.py."""
@@ -22,9 +22,9 @@ from mace_models import make_mace, save_mace  # noqa: E402
 from llpr.ase import LLPRCalculator  # noqa: E402
 from llpr.data import read_dataset  # noqa: E402
 from llpr.graphs import AtomisticDataset, StreamingDataset, graph_tensors, make_loader  # noqa: E402
-from llpr.mace import MACEModel, mace_file_kind, read_mace  # noqa: E402
+from llpr.models.mace import MACEModel, mace_file_kind, read_mace  # noqa: E402
 from llpr.modelfile import export_model  # noqa: E402
-from llpr.uncertainty import LLPR, load_llpr  # noqa: E402
+from llpr.uncertainty.estimator import LLPR, load_llpr  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 

@@ -2,7 +2,7 @@
 
 libtorch loads a zip archive without checking its CRCs, so a damaged MACE file used to be
 calibrated, exported and sealed as sound ("CRC-64 verified") with slightly wrong weights: every
-record's CRC-32 is now checked first (llpr.zipcheck). A MACE model that gives NaN (NaN weights,
+record's CRC-32 is now checked first (llpr.integrity). A MACE model that gives NaN (NaN weights,
 or finite weights that overflow) is named as the culprit instead of the data."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from llpr.zipcheck import DamagedInputError, verify_zip
+from llpr.integrity import DamagedInputError, verify_zip
 
 BIN = os.path.dirname(sys.executable)
 needs_mace = pytest.mark.skipif(importlib.util.find_spec("mace") is None,
@@ -65,7 +65,7 @@ def mace_files(tmp_path_factory):
 @needs_mace
 def test_damaged_compiled_mace_file_with_finite_values_is_refused(mace_files, tmp_path):
     """The case that passed as sound: a compiled MACE file whose damaged tensor stays finite."""
-    from llpr.mace import MACEModel
+    from llpr.models.mace import MACEModel
 
     _, compiled = mace_files
     damaged = str(tmp_path / "damaged_compiled.model")
@@ -91,7 +91,7 @@ def test_damaged_compiled_mace_file_with_finite_values_is_refused(mace_files, tm
 @needs_mace
 @pytest.mark.parametrize("kind", ["pickle", "compiled code", "truncated"])
 def test_other_damage_to_mace_files_is_refused(kind, mace_files, tmp_path):
-    from llpr.mace import MACEModel
+    from llpr.models.mace import MACEModel
 
     pickled, compiled = mace_files
     damaged = str(tmp_path / ("damaged.model" if kind == "pickle" else "damaged_compiled.model"))
@@ -108,8 +108,8 @@ def test_other_damage_to_mace_files_is_refused(kind, mace_files, tmp_path):
 
 
 def test_damaged_llpr_checkpoint_is_refused(tmp_path):
-    from llpr.checkpoint import load_model, save_model
-    from llpr.model import LocalPotential
+    from llpr.models.checkpoint import load_model, save_model
+    from llpr.models.potential import LocalPotential
 
     path = str(tmp_path / "model.ckpt")
     save_model(LocalPotential([14], hidden=(8,)).to(torch.float64), path)
@@ -131,7 +131,7 @@ def test_files_that_are_not_zip_archives_are_left_to_their_readers(tmp_path):
 def test_mace_model_with_nan_weights_is_named(tmp_path):
     from mace_models import make_mace, save_mace
 
-    from llpr.mace import MACEModel
+    from llpr.models.mace import MACEModel
 
     model = make_mace([6, 14], seed=1)
     with torch.no_grad():
@@ -151,8 +151,8 @@ def test_mace_model_that_gives_nan_on_finite_inputs_is_named(tmp_path):
     from mace_models import make_mace, save_mace
 
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.mace import MACEModel
-    from llpr.uncertainty import LLPR
+    from llpr.models.mace import MACEModel
+    from llpr.uncertainty.estimator import LLPR
 
     model = make_mace([6, 14], seed=1)
     with torch.no_grad():
@@ -176,7 +176,7 @@ def test_overlapping_atoms_are_not_blamed_on_the_model(mace_files):
     from lammps_helpers import sic_zincblende
 
     from llpr.graphs import graph_tensors
-    from llpr.mace import MACEModel
+    from llpr.models.mace import MACEModel
 
     model = MACEModel.from_file(mace_files[1])
     atoms = sic_zincblende()

@@ -8,9 +8,9 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from llpr.checkpoint import load_model, save_model
+from llpr.models.checkpoint import load_model, save_model
 from llpr.graphs import graph_tensors
-from llpr.model import LocalPotential, edge_vectors_from_positions
+from llpr.models.potential import LocalPotential, edge_vectors_from_positions
 
 
 def _energy(model, atoms, dtype=torch.float64):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lammps_helpers import make_model
-from llpr.head import LLPRHead
+from llpr.uncertainty.llpr_head import LLPRHead
 
 core = pytest.importorskip("llpr._core", reason="llpr was installed without its C++ parts")
 NATIVE = core.native_kernels_unsupported_reason() == ""

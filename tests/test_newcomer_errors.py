@@ -152,8 +152,8 @@ def test_path_typo(files, tmp_path):
 
 def test_checkpoint_given_to_lammps(files, tmp_path):
     """`pair_style llpr model.ckpt`: the file llpr train wrote, not the exported one."""
-    from llpr.checkpoint import save_model
-    from llpr.model import LocalPotential
+    from llpr.models.checkpoint import save_model
+    from llpr.models.potential import LocalPotential
 
     save_model(LocalPotential([14], hidden=(8,)), str(tmp_path / "model.ckpt"))
     proc, out = _lmp(files, tmp_path, _script(model="model.ckpt"))
@@ -435,7 +435,7 @@ def _raw_lmp(script, cwd):
 def _plugin_copy(folder, torch_version=None, patch=None):
     """A copy of the installed plugin in folder/site/llpr/lib, optionally with a fake
     folder/site/torch/version.py and a byte patch (old, new) of the loader library."""
-    from llpr.plugin import plugin_dir
+    from llpr.lammps.plugin import plugin_dir
 
     lib = folder / "site" / "llpr" / "lib"
     lib.mkdir(parents=True)
@@ -464,7 +464,7 @@ def raw_lmp_available():
 def test_lammps_without_the_plugin(files, tmp_path, raw_lmp_available):
     """Another launcher of the same LAMMPS: `Unrecognized pair style 'llpr'` (LAMMPS' own
     message), fixed by `plugin load` of the file in `llpr plugin-path`."""
-    from llpr.plugin import plugin_path
+    from llpr.lammps.plugin import plugin_path
 
     shutil.copy(files["model.pt"], tmp_path / "model.pt")
     shutil.copy(files["dir"] / "si.data", tmp_path / "si.data")
@@ -529,11 +529,11 @@ def _llpr(*args, cwd):
 def test_export_before_calibration(tmp_path):
     import torch
 
-    from llpr.checkpoint import save_model
+    from llpr.models.checkpoint import save_model
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.model import LocalPotential
-    from llpr.uncertainty import LLPR
+    from llpr.models.potential import LocalPotential
+    from llpr.uncertainty.estimator import LLPR
 
     model = LocalPotential([14], hidden=(8,)).to(torch.float64)
     save_model(model, str(tmp_path / "model.ckpt"))

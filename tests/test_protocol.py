@@ -1,4 +1,4 @@
-"""The model protocol (llpr.protocol) and the checkpoint registry (llpr.checkpoint): what is
+"""The model protocol (llpr.models.protocol) and the checkpoint registry (llpr.models.checkpoint): what is
 missing is named, inconsistent metadata are refused, checkpoints rebuild registered classes."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from llpr.checkpoint import load_model, model_payload, read_checkpoint, register_model, save_model
-from llpr.model import LocalPotential
-from llpr.protocol import check_atomistic_model, model_kind
-from llpr.tabular import MLPRegressor
-from llpr.uncertainty import LLPR
+from llpr.models.checkpoint import load_model, model_payload, read_checkpoint, register_model, save_model
+from llpr.models.potential import LocalPotential
+from llpr.models.protocol import check_atomistic_model, model_kind
+from llpr.models.tabular import MLPRegressor
+from llpr.uncertainty.estimator import LLPR
 
 
 class HalfAtomistic(torch.nn.Module):
@@ -76,7 +76,7 @@ def test_registry(tmp_path):
         pass
 
     with pytest.raises(TypeError, match=r"not a registered model class; register it with "
-                                        r"llpr.checkpoint.register_model\('Unregistered', Unregistered\)"):
+                                        r"llpr.models.checkpoint.register_model\('Unregistered', Unregistered\)"):
         save_model(Unregistered(2), str(tmp_path / "u.ckpt"))
     with pytest.raises(ValueError, match="'MLPRegressor' is already registered"):
         register_model("MLPRegressor", Unregistered)

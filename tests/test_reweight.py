@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from llpr.reweight import (
+from llpr.lammps.reweight import (
     BOLTZMANN,
     ReweightWarning,
     block_length,

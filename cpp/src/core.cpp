@@ -207,7 +207,7 @@ Metadata validate(torch::jit::Module &module, const std::string &path)
   if (module.hasattr("model_info") && module.attr("model_info").isString())
     meta.model_info = module.attr("model_info").toStringRef();
 
-  // the LLPR head (submodule `head`, llpr.head.LLPRHead): float64 buffers
+  // the LLPR head (submodule `head`, llpr.uncertainty.llpr_head.LLPRHead): float64 buffers
   c10::optional<torch::jit::Module> head;
   if (!module.hasattr("head")) {
     missing.emplace_back("head");
@@ -359,7 +359,7 @@ struct Model::Impl {
   int64_t graph_atoms = 0, graph_centers = 0;
   Request graph_request;
 
-  // The uncertainty formulas are those of the file's LLPR head (llpr.head.LLPRHead), run
+  // The uncertainty formulas are those of the file's LLPR head (llpr.uncertainty.llpr_head.LLPRHead), run
   // through TorchScript: one implementation, in Python, for Python and C++. On the CPU the
   // per-step ones run natively instead (native_head.h), for a file whose head they were
   // checked to reproduce on load.

@@ -1,5 +1,5 @@
 // The per-step uncertainty formulas of the LLPR head, native on the CPU. Python twin and
-// reference: llpr.head.LLPRHead (quadratic_form, local_uncertainty, extrapolation_grade,
+// reference: llpr.uncertainty.llpr_head.LLPRHead (quadratic_form, local_uncertainty, extrapolation_grade,
 // energy_variance). The core evaluates the head's TorchScript methods everywhere except on
 // the CPU, where these run instead: a matrix product cannot skip the zero half of the
 // triangular factor, and each small TorchScript call after a model step costs tens of

@@ -37,7 +37,7 @@ def cmd_label(args) -> None:
     from ase.io import read
 
     from llpr.data import read_dataset, write_dataset
-    from llpr.labelling import label_structures
+    from llpr.lammps.labelling import label_structures
 
     frames = read(args.dump, index=":", format="lammps-dump-text")
     for atoms in frames:
@@ -54,7 +54,7 @@ def cmd_label(args) -> None:
 def fine_tune(model, train, val, epochs: int, time_limit: float, lr: float, energy_weight=100.0,
               force_weight=1.0):
     """Continue training `model` on `train` (early stopping on `val`), keeping its energy
-    reference and descriptor normalisation as they are. (llpr.train.train_model refits those
+    reference and descriptor normalisation as they are. (llpr.models.train.train_model refits those
     from the data, which is right for a new model but shifts the inputs of a trained one.)"""
     import copy
     import time
@@ -62,7 +62,7 @@ def fine_tune(model, train, val, epochs: int, time_limit: float, lr: float, ener
     import torch
 
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.train import predict_batch
+    from llpr.models.train import predict_batch
 
     dtype = next(model.parameters()).dtype
     train_loader = make_loader(AtomisticDataset(train, model.cutoff, dtype), 8, shuffle=True)
@@ -99,11 +99,11 @@ def fine_tune(model, train, val, epochs: int, time_limit: float, lr: float, ener
 def cmd_retrain(args) -> None:
     import torch
 
-    from llpr.checkpoint import load_model, save_model
+    from llpr.models.checkpoint import load_model, save_model
     from llpr.data import read_dataset
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.uncertainty import LLPR, save_llpr
+    from llpr.uncertainty.estimator import LLPR, save_llpr
 
     model = load_model(args.previous)
     dtype = next(model.parameters()).dtype

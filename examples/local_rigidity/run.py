@@ -26,9 +26,9 @@ import torch
 
 from llpr.data import split_dataset
 from llpr.graphs import AtomisticDataset, collate, make_loader, neighbor_list
-from llpr.sampling import generate_dataset
-from llpr.train import TrainConfig, train_model
-from llpr.uncertainty import LLPR
+from llpr.lammps.sampling import generate_dataset
+from llpr.models.train import TrainConfig, train_model
+from llpr.uncertainty.estimator import LLPR
 
 BOND_CUTOFF = 2.85  # A, between the first (2.35 A) and second (3.84 A) neighbour shells
 

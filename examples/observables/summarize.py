@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llpr.reweight import format_report, reweight_record
+    from llpr.lammps.reweight import format_report, reweight_record
 
     results = {}
     for T in args.temps:

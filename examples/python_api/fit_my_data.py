@@ -81,8 +81,8 @@ def main(argv=None) -> int:
     from llpr.data import split_dataset, write_dataset
     from llpr.modelfile import export_model
     from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.train import TrainConfig, train_model
-    from llpr.uncertainty import LLPR, save_llpr
+    from llpr.models.train import TrainConfig, train_model
+    from llpr.uncertainty.estimator import LLPR, save_llpr
 
     os.makedirs(args.output, exist_ok=True)
     train, val, test = split_dataset(structures, args.split, seed=args.seed)

@@ -16,10 +16,10 @@ import os
 import numpy as np
 import torch
 
-from llpr.calibrate import gaussian_nll
+from llpr.uncertainty.calibrate import gaussian_nll
 from llpr.modelfile import export_model
-from llpr.tabular import MLPRegressor, load_tabular
-from llpr.uncertainty import LLPR, load_llpr, save_llpr
+from llpr.models.tabular import MLPRegressor, load_tabular
+from llpr.uncertainty.estimator import LLPR, load_llpr, save_llpr
 
 
 def make_data(n: int, rng: np.random.Generator, x0_range=(-2.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 
-from .modelfile import has_extrapolation_grade, load_exported, require_ensemble, require_extrapolation_grade
-from .graphs import graph_tensors
+from llpr.modelfile import has_extrapolation_grade, load_exported, require_ensemble, require_extrapolation_grade
+from llpr.graphs import graph_tensors
 
 
 class LLPRCalculator(Calculator):

@@ -52,7 +52,7 @@ def _progress(args) -> bool:
 
 
 def _read(path: str, args=None):
-    from .data import read_dataset
+    from llpr.data import read_dataset
 
     keys = {k: getattr(args, k) for k in ("energy_key", "forces_key", "stress_key") if getattr(args, k, None)}
     return read_dataset(path, **keys)
@@ -60,8 +60,8 @@ def _read(path: str, args=None):
 
 def _load_model(args):
     """The model to calibrate: an `llpr train` checkpoint, or a MACE model file."""
-    from .checkpoint import load_model
-    from .mace import MACEModel, is_torchscript, mace_file_kind
+    from llpr.models.checkpoint import load_model
+    from llpr.models.mace import MACEModel, is_torchscript, mace_file_kind
 
     exists = os.path.exists(args.model)
     if exists and (mace_file_kind(args.model) is not None or is_torchscript(args.model)):
@@ -123,8 +123,8 @@ def _check_output_folder(path, option: str) -> None:
 
 
 def cmd_data(args) -> None:
-    from .data import split_dataset, write_dataset
-    from .sampling import generate_dataset
+    from llpr.data import split_dataset, write_dataset
+    from llpr.lammps.sampling import generate_dataset
 
     _check_output_folder(args.output, "-o")
     os.makedirs(args.output, exist_ok=True)
@@ -142,8 +142,8 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import TrainConfig, evaluate_errors, train_model
-    from .graphs import AtomisticDataset
+    from llpr.models.train import TrainConfig, evaluate_errors, train_model
+    from llpr.graphs import AtomisticDataset
 
     _check_output_file(args.output, "-o", "model.ckpt")
     train, val = _read(args.train, args), _read(args.val, args)
@@ -172,10 +172,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from .calibrate import check_enough_targets
-    from .graphs import AtomisticDataset, StreamingDataset, make_loader
-    from .protocol import check_atomistic_model
-    from .uncertainty import LLPR, save_llpr
+    from llpr.uncertainty.calibrate import check_enough_targets
+    from llpr.graphs import AtomisticDataset, StreamingDataset, make_loader
+    from llpr.models.protocol import check_atomistic_model
+    from llpr.uncertainty.estimator import LLPR, save_llpr
 
     _check_output_file(args.output, "-o", "llpr.ckpt")
     model = _load_model(args)
@@ -185,7 +185,7 @@ def cmd_calibrate(args) -> None:
         raise ValueError(
             f"llpr calibrate fits atomistic models on structures; '{args.model}' holds a "
             f"{type(model).__name__}, which is not one ({exc}); calibrate it from Python "
-            "(llpr.uncertainty.LLPR, docs/python_api.md)"
+            "(llpr.uncertainty.estimator.LLPR, docs/python_api.md)"
         ) from None
     dtype = next(model.parameters()).dtype
     rank, world = _distributed()
@@ -224,8 +224,8 @@ def cmd_calibrate(args) -> None:
 def cmd_export(args) -> None:
     import torch
 
-    from .modelfile import export_model
-    from .uncertainty import load_llpr
+    from llpr.modelfile import export_model
+    from llpr.uncertainty.estimator import load_llpr
 
     _check_output_file(args.output, "-o", "model.pt")
     llpr = load_llpr(args.checkpoint)
@@ -236,7 +236,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_model, format_summary, write_metrics_json, write_plots
+    from llpr.evaluate import evaluate_model, format_summary, write_metrics_json, write_plots
 
     _check_output_file(args.json, "--json", "metrics.json")
     _check_output_folder(args.plots, "--plots")
@@ -253,7 +253,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_check(args) -> None:
-    from .plugin import check_model
+    from llpr.lammps.plugin import check_model
 
     info = check_model(args.model)
     for key, value in info.items():
@@ -266,7 +266,7 @@ def cmd_check(args) -> None:
 def cmd_reweight(args) -> None:
     import warnings
 
-    from .reweight import ReweightWarning, format_report, plot_result, reweight_record, write_json
+    from llpr.lammps.reweight import ReweightWarning, format_report, plot_result, reweight_record, write_json
 
     blocks = "auto" if args.blocks == "auto" else int(args.blocks)
     for path in (args.json, args.plot):
@@ -286,7 +286,7 @@ def cmd_reweight(args) -> None:
 
 
 def cmd_plugin_path(args) -> None:
-    from .plugin import plugin_dir
+    from llpr.lammps.plugin import plugin_dir
 
     print(plugin_dir())
 

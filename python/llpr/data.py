@@ -1,8 +1,8 @@
 """Datasets: the label convention of llpr's reference structures, extended-XYZ files of them
 and deterministic train / validation / test splits.
 
-Structures come from :func:`llpr.sampling.generate_dataset` (molecular dynamics in LAMMPS),
-from :func:`llpr.labelling.label_structures` (any structure, labelled with a LAMMPS
+Structures come from :func:`llpr.lammps.sampling.generate_dataset` (molecular dynamics in LAMMPS),
+from :func:`llpr.lammps.labelling.label_structures` (any structure, labelled with a LAMMPS
 potential) or from the user's own extended-XYZ file. Label convention (read by every other
 part of llpr):
 
@@ -13,8 +13,8 @@ part of llpr):
   evaluation use it where present, see :func:`stress_label`). A file that gives the virial
   instead (extended-XYZ key ``virial``, 3x3, eV, the convention ``virial = -stress * volume``)
   is read as that stress;
-* ``atoms.info["config_type"]``: one of :data:`llpr.sampling.CONFIG_TYPES` or ``"user"``;
-* ``atoms.info["potential"]`` (a key of :data:`llpr.labelling.POTENTIALS`) and, for MD
+* ``atoms.info["config_type"]``: one of :data:`llpr.lammps.sampling.CONFIG_TYPES` or ``"user"``;
+* ``atoms.info["potential"]`` (a key of :data:`llpr.lammps.labelling.POTENTIALS`) and, for MD
   snapshots, ``atoms.info["temperature"]`` (K).
 
 Labels that are present must be finite, and a structure needs atoms and, along each periodic
@@ -216,7 +216,7 @@ def read_dataset(path: str, require_labels: bool = True, energy_key: str = "ener
                     "energy= in the comment line and a forces column (found keys: "
                     f"{', '.join(found) or 'none'}; name yours with --energy-key / --forces-key "
                     "(energy_key= / forces_key=), or label the structures with "
-                    "llpr.labelling.label_structures)"
+                    "llpr.lammps.labelling.label_structures)"
                 )
     return frames
 

@@ -21,11 +21,11 @@ from scipy.special import erfinv
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from .calibrate import gaussian_nll
-from .data import check_structure, stress_label, structure_name
-from .modelfile import calibration_warnings, ensemble_size, has_extrapolation_grade, load_exported, require_ensemble
-from .graphs import graph_tensors
-from .train import voigt_stress
+from llpr.uncertainty.calibrate import gaussian_nll
+from llpr.data import check_structure, stress_label, structure_name
+from llpr.modelfile import calibration_warnings, ensemble_size, has_extrapolation_grade, load_exported, require_ensemble
+from llpr.graphs import graph_tensors
+from llpr.models.train import voigt_stress
 
 Z95 = 1.959963984540054
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/A^3 in GPa
@@ -143,7 +143,7 @@ def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, str
     broken evaluation would be NaN, or a miss counted as a number."""
     from ase.calculators.calculator import CalculationFailed
 
-    from .ase import _check_finite
+    from llpr.ase import _check_finite
 
     graph = graph_tensors(atoms, float(module.cutoff), module.dtype, where=where)
     inputs = tuple(graph.values())

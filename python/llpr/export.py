@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .head import LLPRHead
-from .propagation import accumulate_pass_rows, add_edge_gradient, combine_passes, pass_plan
-from .protocol import check_atomistic_model
+from llpr.uncertainty.llpr_head import LLPRHead
+from llpr.uncertainty.propagation import accumulate_pass_rows, add_edge_gradient, combine_passes, pass_plan
+from llpr.models.protocol import check_atomistic_model
 
 FORMAT_VERSION = 2
 ENERGY_UNIT = "eV"
@@ -77,7 +77,7 @@ class ExportedLLPRModel(nn.Module):
     in float64.
 
     The LLPR state and every uncertainty formula live in the submodule ``head``
-    (:class:`llpr.head.LLPRHead`): the covariance factor, ``alpha``, ``varsigma`` and the
+    (:class:`llpr.uncertainty.llpr_head.LLPRHead`): the covariance factor, ``alpha``, ``varsigma`` and the
     last-layer ensemble ``dw_k = w_k - w`` (K, F) (K = 0: no ensemble); ``ensemble_forward``
     (same inputs as ``forward``) gives the members' energy, force and virial deviations.
     """

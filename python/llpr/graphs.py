@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from vesin import NeighborList
 
-from .data import check_structure, stress_label, structure_name
+from llpr.data import check_structure, stress_label, structure_name
 
 
 def neighbor_list(atoms, cutoff: float, where: str = "structure") -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +91,7 @@ class AtomisticDataset(torch.utils.data.Dataset):
             if require_labels and (energy is None or forces is None):
                 raise ValueError(
                     f"{where} has no energy/forces labels (atoms.info['energy'], "
-                    "atoms.arrays['forces']); label it first, e.g. with llpr.labelling.label_structures"
+                    "atoms.arrays['forces']); label it first, e.g. with llpr.lammps.labelling.label_structures"
                 )
             if energy is not None:
                 item["energy"] = torch.tensor(float(energy), dtype=torch.float64)
@@ -139,7 +139,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def __iter__(self):
         from ase.io import iread
 
-        from .data import rename_labels
+        from llpr.data import rename_labels
 
         for k, atoms in enumerate(iread(self.path, index=":", format="extxyz")):
             if k % self.world_size != self.rank:

@@ -1,7 +1,7 @@
 """Model files: write a calibrated LLPR to one sealed TorchScript file, and read one back.
 
 :func:`export_model` wraps an atomistic model in :class:`llpr.export.ExportedLLPRModel` (what
-LAMMPS runs) and a tabular one in :class:`llpr.tabular.ExportedTabularModel`, saves it and
+LAMMPS runs) and a tabular one in :class:`llpr.models.tabular.ExportedTabularModel`, saves it and
 seals it with a whole-file checksum. :func:`load_exported` reads a file after the C++ core, the
 validator LAMMPS uses too, has checked it.
 """
@@ -14,24 +14,24 @@ from typing import Optional
 
 import torch
 
-from . import __version__
-from .export import ExportedLLPRModel
-from .plugin import _core
-from .protocol import readout_weights
-from .tabular import ExportedTabularModel
-from .uncertainty import LLPR
+from llpr import __version__
+from llpr.export import ExportedLLPRModel
+from llpr.lammps.plugin import _core
+from llpr.models.protocol import readout_weights
+from llpr.models.tabular import ExportedTabularModel
+from llpr.uncertainty.estimator import LLPR
 
 
 def export_model(
     llpr, path: str, dtype: Optional[torch.dtype] = None, ensemble: int = 0, seed: int = 0
 ) -> str:
-    """Write ``llpr`` (a fitted and calibrated :class:`llpr.uncertainty.LLPR`) to one
+    """Write ``llpr`` (a fitted and calibrated :class:`llpr.uncertainty.estimator.LLPR`) to one
     TorchScript file at ``path``: an :class:`ExportedLLPRModel` for an atomistic model (what
-    LAMMPS runs), an :class:`llpr.tabular.ExportedTabularModel` for a tabular one.
+    LAMMPS runs), an :class:`llpr.models.tabular.ExportedTabularModel` for a tabular one.
 
     ``dtype`` (torch.float32 / torch.float64) converts the model first; the LLPR head is
     float64 in any case. ``ensemble`` = K >= 2 adds a last-layer ensemble of K members drawn
-    with ``seed`` (:meth:`llpr.uncertainty.LLPR.ensemble_deviations`); 0 (default) adds none.
+    with ``seed`` (:meth:`llpr.uncertainty.estimator.LLPR.ensemble_deviations`); 0 (default) adds none.
     The file is sealed with a whole-file checksum (docs/model-format.md). Returns the path.
     """
     if not isinstance(llpr, LLPR):
@@ -59,7 +59,7 @@ def export_model(
     else:
         raise TypeError(
             f"cannot export {type(llpr.model).__name__}: it follows neither llpr model protocol "
-            "(llpr.protocol.AtomisticModel, llpr.protocol.TabularModel)"
+            "(llpr.models.protocol.AtomisticModel, llpr.models.protocol.TabularModel)"
         )
     with warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is what libtorch in

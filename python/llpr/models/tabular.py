@@ -2,9 +2,9 @@
 
 * :class:`MLPRegressor`: ``prediction = features(x) @ w`` with a constant 1 as the last
   feature (the read-out's bias is part of the last layer LLPR treats); it follows
-  :class:`llpr.protocol.TabularModel`.
+  :class:`llpr.models.protocol.TabularModel`.
 * :class:`ExportedTabularModel`: what :func:`llpr.modelfile.export_model` writes for a tabular
-  model, one TorchScript file with the regressor, the calibrated :class:`llpr.head.LLPRHead`
+  model, one TorchScript file with the regressor, the calibrated :class:`llpr.uncertainty.llpr_head.LLPRHead`
   and the target scaling; ``forward(x) -> (prediction, sigma)`` in the user's units.
   :func:`load_tabular` reads it back after checking its integrity seal.
 """
@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .head import LLPRHead
-from .plugin import _core
+from llpr.uncertainty.llpr_head import LLPRHead
+from llpr.lammps.plugin import _core
 
 TABULAR_FORMAT_VERSION = 1
 

@@ -1,6 +1,6 @@
 """Deep-ensemble baseline: K independently trained potentials (the committee approach).
 
-Each member is trained with :func:`llpr.train.train_model` on the same data with the same
+Each member is trained with :func:`llpr.models.train.train_model` on the same data with the same
 budget and a different seed. The ensemble predicts the member mean; its uncertainty is the
 member spread, scaled by one factor ``s`` fitted in closed form on a validation set
 (minimum Gaussian NLL, ``s^2 = mean(error^2 / variance)``), the same calibration freedom

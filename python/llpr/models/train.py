@@ -1,12 +1,12 @@
-"""Train: fit an atomistic model (:class:`llpr.protocol.AtomisticModel`, by default a
-:class:`~llpr.model.LocalPotential`) to energies, forces and, where labelled, stresses.
+"""Train: fit an atomistic model (:class:`llpr.models.protocol.AtomisticModel`, by default a
+:class:`~llpr.models.potential.LocalPotential`) to energies, forces and, where labelled, stresses.
 
 Weighted loss ``w_E * MSE(E/N) + w_F * MSE(F) + w_S * MSE(stress)`` (per-atom energies so
 that cells of different sizes weigh alike; the stress term over the Voigt components of the
 structures that have a stress label, so a batch without any adds nothing). Forces and the
 virial come from one gradient of the energy with respect to the edge vectors ``r_e``:
 ``F_i = sum_(e from i) dE/dr_e - sum_(e to i) dE/dr_e`` and ``W = -sum_e r_e (x) dE/dr_e``,
-the same convention as the exported file (:mod:`llpr.propagation`); the stress is
+the same convention as the exported file (:mod:`llpr.uncertainty.propagation`); the stress is
 ``-W / volume`` (ASE's sign). Adam with a reduce-on-plateau learning-rate schedule,
 validation-based early stopping (the best validation state is kept), an optional wall-clock
 budget, checkpoints and a tqdm progress bar. Before the first epoch, the per-species reference
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import registered_model, save_model
-from .graphs import AtomisticDataset, make_loader
-from .model import edge_vectors_from_positions
-from .protocol import AtomisticModel, check_atomistic_model
+from llpr.models.checkpoint import registered_model, save_model
+from llpr.graphs import AtomisticDataset, make_loader
+from llpr.models.potential import edge_vectors_from_positions
+from llpr.models.protocol import AtomisticModel, check_atomistic_model
 
 
 #: default weight of the stress term: a stress error of 0.005 eV/A^3 (0.8 GPa) weighs as much as
@@ -55,7 +55,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     num_threads: int | None = None
-    model_class: str = "LocalPotential"  # a name registered with llpr.checkpoint.register_model
+    model_class: str = "LocalPotential"  # a name registered with llpr.models.checkpoint.register_model
     model: dict = field(default_factory=dict)  # its keyword arguments (besides species)
 
 
@@ -216,9 +216,9 @@ def train_model(
 ) -> tuple[AtomisticModel, dict]:
     """Train a potential on ``train_atoms`` with early stopping on ``val_atoms``.
 
-    ``model``: any :class:`llpr.protocol.AtomisticModel`; by default a new
+    ``model``: any :class:`llpr.models.protocol.AtomisticModel`; by default a new
     ``config.model_class`` (registered name) built with the training set's species and
-    ``config.model``. A ``checkpoint`` needs a registered class (:mod:`llpr.checkpoint`).
+    ``config.model``. A ``checkpoint`` needs a registered class (:mod:`llpr.models.checkpoint`).
 
     Returns the model in its best-validation state and a history dict (per-epoch losses,
     learning rates, RMSEs, wall time).

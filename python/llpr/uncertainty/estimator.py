@@ -1,7 +1,7 @@
 """The LLPR estimator: ``fit`` / ``calibrate`` / ``predict`` for any torch model with a
 linear last layer.
 
-The model is atomistic or tabular (:mod:`llpr.protocol`), which chooses the default feature
+The model is atomistic or tabular (:mod:`llpr.models.protocol`), which chooses the default feature
 function: :func:`atomistic_outputs` or :func:`tabular_outputs`.
 
 A *feature function* maps ``(model, batch)`` to a dict with
@@ -26,7 +26,7 @@ hence ``alpha``, ``sigma`` and the NLL are then all in the units of ``y``.
 Last-layer ensemble (Laplace sampling of the read-out): :meth:`LLPR.sample_ensemble` draws
 ``w_k ~ N(w, alpha^2 C^-1)`` (re-centred on ``w``), and ``predict(batch, ensemble=W,
 forces=True)`` propagates them to per-member predictions and forces (see
-:mod:`llpr.propagation` for the conventions).
+:mod:`llpr.uncertainty.propagation` for the conventions).
 """
 
 from __future__ import annotations
@@ -36,18 +36,18 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .calibrate import CalibrationResult, calibrate_hyperparameters
-from .checkpoint import model_from_payload, read_llpr_payload, save_llpr_payload
-from .extrapolation import MaximumAccumulator
-from .fit import CovarianceAccumulator
-from .head import LLPRHead
-from .model import edge_vectors_from_positions
-from .propagation import edge_gradients_to_forces, ensemble_force_virial_deviations, sample_deviations
-from .protocol import model_kind, readout_weights, tabular_input
+from llpr.uncertainty.calibrate import CalibrationResult, calibrate_hyperparameters
+from llpr.models.checkpoint import model_from_payload, read_llpr_payload, save_llpr_payload
+from llpr.uncertainty.fit import MaximumAccumulator
+from llpr.uncertainty.fit import CovarianceAccumulator
+from llpr.uncertainty.llpr_head import LLPRHead
+from llpr.models.potential import edge_vectors_from_positions
+from llpr.uncertainty.propagation import edge_gradients_to_forces, ensemble_force_virial_deviations, sample_deviations
+from llpr.models.protocol import model_kind, readout_weights, tabular_input
 
 
 def atomistic_outputs(model, batch: dict) -> dict:
-    """Feature function for atomistic models (:class:`llpr.protocol.AtomisticModel`) on
+    """Feature function for atomistic models (:class:`llpr.models.protocol.AtomisticModel`) on
     batches from :func:`llpr.graphs.collate`."""
     if not torch.isfinite(batch["positions"]).all():
         raise ValueError("structure has non-finite (NaN or inf) positions")
@@ -73,7 +73,7 @@ def atomistic_outputs(model, batch: dict) -> dict:
 
 
 def tabular_outputs(model, batch) -> dict:
-    """Feature function for tabular models (:class:`llpr.protocol.TabularModel`): batches are
+    """Feature function for tabular models (:class:`llpr.models.protocol.TabularModel`): batches are
     ``(x, y)`` pairs or plain ``x`` (tensors or arrays, any floating dtype: ``x`` is converted
     to the model's); ``prediction = features(x) @ w`` in the model's (standardised) units."""
     x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
@@ -93,7 +93,7 @@ class LLPR:
     >>> llpr = LLPR(model).fit(train_loader).calibrate(val_loader)
     >>> out = llpr.predict(batch)   # prediction, variance, sigma (+ atom_sigma, lpr)
 
-    ``model`` follows :mod:`llpr.protocol` (atomistic or tabular) unless a ``feature_fn(model,
+    ``model`` follows :mod:`llpr.models.protocol` (atomistic or tabular) unless a ``feature_fn(model,
     batch)`` is given. ``target_scale`` and ``target_shift`` (tabular models only): the model
     predicts ``(y - target_shift) / target_scale``; the targets in the batches are ``y``, and
     predictions, ``alpha``, ``sigma`` and the NLL come out in the units of ``y``.
@@ -203,7 +203,7 @@ class LLPR:
         """Per-atom force errors (M, 3) and the force Jacobian of the summed features, ``d(sum_j
         f_j)/d r_ic`` (M, 3, F), over a loader of atomistic batches with reference forces."""
         if self.kind != "atomistic":
-            raise ValueError("force calibration needs an atomistic model (llpr.protocol.AtomisticModel)")
+            raise ValueError("force calibration needs an atomistic model (llpr.models.protocol.AtomisticModel)")
         n = self.covariance.shape[0]
         # one backward pass per feature: the force "deviations" of the unit read-outs e_k are
         # minus the Jacobian rows (the sign cancels in the quadratic form)
@@ -226,7 +226,7 @@ class LLPR:
         ``force_weight`` w > 0: minimise ``NLL_energy + w NLL_force`` (mean NLL over structures
         plus w times the mean over force components), which calibrates the force sigma too
         (atomistic models; the batches need reference forces). ``sigma_power=True``: fit the
-        power law ``sigma = s (sqrt q)^b`` on the energies (see :mod:`llpr.calibrate`).
+        power law ``sigma = s (sqrt q)^b`` on the energies (see :mod:`llpr.uncertainty.calibrate`).
         ``extra``: a second loader of structures (e.g. a few unlike the training set) added to
         the calibration set; ``extra_source`` names it in the calibration record. With
         ``train_loader`` (the training set given to :meth:`fit`), also record the extrapolation
@@ -311,7 +311,7 @@ class LLPR:
         return self._cholesky
 
     def head(self, ensemble: int = 0, seed: int = 0) -> LLPRHead:
-        """The calibrated :class:`llpr.head.LLPRHead` (what the exported file carries), with a
+        """The calibrated :class:`llpr.uncertainty.llpr_head.LLPRHead` (what the exported file carries), with a
         last-layer ensemble of ``ensemble`` members drawn with ``seed`` when ``ensemble`` >= 2."""
         self._require_calibrated("build the LLPR head")
         if ensemble == 0:
@@ -459,7 +459,7 @@ class LLPR:
 
 def save_llpr(llpr: LLPR, path: str) -> None:
     """Save a fitted (and possibly calibrated) LLPR: the model (a registered class, see
-    :mod:`llpr.checkpoint`), its covariance, calibration and target scaling."""
+    :mod:`llpr.models.checkpoint`), its covariance, calibration and target scaling."""
     save_llpr_payload(path, llpr.model, llpr.state_dict())
 
 

@@ -335,7 +335,7 @@ def _ess_note(ess, beta_dE, min_fraction, min_frames, prefix=""):
         "(CEA) values are no way out: the expansion is first order in beta*dE_k and has been seen off by up to a "
         "model sigma where the ESS was still 12% (benchmarks/results/reweighting_physics.md). Reweight a smaller "
         "system (the spread of dE_k grows with the square root of the number of atoms) or a higher temperature, or "
-        "run the flagged members directly (llpr.reweight.export_member). A longer run raises the number of "
+        "run the flagged members directly (llpr.lammps.reweight.export_member). A longer run raises the number of "
         "effective frames but not their fraction"
     )
 
@@ -786,8 +786,8 @@ def export_member(llpr, path: str, member: int, ensemble: int, seed: int = 0, dt
     same LLPR head and no ensemble. Running MD with it directly checks the reweighting."""
     import torch
 
-    from .modelfile import export_model
-    from .protocol import readout_weights
+    from llpr.modelfile import export_model
+    from llpr.models.protocol import readout_weights
 
     if not 1 <= int(member) <= int(ensemble):
         raise ValueError(f"member must be between 1 and {ensemble}, got {member}")
