@@ -90,17 +90,18 @@ def test_registry(tmp_path):
         load_model(str(tmp_path / "nope.ckpt"))
 
 
-def test_legacy_checkpoint_still_loads(tmp_path):
-    """llpr 0.1 wrote LocalPotential checkpoints without the class name."""
+def test_checkpoint_of_another_kind_is_refused(tmp_path):
+    """A checkpoint whose kind is not llpr's model kind (e.g. one without the class name) is
+    refused, saying how to write it again."""
     torch.manual_seed(0)
     model = LocalPotential([14], hidden=(8,)).double()
     payload = model_payload(model)
     payload.pop("class")
     payload["kind"] = "llpr.LocalPotential"
     torch.save(payload, str(tmp_path / "old.ckpt"))
-    loaded = load_model(str(tmp_path / "old.ckpt"))
-    for name, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], value)
+    with pytest.raises(ValueError, match="is not a model checkpoint of this llpr .its kind is 'llpr.LocalPotential', "
+                                         "not 'llpr.model'.; write it again with `llpr train`"):
+        load_model(str(tmp_path / "old.ckpt"))
 
 
 def test_cli_calibrate_of_a_tabular_checkpoint_says_what_to_do(tmp_path):

@@ -333,7 +333,7 @@ def _ess_note(ess, beta_dE, min_fraction, min_frames, prefix=""):
         f"of their weights is below {threshold:.0f} of {frames} frames (smallest: {ess[worst]:.1f} frames, member "
         f"{worst + 1}, whose beta*dE_k varies by {spread:.2f} (std) along the trajectory). The cumulant-expansion "
         "(CEA) values are no way out: the expansion is first order in beta*dE_k and has been seen off by up to a "
-        "model sigma where the ESS was still 12% (benchmarks/results/reweighting_physics.md). Reweight a smaller "
+        "model sigma where the ESS was still above this warning's threshold (docs/method.md). Reweight a smaller "
         "system (the spread of dE_k grows with the square root of the number of atoms) or a higher temperature, or "
         "run the flagged members directly (llpr.lammps.reweight.export_member). A longer run raises the number of "
         "effective frames but not their fraction"

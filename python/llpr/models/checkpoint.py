@@ -23,8 +23,6 @@ from llpr.integrity import verify_zip
 
 MODEL_KIND = "llpr.model"
 LLPR_KIND = "llpr.LLPR"
-# what llpr 0.1 wrote for a LocalPotential (still read)
-_LEGACY_KINDS = {"llpr.LocalPotential": "LocalPotential"}
 
 _REGISTRY: Dict[str, type] = {}
 
@@ -100,8 +98,7 @@ def model_payload(model: nn.Module, extra: Optional[Dict[str, object]] = None) -
 
 def model_from_payload(payload: Dict[str, object]) -> nn.Module:
     """The model a :func:`model_payload` describes, in eval mode."""
-    name = payload.get("class") or _LEGACY_KINDS.get(payload.get("kind"))
-    model = registered_model(name)(**payload["config"])
+    model = registered_model(payload.get("class"))(**payload["config"])
     model = model.to(torch.float64 if payload["dtype"] == "float64" else torch.float32)
     model.load_state_dict(payload["state_dict"])
     model.eval()
@@ -125,7 +122,7 @@ def read_checkpoint(path: str) -> Dict[str, object]:
 
 
 def _is_model_payload(payload: Dict[str, object]) -> bool:
-    return payload.get("kind") == MODEL_KIND or payload.get("kind") in _LEGACY_KINDS
+    return payload.get("kind") == MODEL_KIND
 
 
 def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, object]] = None) -> None:
@@ -137,7 +134,8 @@ def load_model(path: str) -> nn.Module:
     """Load a model checkpoint written by :func:`save_model` (e.g. by `llpr train`)."""
     payload = read_checkpoint(path)
     if not _is_model_payload(payload):
-        raise ValueError(f"'{path}' is not a model checkpoint (found {payload.get('kind')!r})")
+        raise ValueError(f"'{path}' is not a model checkpoint of this llpr (its kind is {payload.get('kind')!r}, "
+                         f"not {MODEL_KIND!r}); write it again with `llpr train` or llpr.save_model")
     return model_from_payload(payload)
 
 

@@ -33,9 +33,7 @@ from llpr.models.protocol import AtomisticModel, check_atomistic_model
 
 
 #: default weight of the stress term: a stress error of 0.005 eV/A^3 (0.8 GPa) weighs as much as
-#: a force error of 0.05 eV/A (force_weight 1). On silicon (SW labels, 42 training structures)
-#: it cut the test stress RMSE 3-5x against no stress term, with the energy and force errors
-#: unchanged within the run-to-run spread; 10x more began to cost force accuracy.
+#: a force error of 0.05 eV/A (force_weight 1); how it was chosen: docs/tutorial.md.
 STRESS_WEIGHT = 100.0
 
 

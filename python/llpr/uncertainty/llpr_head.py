@@ -22,8 +22,8 @@ one implementation of each formula. With ``C = F^T F + varsigma^2 I = L L^T``:
 
 The quadratic form is evaluated as a product with the precomputed triangular inverse
 ``L^-1``: a matrix product is faster than a triangular solve on the same rows and agrees with
-it to round-off even for ill-conditioned covariances (``benchmarks/quadratic_form.py``
-measures both). On a CPU it runs in blocks of rows that stay in cache.
+it to round-off even for ill-conditioned covariances (docs/performance.md). On a CPU it runs
+in blocks of rows that stay in cache.
 
 This module is the reference. The C++ core (LAMMPS, ``llpr._core``) evaluates the per-step
 formulas (:meth:`quadratic_form`, :meth:`local_uncertainty`, :meth:`extrapolation_grade`,
