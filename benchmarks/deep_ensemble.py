@@ -17,8 +17,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .graphs import AtomisticDataset, make_loader
-from .train import TrainConfig, predict_batch, train_model
+from llpr.graphs import AtomisticDataset, make_loader
+from llpr.models.train import TrainConfig, predict_batch, train_model
 
 
 class DeepEnsemble:

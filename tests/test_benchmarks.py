@@ -24,6 +24,7 @@ def run_benchmark(script: str, *args: str, timeout: float = 900) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_lammps_performance_quick(tmp_path):
     run_benchmark("lammps_performance.py", "--quick", "--out", str(tmp_path / "perf"))
     r = json.loads((tmp_path / "perf.json").read_text())
@@ -53,6 +54,7 @@ def test_lammps_performance_quick(tmp_path):
         assert target in md
 
 
+@pytest.mark.slow
 def test_uncertainty_overhead_quick(tmp_path):
     """The issue-12 measurement: both paths run, give finite costs, and the report states the target."""
     run_benchmark("uncertainty_overhead.py", "--quick", "--out", str(tmp_path / "u"))
@@ -64,6 +66,7 @@ def test_uncertainty_overhead_quick(tmp_path):
     assert "<= 1% of a step" in (tmp_path / "u.md").read_text()
 
 
+@pytest.mark.slow
 def test_quadratic_form_quick(tmp_path):
     """Solve, product and native kernel timed; their agreement is within 1e-12 on both covariances."""
     out = tmp_path / "q.md"
@@ -102,6 +105,7 @@ def test_unknown_device_is_refused(script):
     assert "--device gpu: unknown device; use cpu, cuda or cuda:N" in proc.stderr
 
 
+@pytest.mark.slow
 def test_gpu_performance_runs_on_the_cpu(tmp_path):
     """benchmarks/gpu_performance.py end to end with the model on the CPU (tiny sizes): every
     section produces finite numbers, the larger sizes stop for a stated reason, and the report
@@ -142,6 +146,7 @@ def test_gpu_check_without_gpu_stops_at_once(tmp_path):
     assert "installed" not in proc.stdout and "pytest" not in proc.stdout  # nothing set up, nothing run
 
 
+@pytest.mark.slow
 def test_biased_md_quick(tmp_path):
     """benchmarks/biased_md.py end to end at tiny sizes: every setting explored, timed and
     driving one active-learning round, with finite numbers in the report."""
@@ -166,6 +171,7 @@ def test_biased_md_quick(tmp_path):
     assert "target <= 1.05" in md and "| tau relative 0.3 |" in md
 
 
+@pytest.mark.slow
 def test_reweighting_physics_quick(tmp_path):
     """benchmarks/reweighting_physics.py end to end at tiny sizes: the mean model's runs are
     reweighted from their fix llpr/record records (written with its file, one run each), the
@@ -188,6 +194,7 @@ def test_reweighting_physics_quick(tmp_path):
     assert (tmp_path / "rw_rdf.png").exists() and "| density (g/cm^3) |" in (tmp_path / "rw.md").read_text()
 
 
+@pytest.mark.slow
 def test_extrapolation_grade_quick(tmp_path):
     """The OOD benchmark runs (tiny sizes); its AUROCs agree with a direct count of pairs, and
     the max-sigma and max-gamma scores rank the structures identically."""
@@ -210,6 +217,7 @@ def test_extrapolation_grade_quick(tmp_path):
     assert auroc([1.0], [1.0]) == 0.5
 
 
+@pytest.mark.slow
 def test_calibration_variants_quick(tmp_path):
     """Every calibration variant gets a row (ID and OOD) next to the deep ensemble, and each row
     was calibrated as its name says."""

@@ -333,6 +333,7 @@ class PageRunner:
 RUN_PAGES = [p for p in PAGES if any(b.lang in RUN_LANGS for b in page_blocks(p))]
 
 
+@pytest.mark.slow
 @pytest.mark.lammps
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning", "ignore::UserWarning")
 @pytest.mark.parametrize("page", RUN_PAGES)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
-from deep_ensemble import DeepEnsemble
+# the deep ensemble is a benchmark baseline: it lives in benchmarks/, which is no package
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from deep_ensemble import DeepEnsemble  # noqa: E402
 from llpr.models.train import TrainConfig
 
 

@@ -81,6 +81,7 @@ def _link_demo(demo, folder):
             (target / rel).write_bytes(path.read_bytes())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_readme_runs(example, demo_output, tmp_path):
     page = f"examples/{example}/README.md"

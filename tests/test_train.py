@@ -119,6 +119,7 @@ def test_stress_term_of_the_loss_covers_the_labelled_structures_only(si_splits):
     assert (s_sq, s_n) == (0.0, 0) and torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_training_with_stress_lowers_the_stress_error(si_splits):
     """The same model, data and seed trained with the default stress weight and with none:
     the stress term lowers the stress RMSE on the test structures, which all have labels
