@@ -102,7 +102,7 @@ def run_variants(model, train, val, test, ood, extra, args, verbose=False):
             if set_name == "OOD test":
                 ood_kinds[name] = per_kind_nll(pred, data)
         if verbose:
-            print(f"{name}: alpha {llpr.alpha:.4g} varsigma {llpr.varsigma:.4g} b {llpr.calibration.sigma_power:.3g}; "
+            print(f"{name}: alpha {llpr.alpha:.4g} varsigma {llpr.varsigma:.4g} b {llpr.calibration_.sigma_power:.3g}; "
                   f"ID NLL {results['ID test'][name]['nll']:.3f} OOD NLL {results['OOD test'][name]['nll']:.3f}",
                   flush=True)
     return results, calibrations, ood_kinds

@@ -156,8 +156,8 @@ def main() -> None:
 
     result = {"command": " ".join(["python", "benchmarks/extrapolation_grade.py"] + sys.argv[1:]),
               "epochs": args.epochs, "seed": args.seed, "n_per_type": args.n_per_type,
-              "n_train": len(train), "n_val": len(val), "n_train_atoms": llpr.n_train_atoms,
-              "max_train_q": llpr.max_train_q,
+              "n_train": len(train), "n_val": len(val), "n_train_atoms": llpr.n_train_atoms_,
+              "max_train_q": llpr.max_train_q_,
               "max_train_q_config_type": train[int(np.argmax(train_max))].info["config_type"],
               "train_max_gamma": float(train_max.max()), "alpha": llpr.alpha, "varsigma": llpr.varsigma,
               "best_epoch": history["best_epoch"], "references": id_rows, "tables": tables,

@@ -165,22 +165,13 @@ def si_and_sic_models(directory):
 
 # --------------------------------------------------------------------------- Python reference
 def reference(model_path, atoms):
-    """The exported module run in Python (vesin neighbour list): a dict of float64 numpy arrays
-    with energy, energies, forces, virial (3x3), virial_atom, features, sigma, lpr, the
-    sigma of the total energy and, when the file has max q, the extrapolation grade gamma."""
-    from llpr.modelfile import has_extrapolation_grade, load_exported
-    from llpr.graphs import graph_tensors
+    """The exported module run in Python (vesin neighbour list) by llpr.modelfile.run_exported,
+    the path of the ASE calculator and `llpr evaluate` too: a dict of float64 numpy arrays with
+    energy, energies, forces, virial (3x3), virial_atom, features, sigma, lpr, the sigma of the
+    total energy, the graph and, when the file has max q, the extrapolation grade gamma."""
+    from llpr.modelfile import load_exported, run_exported
 
-    module = load_exported(model_path)
-    g = graph_tensors(atoms, module.cutoff, module.dtype)
-    out = module(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], len(atoms), True, True)
-    res = {k: v.detach().to(torch.float64).numpy() for k, v in out.items()}
-    res["energy"] = float(out["energy"])
-    res["energy_sigma"] = float(torch.sqrt(module.energy_variance(out["features"].sum(0))))
-    if has_extrapolation_grade(module):
-        res["gamma"] = module.head.extrapolation_grade(out["features"]).numpy()
-    res["graph"] = {k: v.numpy() for k, v in g.items()}
-    return res
+    return run_exported(load_exported(model_path), atoms, forces=True, virial=True)
 
 
 # ------------------------------------------------------------------------------------ LAMMPS

@@ -209,7 +209,7 @@ def test_grid_edge_warning_is_recorded_and_shown(files, small_model, capsys):
         assert main(["-q", "calibrate", "--model", f"{d}/m.ckpt", "--train", f"{d}/train.xyz",
                      "--val", f"{d}/edge.xyz", "-o", f"{d}/edge.ckpt"]) == 0
     capsys.readouterr()
-    recorded = load_llpr(f"{d}/edge.ckpt").calibration.warnings
+    recorded = load_llpr(f"{d}/edge.ckpt").calibration_.warnings
     assert len(recorded) == 1 and "edge of the search grid" in recorded[0]
     assert main(["export", f"{d}/edge.ckpt", "-o", f"{d}/edge.pt"]) == 0
     assert check_model(f"{d}/edge.pt")["calibration"]["warnings"] == recorded
@@ -224,7 +224,7 @@ def test_grid_edge_warning_is_recorded_and_shown(files, small_model, capsys):
     # a calibration without problems records none, and says nothing
     assert main(["-q", "calibrate", "--model", f"{d}/m.ckpt", "--train", f"{d}/train.xyz",
                  "--val", f"{d}/val.xyz", "-o", f"{d}/ok.ckpt"]) == 0
-    assert load_llpr(f"{d}/ok.ckpt").calibration.warnings == []
+    assert load_llpr(f"{d}/ok.ckpt").calibration_.warnings == []
     assert main(["export", f"{d}/ok.ckpt", "-o", f"{d}/ok.pt"]) == 0
     capsys.readouterr()
     assert main(["check", f"{d}/ok.pt"]) == 0

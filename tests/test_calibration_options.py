@@ -121,7 +121,7 @@ def test_force_jacobian_is_the_ensemble_propagation(small_llpr, si_splits):
     that predict() computes, and the joint calibration's force sigma is the ensemble's limit."""
     _, val, _ = si_splits
     got = small_llpr.collect_forces(_loader(val[:2], small_llpr.model))
-    n = small_llpr.covariance.shape[0]
+    n = small_llpr.covariance_.shape[0]
     dw = torch.randn(5, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     batch = next(iter(_loader(val[:2], small_llpr.model)))
     direct = small_llpr._ensemble_forces(batch, dw)["force_deviations"]
@@ -146,7 +146,7 @@ def test_llpr_calibrate_options_and_export_record(small_model, si_splits, tmp_pa
     # the calibrated alpha sets the last-layer ensemble's force sigma: with many members its mean
     # square over the calibration atoms is alpha^2 mean(qbar)
     got = llpr.collect_forces(_loader(val, small_model))
-    C = llpr.covariance + llpr.varsigma**2 * torch.eye(llpr.covariance.shape[0], dtype=torch.float64)
+    C = llpr.covariance_ + llpr.varsigma**2 * torch.eye(llpr.covariance_.shape[0], dtype=torch.float64)
     qbar = torch.einsum("mcf,fg,mcg->m", got["jacobian"], torch.linalg.inv(C), got["jacobian"]) / 3
     batch = next(iter(_loader(val[:1], small_model)))
     out = llpr.predict(batch, ensemble=llpr.sample_ensemble(2000, seed=1), forces=True)
@@ -155,21 +155,21 @@ def test_llpr_calibrate_options_and_export_record(small_model, si_splits, tmp_pa
     assert ratio == pytest.approx(1.0, abs=0.1)
     # power law: the exported file carries it and computes the same sigma as Python
     llpr.calibrate(_loader(val, small_model), sigma_power=True)
-    assert llpr.calibration.method == "power-law" and llpr.calibration.sigma_power != 1.0
+    assert llpr.calibration_.method == "power-law" and llpr.calibration_.sigma_power != 1.0
     ckpt = tmp_path / "llpr.ckpt"
     save_llpr(llpr, str(ckpt))
     again = load_llpr(str(ckpt))
-    assert again.calibration.sigma_power == llpr.calibration.sigma_power
+    assert again.calibration_.sigma_power == llpr.calibration_.sigma_power
     path = tmp_path / "model.pt"
     export_model(again, str(path))
     exported = torch.jit.load(str(path))
     record = json.loads(exported.calibration)
-    assert record["method"] == "power-law" and record["sigma_power"] == llpr.calibration.sigma_power
+    assert record["method"] == "power-law" and record["sigma_power"] == llpr.calibration_.sigma_power
     pred = llpr.predict(batch)
     f = llpr._outputs(batch)["features"]
     assert torch.allclose(exported.energy_variance(f), pred["variance"], rtol=1e-12)
     q = llpr.quadratic_form(f)
-    expected = llpr.calibration.sigma_scale**2 * q ** llpr.calibration.sigma_power
+    expected = llpr.calibration_.sigma_scale**2 * q ** llpr.calibration_.sigma_power
     assert torch.allclose(pred["variance"], expected, rtol=1e-12)
     sigma_i, _ = llpr.local_uncertainty(llpr._outputs(batch)["atom_features"])
     sigma_x, _ = exported.local_uncertainty(llpr._outputs(batch)["atom_features"])

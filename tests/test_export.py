@@ -196,7 +196,7 @@ def test_exported_head_is_the_calibrated_llpr(small_llpr, exported_path):
     module = load_exported(exported_path)
     head = module.head
     n = module.n_features
-    C = small_llpr.covariance + small_llpr.varsigma**2 * torch.eye(n, dtype=torch.float64)
+    C = small_llpr.covariance_ + small_llpr.varsigma**2 * torch.eye(n, dtype=torch.float64)
     torch.testing.assert_close(head.cholesky @ head.cholesky.t(), C, rtol=1e-12, atol=1e-12 * float(C.abs().max()))
     torch.testing.assert_close(head.cholesky @ head.inverse_factor_t.t(), torch.eye(n, dtype=torch.float64),
                                rtol=0, atol=1e-9)

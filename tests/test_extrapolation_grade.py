@@ -6,6 +6,7 @@ the Python reference on 1 and 2 ranks."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -52,14 +53,14 @@ def _atom_gammas(llpr, structures):
 def test_training_atoms_have_gamma_at_most_one(small_llpr, si_splits):
     train, _, _ = si_splits
     gammas = np.concatenate(_atom_gammas(small_llpr, train))
-    assert gammas.size == small_llpr.n_train_atoms == sum(len(a) for a in train)
+    assert gammas.size == small_llpr.n_train_atoms_ == sum(len(a) for a in train)
     assert np.all(gammas <= 1.0 + 1e-12)
     assert abs(gammas.max() - 1.0) < 1e-12  # the training atom that sets max q
     # gamma is the head's quadratic form over max q, the same C as sigma_i = alpha sqrt(q_i)
     batch = next(iter(_loader(small_llpr.model, train[:2])))
     out = small_llpr.predict(batch)
     q = (out["atom_sigma"] / small_llpr.alpha) ** 2
-    np.testing.assert_allclose(out["gamma"].numpy(), (q / small_llpr.max_train_q).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out["gamma"].numpy(), (q / small_llpr.max_train_q_).numpy(), rtol=1e-12)
 
 
 def test_bulk_trained_llpr_grades_surfaces_above_one_and_vacancies_above_bulk(small_model, si_structures):
@@ -87,7 +88,7 @@ def test_gamma_needs_the_training_pass(small_model, si_splits, tmp_path):
 
     train, val, _ = si_splits
     llpr = LLPR(small_model).fit(_loader(small_model, train)).calibrate(_loader(small_model, val))
-    assert llpr.max_train_q is None and "gamma" not in llpr.predict(next(iter(_loader(small_model, val))))
+    assert llpr.max_train_q_ is None and "gamma" not in llpr.predict(next(iter(_loader(small_model, val))))
     with pytest.raises(RuntimeError, match="fit_extrapolation_grade"):
         llpr.extrapolation_grade(torch.ones(2, small_model.n_features, dtype=torch.float64))
     # a file exported without it loads, and refuses gamma with the fix
@@ -97,14 +98,40 @@ def test_gamma_needs_the_training_pass(small_model, si_splits, tmp_path):
         require_extrapolation_grade(module, path)
     with pytest.raises(torch.jit.Error, match="max_train_q"):
         module.head.extrapolation_grade(torch.ones(1, small_model.n_features, dtype=torch.float64))
-    # recorded afterwards, saved with the checkpoint, and reset by a new calibration
+    # recorded afterwards and saved with the checkpoint
     llpr.fit_extrapolation_grade(_loader(small_model, train))
     save_llpr(llpr, str(tmp_path / "llpr.ckpt"))
     again = load_llpr(str(tmp_path / "llpr.ckpt"))
-    assert again.max_train_q == llpr.max_train_q and again.n_train_atoms == llpr.n_train_atoms
-    assert load_exported(export_model(again, str(tmp_path / "gamma.pt"))).head.max_train_q.item() == llpr.max_train_q
-    llpr.calibrate(_loader(small_model, val))
-    assert llpr.max_train_q is None
+    assert again.max_train_q_ == llpr.max_train_q_ and again.n_train_atoms_ == llpr.n_train_atoms_
+    assert load_exported(export_model(again, str(tmp_path / "gamma.pt"))).head.max_train_q.item() == llpr.max_train_q_
+
+
+def test_calibrate_keeps_recomputes_or_warns_about_the_grade(small_model, si_splits):
+    """calibrate() never drops the grade's reference silently: kept when varsigma (hence C and
+    every q) is unchanged, recomputed with train_loader, dropped with a warning otherwise."""
+    from llpr.uncertainty.estimator import LLPR
+
+    train, val, _ = si_splits
+    llpr = LLPR(small_model).fit(_loader(small_model, train))
+    llpr.calibrate(_loader(small_model, val), train_loader=_loader(small_model, train))
+    q, n_atoms, varsigma = llpr.max_train_q_, llpr.n_train_atoms_, llpr.varsigma
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llpr.calibrate(_loader(small_model, val))
+    assert not [w for w in caught if "max_train_q_" in str(w.message)]  # nothing dropped, nothing to say
+    assert llpr.varsigma == varsigma and (llpr.max_train_q_, llpr.n_train_atoms_) == (q, n_atoms)
+    # another validation set, another varsigma: the old reference no longer applies
+    other = val[: len(val) // 2] + train[:3]
+    with pytest.warns(RuntimeWarning, match=r"max_train_q_.*dropped.*fit_extrapolation_grade"):
+        llpr.calibrate(_loader(small_model, other))
+    assert llpr.varsigma != varsigma and llpr.max_train_q_ is None and llpr.n_train_atoms_ is None
+    with pytest.raises(RuntimeError, match="fit_extrapolation_grade"):
+        llpr.extrapolation_grade(torch.ones(2, small_model.n_features, dtype=torch.float64))
+    # with the training loader it is recorded again, for the new C
+    llpr.calibrate(_loader(small_model, other), train_loader=_loader(small_model, train))
+    fresh = LLPR(small_model).load_state_dict({**llpr.state_dict(), "max_train_q": None})
+    fresh.fit_extrapolation_grade(_loader(small_model, train))
+    assert llpr.max_train_q_ == fresh.max_train_q_ != q
 
 
 class _HeadBeforeGamma:

@@ -19,7 +19,7 @@ def test_power_law_sigma_in_lammps(small_model, si_splits, tmp_path):
     train, val, _ = si_splits
     loader = lambda s: make_loader(AtomisticDataset(s, small_model.cutoff, torch.float64), 8)  # noqa: E731
     llpr = LLPR(small_model).fit(loader(train)).calibrate(loader(val), sigma_power=True)
-    b = llpr.calibration.sigma_power
+    b = llpr.calibration_.sigma_power
     assert abs(b - 1.0) > 1e-3
     path = str(tmp_path / "power.pt")
     export_model(llpr, path)
@@ -31,7 +31,7 @@ def test_power_law_sigma_in_lammps(small_model, si_splits, tmp_path):
     batch = next(iter(make_loader(AtomisticDataset([atoms], small_model.cutoff, torch.float64,
                                                    require_labels=False), 1)))
     out = llpr.predict(batch)
-    s = llpr.calibration.sigma_scale
+    s = llpr.calibration_.sigma_scale
     q = llpr.quadratic_form(llpr._outputs(batch)["features"])
     np.testing.assert_allclose(out["sigma"].numpy(), s * q.numpy() ** (b / 2), rtol=1e-12)
     np.testing.assert_allclose(res["global"][0], float(out["sigma"][0]), rtol=1e-10)

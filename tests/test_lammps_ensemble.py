@@ -49,20 +49,11 @@ def models(tmp_path_factory):
 
 
 def ensemble_reference(model_path, atoms):
-    """Python: the exported ensemble_forward on the whole structure (vesin neighbour list)."""
-    from llpr.modelfile import load_exported
-    from llpr.graphs import graph_tensors
+    """Python: the exported file's ensemble on the whole structure (vesin neighbour list), by
+    the one Python path for exported files."""
+    from llpr.modelfile import load_exported, run_exported
 
-    module = load_exported(model_path)
-    g = graph_tensors(atoms, module.cutoff, torch.float64)
-    args = (g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"], len(atoms))
-    out = module.ensemble_forward(*args, True, True)
-    res = {k: v.detach().numpy() for k, v in out.items()}
-    plain = module(*args, True, False)
-    res["sigma"] = plain["sigma"].numpy()
-    res["lpr"] = plain["lpr"].numpy()
-    res["graph"] = {k: v.numpy() for k, v in g.items()}
-    return res
+    return run_exported(load_exported(model_path), atoms, forces=True, virial=True, ensemble=True)
 
 
 # ----------------------------------------------------------------------------------- core

@@ -221,7 +221,7 @@ def test_edge_gradients_every_path(small_llpr, si_splits, k, centred):
 
     batch = _batch(small_llpr, [si_splits[2][0]])
     gen = torch.Generator().manual_seed(k)
-    dw = torch.randn(k, small_llpr.covariance.shape[0], generator=gen, dtype=torch.float64)
+    dw = torch.randn(k, small_llpr.covariance_.shape[0], generator=gen, dtype=torch.float64)
     if centred:
         dw = dw - dw.mean(0)
     vectors = edge_vectors_from_positions(batch["positions"], batch["edge_index"], batch["edge_shifts"])
@@ -241,7 +241,7 @@ def test_lean_force_virial_deviations_equal_edge_gradients(small_llpr, si_splits
     batch = _batch(small_llpr, [si_splits[2][0]])
     n = batch["positions"].shape[0]
     for k, centred in [(4, True), (4, False), (30, True)]:
-        dw = torch.randn(k, small_llpr.covariance.shape[0], generator=torch.Generator().manual_seed(k),
+        dw = torch.randn(k, small_llpr.covariance_.shape[0], generator=torch.Generator().manual_seed(k),
                          dtype=torch.float64)
         if centred:
             dw = dw - dw.mean(0)

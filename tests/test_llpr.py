@@ -60,7 +60,7 @@ def test_calibrated_mean_z2_is_one(small_llpr, si_splits):
 
 
 def test_calibration_lowers_nll_and_is_at_minimum(small_llpr, si_splits):
-    cal = small_llpr.calibration
+    cal = small_llpr.calibration_
     assert cal.nll < cal.nll_before
     # the refined optimum is not worse than any grid point
     assert cal.nll <= min(cal.grid_nll) + 1e-12
@@ -147,8 +147,7 @@ def test_empty_dataset_is_an_error(small_model):
 
 
 def test_empty_validation_set_is_an_error(small_llpr):
-    llpr = LLPR(small_llpr.model)
-    llpr.covariance = small_llpr.covariance
+    llpr = LLPR(small_llpr.model).load_state_dict(small_llpr.state_dict())
     with pytest.raises(ValueError, match="empty"):
         llpr.calibrate([])
 
@@ -188,3 +187,39 @@ def test_tabular_mlp_regressor_llpr():
     far = llpr.predict(10.0 * X[250:])["sigma"]  # far outside the training inputs
     near = llpr.predict(X[250:])["sigma"]
     assert float(far.median()) > 3.0 * float(near.median())
+
+
+def test_fitted_state_is_set_by_fit_and_calibrate_and_its_head_built_once(small_llpr, si_splits, monkeypatch):
+    """Fitted attributes are read-only (set by fit / calibrate / load_state_dict); the head and
+    its O(F^3) inverse factor are built once per fitted state, not by predict(ensemble=...), and
+    rebuilt when fit or calibrate changes the state."""
+    import llpr.uncertainty.estimator as estimator
+
+    train, val, _ = si_splits
+    llpr = LLPR(small_llpr.model).load_state_dict(small_llpr.state_dict())
+    with pytest.raises(AttributeError, match=r"covariance_ is a fitted attribute, set by fit\(\)"):
+        llpr.covariance_ = small_llpr.covariance_
+    with pytest.raises(AttributeError, match=r"LLPR.calibration is now LLPR.calibration_"):
+        llpr.calibration
+    built = []
+    real = estimator.LLPRHead
+    monkeypatch.setattr(estimator, "LLPRHead", lambda *a, **k: built.append(1) or real(*a, **k))
+    batch = collate([AtomisticDataset(val[:2], llpr.model.cutoff, torch.float64)[k] for k in range(2)])
+    W = llpr.sample_ensemble(4, seed=0)
+    first = llpr.predict(batch, ensemble=W)
+    second = llpr.predict(batch, ensemble=W, forces=True)
+    assert len(built) == 1 and llpr.head() is llpr.head()
+    torch.testing.assert_close(first["ensemble_sigma"], second["ensemble_sigma"], rtol=0, atol=0)
+    # the members' spread by the one formula, on features @ (w_k - w)
+    dev = (first["ensemble_prediction"] - first["prediction"].unsqueeze(1)).t()
+    torch.testing.assert_close(first["ensemble_sigma"], torch.sqrt((dev**2).sum(0) / 3), rtol=1e-12, atol=0)
+    head = llpr.head()
+    varsigma = llpr.varsigma
+    with pytest.warns(RuntimeWarning, match="max_train_q_"):
+        llpr.calibrate(make_loader(AtomisticDataset(val[:-2] + train[:2], llpr.model.cutoff, torch.float64), 8))
+    assert llpr.head() is not head and float(llpr.head().varsigma) == llpr.varsigma != varsigma
+    head = llpr.head()
+    llpr.fit(make_loader(AtomisticDataset(train[:-3], llpr.model.cutoff, torch.float64), 8))
+    assert llpr.calibration_ is None and llpr.n_train_samples_ == len(train) - 3
+    with pytest.raises(RuntimeError, match="calibrate"):
+        llpr.head()

@@ -202,13 +202,13 @@ def test_streamed_fit_equals_in_memory_fit(sic_files, tmp_path):
     memory = LLPR(model).fit(make_loader(AtomisticDataset(structures, model.cutoff, torch.float64), 3))
     streamed = LLPR(model).fit(make_loader(StreamingDataset(str(tmp_path / "train.xyz"), model.cutoff,
                                                             torch.float64), 2))
-    torch.testing.assert_close(streamed.covariance, memory.covariance, rtol=1e-13, atol=0)
-    assert streamed.n_train == memory.n_train == 7
+    torch.testing.assert_close(streamed.covariance_, memory.covariance_, rtol=1e-13, atol=0)
+    assert streamed.n_train_samples_ == memory.n_train_samples_ == 7
     # shards of two ranks add up to the whole set
     parts = [LLPR(model).fit(make_loader(StreamingDataset(str(tmp_path / "train.xyz"), model.cutoff, torch.float64,
                                                           rank=r, world_size=2), 2)) for r in (0, 1)]
-    assert [p.n_train for p in parts] == [4, 3]
-    torch.testing.assert_close(parts[0].covariance + parts[1].covariance, memory.covariance, rtol=1e-12, atol=0)
+    assert [p.n_train_samples_ for p in parts] == [4, 3]
+    torch.testing.assert_close(parts[0].covariance_ + parts[1].covariance_, memory.covariance_, rtol=1e-12, atol=0)
 
 
 @pytest.mark.slow
@@ -226,13 +226,13 @@ def test_torchrun_two_processes_give_the_serial_covariance(sic_files, tmp_path):
                           cwd=tmp_path, env=env, timeout=600)
     assert dist.returncode == 0, dist.stderr[-3000:]
     a, b = load_llpr(str(tmp_path / "serial.ckpt")), load_llpr(str(tmp_path / "dist.ckpt"))
-    assert a.n_train == b.n_train == 7
-    scale = float(a.covariance.abs().max())
-    assert float((a.covariance - b.covariance).abs().max()) <= 1e-12 * scale
-    assert abs(a.calibration.alpha - b.calibration.alpha) <= 1e-8 * a.calibration.alpha
+    assert a.n_train_samples_ == b.n_train_samples_ == 7
+    scale = float(a.covariance_.abs().max())
+    assert float((a.covariance_ - b.covariance_).abs().max()) <= 1e-12 * scale
+    assert abs(a.calibration_.alpha - b.calibration_.alpha) <= 1e-8 * a.calibration_.alpha
     # the extrapolation grade's max q: each process passes its share of the atoms, the maximum is all-reduced
-    assert a.n_train_atoms == b.n_train_atoms == sum(len(s) for s in read_dataset(str(tmp_path / "train.xyz")))
-    assert abs(a.max_train_q - b.max_train_q) <= 1e-8 * a.max_train_q
+    assert a.n_train_atoms_ == b.n_train_atoms_ == sum(len(s) for s in read_dataset(str(tmp_path / "train.xyz")))
+    assert abs(a.max_train_q_ - b.max_train_q_) <= 1e-8 * a.max_train_q_
 
 
 # ----------------------------------------------------------------------------- bad input

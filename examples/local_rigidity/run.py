@@ -102,7 +102,7 @@ def main() -> None:
     # varsigma; only the structures entering F^T F change: isolates what the data do
     dtype = next(llpr_four.model.parameters()).dtype
     same = LLPR(llpr_four.model).fit(make_loader(AtomisticDataset(train4 + added, llpr_four.model.cutoff, dtype), 16))
-    same.calibration = llpr_four.calibration
+    same.load_state_dict({**same.state_dict(), "calibration": llpr_four.state_dict()["calibration"]})
     same_model = {"4-coordinated only": retrained["4-coordinated only"], with_defects: lpr_by_coordination(same, test)}
 
     lines = [

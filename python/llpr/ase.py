@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
+from ase.calculators.calculator import Calculator, all_changes
 
-from llpr.modelfile import has_extrapolation_grade, load_exported, require_ensemble, require_extrapolation_grade
-from llpr.graphs import graph_tensors
+from llpr.modelfile import load_exported, require_ensemble, require_extrapolation_grade, run_exported
 
 
 class LLPRCalculator(Calculator):
@@ -41,7 +40,6 @@ class LLPRCalculator(Calculator):
             require_ensemble(self.module, f"'{model}'" if isinstance(model, str) else "the model")
         self.device = torch.device(device)
         self.path = f"'{model}'" if isinstance(model, str) else "the model"
-        self.has_gamma = has_extrapolation_grade(self.module)
         self.cutoff = float(self.module.cutoff)
         self.species = set(int(z) for z in self.module.species)
 
@@ -56,65 +54,12 @@ class LLPRCalculator(Calculator):
                 f"structure contains atomic number(s) {unknown} that the model does not know; "
                 f"it was trained for {sorted(self.species)}"
             )
-        graph = graph_tensors(atoms, self.cutoff, self.module.dtype, self.device)
-        inputs = tuple(graph.values())
-        has_edges = graph["edge_index"].shape[1] > 0
         periodic = bool(np.all(atoms.pbc))
-        out = self.module(*inputs, len(atoms), True, periodic)
-        _check_finite(out, has_edges, atoms, ("energies", "forces", "features") + (("virial_atom",) if periodic else ()))
-        energy = float(out["energy"].to(torch.float64))
-        self.results["energy"] = energy
-        self.results["free_energy"] = energy
-        self.results["energies"] = out["energies"].detach().cpu().double().numpy()
-        self.results["forces"] = out["forces"].detach().cpu().double().numpy()
-        if periodic:
-            virial = out["virial"].detach().cpu().double().numpy()
-            stress = -virial / atoms.get_volume()
-            self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]
-        self.results["sigma"] = out["sigma"].cpu().numpy()
-        self.results["lpr"] = out["lpr"].cpu().numpy()
-        if self.has_gamma:
-            self.results["gamma"] = self.module.head.extrapolation_grade(out["features"]).cpu().numpy()
-        feature_sum = out["features"].to(torch.float64).sum(0)
-        self.results["energy_sigma"] = float(torch.sqrt(self.module.energy_variance(feature_sum))[0])
-        if self.ensemble:
-            ens = self.module.ensemble_forward(*inputs, len(atoms), True, periodic)
-            _check_finite(ens, has_edges, atoms, ("force_deviations", "energy_deviations"))
-            self.results["force_sigma"] = ens["force_sigma"].detach().cpu().numpy()
-            self.results["energy_ensemble"] = energy + ens["energy_deviations"].detach().cpu().numpy()
-            if periodic:
-                dvir = ens["virial_deviations"].detach().cpu().numpy()
-                dstress = -dvir.reshape(-1, 9)[:, [0, 4, 8, 5, 2, 1]] / atoms.get_volume()
-                self.results["stress_ensemble"] = self.results["stress"][None, :] + dstress
-                k = dstress.shape[0]
-                self.results["stress_sigma"] = np.sqrt((dstress**2).sum(0) / (k - 1))
-
-
-def _check_finite(out, has_edges: bool, atoms, keys) -> None:
-    """CalculationFailed naming the atoms (0-based indices) and their closest pair when the
-    model gave NaN or inf: as in LAMMPS, a broken evaluation never passes for a result."""
-    for key in keys:
-        value = out[key].detach()
-        finite = torch.isfinite(value)
-        if bool(finite.all()):
-            continue
-        if key.endswith("deviations") and value.dim() == 3:  # (K, N, 3): per atom over members
-            finite = finite.all(dim=0)
-        if value.dim() == 1 and key == "energy_deviations":
-            bad = np.arange(len(atoms))
-        else:
-            bad = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(dim=1).cpu().numpy())
-        message = f"the model gave non-finite {key} (NaN or inf) for {len(bad)} atom(s), indices {bad[:10].tolist()}"
-        if len(bad) > 10:
-            message = message[:-1] + ", ...]"
-        if len(atoms) > 1 and has_edges:
-            d = atoms.get_all_distances(mic=bool(np.any(atoms.pbc)))
-            np.fill_diagonal(d, np.inf)
-            rows = bad if len(bad) < len(atoms) else np.arange(len(atoms))
-            sub = d[rows]
-            r, j = np.unravel_index(np.argmin(sub), sub.shape)
-            message += f"; closest pair: atoms {min(rows[r], j)} and {max(rows[r], j)}, {sub[r, j]:.4g} A apart"
-        raise CalculationFailed(
-            message + ". No uncertainty is defined for a broken evaluation; check the structure for "
-            "overlapping atoms"
-        )
+        out = run_exported(self.module, atoms, forces=True, virial=periodic, ensemble=self.ensemble,
+                           device=self.device)
+        self.results["energy"] = out["energy"]
+        self.results["free_energy"] = out["energy"]
+        for key in ("energies", "forces", "stress", "sigma", "lpr", "gamma", "energy_sigma", "force_sigma",
+                    "energy_ensemble", "stress_ensemble", "stress_sigma"):
+            if key in out:
+                self.results[key] = out[key]

@@ -16,16 +16,14 @@ import math
 import os
 
 import numpy as np
-import torch
 from scipy.special import erfinv
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from llpr.uncertainty.calibrate import gaussian_nll
 from llpr.data import check_structure, stress_label, structure_name
-from llpr.modelfile import calibration_warnings, ensemble_size, has_extrapolation_grade, load_exported, require_ensemble
-from llpr.graphs import graph_tensors
-from llpr.models.train import voigt_stress
+from llpr import modelfile
+from llpr.modelfile import calibration_warnings, ensemble_size, load_exported, require_ensemble
 
 Z95 = 1.959963984540054
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/A^3 in GPa
@@ -132,43 +130,16 @@ def extrapolation_metrics(gammas: list, n_atoms: np.ndarray) -> dict:
 
 def run_exported(module, atoms, forces: bool = True, ensemble: bool = False, stress: bool = False,
                  where: str = "structure") -> dict:
-    """Run an exported module on one ASE structure (vesin neighbour list). ``ensemble=True``
-    also runs its last-layer ensemble: ``force_sigma`` (N,), ``force_deviations`` (K, N, 3)
-    and ``energy_deviations`` (K,), all float64. ``stress=True`` (a fully periodic cell) adds
-    ``stress`` (6, Voigt, eV/A^3, float64) from the virial. Files with the training set's max
-    q also give ``gamma`` (N,), the per-atom extrapolation grade.
-
-    A NaN or inf output (e.g. two atoms on one site) raises ValueError naming ``where``, the
-    atoms and their closest pair, as the ASE calculator and LAMMPS refuse it: metrics of a
-    broken evaluation would be NaN, or a miss counted as a number."""
+    """:func:`llpr.modelfile.run_exported` on one structure of an evaluation set (``stress``: a
+    fully periodic cell whose stress is compared), with a NaN or inf output refused as a
+    ValueError naming ``where``, the atoms and their closest pair: metrics of a broken
+    evaluation would be NaN, or a miss counted as a number."""
     from ase.calculators.calculator import CalculationFailed
 
-    from llpr.ase import _check_finite
-
-    graph = graph_tensors(atoms, float(module.cutoff), module.dtype, where=where)
-    inputs = tuple(graph.values())
-    has_edges = graph["edge_index"].shape[1] > 0
-    out = module(*inputs, len(atoms), forces, stress)
     try:
-        _check_finite(out, has_edges, atoms, ("energies", "features") + (("forces",) if forces else ())
-                      + (("virial_atom",) if stress else ()))
-        if ensemble:
-            ens = module.ensemble_forward(*inputs, len(atoms), forces, False)
-            _check_finite(ens, has_edges, atoms, ("energy_deviations",) + (("force_deviations",) if forces else ()))
+        return modelfile.run_exported(module, atoms, forces=forces, virial=stress, ensemble=ensemble, where=where)
     except CalculationFailed as exc:
         raise ValueError(f"{where}: {exc}") from None
-    if stress:
-        virial = out["virial"].detach().to(torch.float64).unsqueeze(0)
-        out["stress"] = voigt_stress(virial, torch.tensor([atoms.get_volume()], dtype=torch.float64))[0]
-    feature_sum = out["features"].to(torch.float64).sum(0)
-    out["energy_sigma"] = torch.sqrt(module.energy_variance(feature_sum))[0]
-    if has_extrapolation_grade(module):
-        out["gamma"] = module.head.extrapolation_grade(out["features"])
-    if ensemble:
-        for key in ("energy_deviations", "force_deviations", "force_sigma"):
-            if key in ens:
-                out[key] = ens[key]
-    return out
 
 
 def _element_list(numbers) -> str:
@@ -223,20 +194,19 @@ def evaluate_model(model_path: str, atoms_list, progress: bool = False, ensemble
         out = run_exported(module, atoms, ensemble=ensemble, stress=stress is not None, where=structure_name(k, source))
         if stress is not None:
             s_ref.append(stress)
-            s_pred.append(out["stress"].numpy())
+            s_pred.append(out["stress"])
         e_ref.append(float(atoms.info["energy"]))
-        e_pred.append(float(out["energy"]))
-        e_sigma.append(float(out["energy_sigma"]))
+        e_pred.append(out["energy"])
+        e_sigma.append(out["energy_sigma"])
         n_atoms.append(len(atoms))
         f_ref.append(np.asarray(atoms.arrays["forces"]))
-        f_pred.append(out["forces"].detach().double().numpy())
-        atom_sigma.append(out["sigma"].numpy())
+        f_pred.append(out["forces"])
+        atom_sigma.append(out["sigma"])
         if "gamma" in out:
-            gammas.append(out["gamma"].numpy())
+            gammas.append(out["gamma"])
         if ensemble:
-            f_sigma.append(out["force_sigma"].detach().double().numpy())
-            dev = out["energy_deviations"].double().numpy()
-            e_ens_sigma.append(float(np.sqrt(np.sum(dev**2) / (dev.size - 1))))
+            f_sigma.append(out["force_sigma"])
+            e_ens_sigma.append(out["ensemble_energy_sigma"])
     e_ref, e_pred, e_sigma, n_atoms = map(np.array, (e_ref, e_pred, e_sigma, n_atoms))
     err = e_pred - e_ref
     f_ref = np.concatenate(f_ref)

@@ -124,6 +124,111 @@ def calibration_warnings(module) -> list:
     return [str(w) for w in found] if isinstance(found, list) else []
 
 
+def run_exported(module, atoms, forces: bool = True, virial: bool = False, ensemble: bool = False,
+                 device=None, where: str = "structure") -> dict:
+    """Run a loaded exported (atomistic) ``module`` on one ASE structure: the one Python path for
+    an exported file (the ASE calculator, ``llpr evaluate`` and the tests' reference of LAMMPS).
+
+    The graph comes from :func:`llpr.graphs.graph_tensors` (vesin neighbour list) on ``device``
+    (``where`` names the structure in its messages). Returns float64 NumPy arrays, on the CPU:
+
+    * every output of ``module.forward`` (``energies``, ``features``, ``sigma``, ``lpr``, and
+      ``forces`` with ``forces``, ``virial`` (3, 3) and ``virial_atom`` with ``virial``);
+      ``energy`` and ``energy_sigma`` (the LLPR sigma of the total energy) as floats;
+    * ``gamma`` (N,), the extrapolation grade, when the file carries the training set's max q;
+    * ``stress`` (6, Voigt, eV/A^3) when ``virial`` and the cell is fully periodic;
+    * with ``ensemble`` (the file's last-layer ensemble): ``energy_deviations`` (K,),
+      ``energy_ensemble`` (K,) and their spread ``ensemble_energy_sigma`` (float);
+      ``force_deviations`` (K, N, 3) and ``force_sigma`` (N,) with ``forces``;
+      ``virial_deviations`` (K, 3, 3) with ``virial``, and ``stress_ensemble`` (K, 6) and
+      ``stress_sigma`` (6,) with ``stress``;
+    * ``graph``: the model inputs (NumPy).
+
+    A NaN or inf output raises ``ase.calculators.calculator.CalculationFailed`` naming the atoms
+    and their closest pair: as in LAMMPS, a broken evaluation never passes for a result."""
+    import numpy as np
+
+    from llpr.graphs import graph_tensors
+    from llpr.uncertainty.propagation import ensemble_sigma, voigt_stress
+
+    graph = graph_tensors(atoms, float(module.cutoff), module.dtype, device, where=where)
+    inputs = tuple(graph.values())
+    n_atoms = len(atoms)
+    has_edges = graph["edge_index"].shape[1] > 0
+    out = module(*inputs, n_atoms, bool(forces), bool(virial))
+    check_finite(out, has_edges, atoms, ("energies", "features") + (("forces",) if forces else ())
+                 + (("virial_atom",) if virial else ()))
+    ens = None
+    if ensemble:
+        ens = module.ensemble_forward(*inputs, n_atoms, bool(forces), bool(virial))
+        check_finite(ens, has_edges, atoms, ("energy_deviations",) + (("force_deviations",) if forces else ()))
+
+    def array(value: torch.Tensor) -> np.ndarray:
+        return value.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+    result = {key: array(value) for key, value in out.items()}
+    result["energy"] = float(out["energy"].detach().to(torch.float64))
+    feature_sum = out["features"].detach().to(torch.float64).sum(0)
+    result["energy_sigma"] = float(torch.sqrt(module.energy_variance(feature_sum))[0])
+    if has_extrapolation_grade(module):
+        result["gamma"] = array(module.head.extrapolation_grade(out["features"].detach()))
+    volume = None
+    if virial and bool(np.all(atoms.pbc)):
+        volume = float(atoms.get_volume())
+        virial64 = out["virial"].detach().to(device="cpu", dtype=torch.float64)
+        result["stress"] = voigt_stress(virial64.unsqueeze(0), torch.tensor([volume], dtype=torch.float64))[0].numpy()
+    if ens is not None:
+        dE = ens["energy_deviations"].detach().to(device="cpu", dtype=torch.float64)
+        result["energy_deviations"] = dE.numpy()
+        result["energy_ensemble"] = result["energy"] + dE.numpy()
+        result["ensemble_energy_sigma"] = float(ensemble_sigma(dE))
+        if forces:
+            result["force_deviations"] = array(ens["force_deviations"])
+            result["force_sigma"] = array(ens["force_sigma"])
+        if virial:
+            dW = ens["virial_deviations"].detach().to(device="cpu", dtype=torch.float64)
+            result["virial_deviations"] = dW.numpy()
+            if volume is not None:
+                dS = voigt_stress(dW, torch.full((dW.shape[0],), volume, dtype=torch.float64))
+                result["stress_ensemble"] = result["stress"][None, :] + dS.numpy()
+                result["stress_sigma"] = ensemble_sigma(dS).numpy()
+    result["graph"] = {key: value.detach().cpu().numpy() for key, value in graph.items()}
+    return result
+
+
+def check_finite(out: dict, has_edges: bool, atoms, keys) -> None:
+    """``ase.calculators.calculator.CalculationFailed`` naming the atoms (0-based indices) and
+    their closest pair when the outputs ``keys`` of a model hold NaN or inf."""
+    import numpy as np
+    from ase.calculators.calculator import CalculationFailed
+
+    for key in keys:
+        value = out[key].detach()
+        finite = torch.isfinite(value)
+        if bool(finite.all()):
+            continue
+        if key.endswith("deviations") and value.dim() == 3:  # (K, N, 3): per atom over members
+            finite = finite.all(dim=0)
+        if value.dim() == 1 and key == "energy_deviations":
+            bad = np.arange(len(atoms))
+        else:
+            bad = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(dim=1).cpu().numpy())
+        message = f"the model gave non-finite {key} (NaN or inf) for {len(bad)} atom(s), indices {bad[:10].tolist()}"
+        if len(bad) > 10:
+            message = message[:-1] + ", ...]"
+        if len(atoms) > 1 and has_edges:
+            d = atoms.get_all_distances(mic=bool(np.any(atoms.pbc)))
+            np.fill_diagonal(d, np.inf)
+            rows = bad if len(bad) < len(atoms) else np.arange(len(atoms))
+            sub = d[rows]
+            r, j = np.unravel_index(np.argmin(sub), sub.shape)
+            message += f"; closest pair: atoms {min(rows[r], j)} and {max(rows[r], j)}, {sub[r, j]:.4g} A apart"
+        raise CalculationFailed(
+            message + ". No uncertainty is defined for a broken evaluation; check the structure for "
+            "overlapping atoms"
+        )
+
+
 def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     """Load an exported file after the C++ core (the validator LAMMPS uses) has checked it:
     its integrity seal, its format version and every item of the contract.

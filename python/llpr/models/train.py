@@ -30,6 +30,7 @@ from llpr.models.checkpoint import registered_model, save_model
 from llpr.graphs import AtomisticDataset, make_loader
 from llpr.models.potential import edge_vectors_from_positions
 from llpr.models.protocol import AtomisticModel, check_atomistic_model
+from llpr.uncertainty.propagation import voigt_stress
 
 
 #: default weight of the stress term: a stress error of 0.005 eV/A^3 (0.8 GPa) weighs as much as
@@ -93,16 +94,6 @@ def prepare_model(model: AtomisticModel, train_atoms, train_dataset: AtomisticDa
         fit_energy_shift(model, train_atoms)
     if callable(getattr(model, "fit_statistics", None)):
         model.fit_statistics(train_dataset.items)
-
-
-def voigt_stress(virial: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
-    """Stress ``-W / volume`` in Voigt order xx, yy, zz, yz, xz, xy (ASE's convention) of
-    virials ``W`` (n, 3, 3) and volumes (n,); off-diagonal pairs are averaged."""
-    sym = 0.5 * (virial + virial.transpose(1, 2))
-    voigt = torch.stack(
-        [sym[:, 0, 0], sym[:, 1, 1], sym[:, 2, 2], sym[:, 1, 2], sym[:, 0, 2], sym[:, 0, 1]], dim=1
-    )
-    return -voigt / volume.to(voigt.dtype).unsqueeze(1)
 
 
 def predict(model: AtomisticModel, batch: dict, forces: bool = True, stress: bool = False,

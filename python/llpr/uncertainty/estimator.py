@@ -32,6 +32,7 @@ forces=True)`` propagates them to per-member predictions and forces (see
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -42,7 +43,14 @@ from llpr.uncertainty.fit import MaximumAccumulator
 from llpr.uncertainty.fit import CovarianceAccumulator
 from llpr.uncertainty.llpr_head import LLPRHead
 from llpr.models.potential import edge_vectors_from_positions
-from llpr.uncertainty.propagation import edge_gradients_to_forces, ensemble_force_virial_deviations, sample_deviations
+from llpr.uncertainty.propagation import (
+    edge_gradients_to_forces,
+    ensemble_energy_deviations,
+    ensemble_force_virial_deviations,
+    ensemble_sigma,
+    force_sigma,
+    sample_deviations,
+)
 from llpr.models.protocol import model_kind, readout_weights, tabular_input
 
 
@@ -97,7 +105,24 @@ class LLPR:
     batch)`` is given. ``target_scale`` and ``target_shift`` (tabular models only): the model
     predicts ``(y - target_shift) / target_scale``; the targets in the batches are ``y``, and
     predictions, ``alpha``, ``sigma`` and the NLL come out in the units of ``y``.
+
+    Fitted attributes (scikit-learn's convention: set by :meth:`fit` and :meth:`calibrate`,
+    read-only, None before): ``covariance_`` (F^T F, float64) and ``n_train_samples_`` (rows
+    fitted) by ``fit``; ``calibration_`` (:class:`llpr.uncertainty.calibrate.CalibrationResult`)
+    by ``calibrate``; ``max_train_q_`` and ``n_train_atoms_`` (the extrapolation grade's
+    reference) by ``calibrate(..., train_loader=...)`` or :meth:`fit_extrapolation_grade`.
     """
+
+    # fitted attribute -> what sets it (for the messages of __setattr__ and of the old names)
+    _FITTED = {
+        "covariance_": "fit()",
+        "n_train_samples_": "fit()",
+        "calibration_": "calibrate()",
+        "max_train_q_": "calibrate(..., train_loader=...) or fit_extrapolation_grade()",
+        "n_train_atoms_": "calibrate(..., train_loader=...) or fit_extrapolation_grade()",
+    }
+    _RENAMED = {"covariance": "covariance_", "n_train": "n_train_samples_", "calibration": "calibration_",
+                "max_train_q": "max_train_q_", "n_train_atoms": "n_train_atoms_"}
 
     def __init__(
         self, model: torch.nn.Module, feature_fn=None, target_scale: float = 1.0, target_shift: float = 0.0
@@ -124,33 +149,59 @@ class LLPR:
                 "target_scale and target_shift are for tabular models: an atomistic model predicts energies "
                 "in eV (put per-species constants in its species_energies())"
             )
-        self.covariance: torch.Tensor | None = None
-        self.n_train = 0
-        self.calibration: CalibrationResult | None = None
-        # largest training-atom q with the calibrated C (extrapolation grade reference)
-        self.max_train_q: float | None = None
-        self.n_train_atoms = 0
-        self._cholesky: torch.Tensor | None = None
-        self._head: LLPRHead | None = None
+        self._set_state(covariance_=None, n_train_samples_=None, calibration_=None, max_train_q_=None,
+                        n_train_atoms_=None)
 
     # ------------------------------------------------------------------ state
+    def _set_state(self, **changes) -> None:
+        """The one place the fitted attributes change. What is derived from them is cached once
+        per fitted state and dropped here: the Cholesky factor of ``C`` when the covariance or
+        the calibration changes, the head (which also holds ``max_train_q_``) at every change."""
+        unknown = set(changes) - set(self._FITTED)
+        if unknown:
+            raise AttributeError(f"not a fitted attribute of LLPR: {sorted(unknown)}")
+        for name, value in changes.items():
+            object.__setattr__(self, name, value)
+        cache = self.__dict__.get("_cache", {})
+        if "covariance_" in changes or "calibration_" in changes:
+            cache = {}
+        cache.pop("head", None)
+        object.__setattr__(self, "_cache", cache)
+
+    def __setattr__(self, name: str, value) -> None:
+        # assigning a fitted attribute would leave the cached head of the old state in use
+        if name in self._FITTED or name in self._RENAMED:
+            fitted = self._RENAMED.get(name, name)
+            raise AttributeError(
+                f"LLPR.{fitted} is a fitted attribute, set by {self._FITTED[fitted]}; to take the state of "
+                "another estimator, use load_state_dict(other.state_dict())"
+            )
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str):
+        # only called for names not found: point the pre-underscore names at the fitted attributes
+        if name in LLPR._RENAMED:
+            raise AttributeError(f"LLPR.{name} is now LLPR.{LLPR._RENAMED[name]} (fitted attributes end in an "
+                                 "underscore, as in scikit-learn)")
+        raise AttributeError(f"'LLPR' object has no attribute '{name}'")
+
     @property
     def alpha(self) -> float:
         self._require_calibrated("read alpha")
-        return self.calibration.alpha
+        return self.calibration_.alpha
 
     @property
     def varsigma(self) -> float:
         self._require_calibrated("read varsigma")
-        return self.calibration.varsigma
+        return self.calibration_.varsigma
 
     def _require_fitted(self, what: str) -> None:
-        if self.covariance is None:
+        if self.covariance_ is None:
             raise RuntimeError(f"cannot {what}: call LLPR.fit(train_loader) first")
 
     def _require_calibrated(self, what: str) -> None:
         self._require_fitted(what)
-        if self.calibration is None:
+        if self.calibration_ is None:
             raise RuntimeError(f"cannot {what}: call LLPR.calibrate(validation_loader) after fit()")
 
     def _outputs(self, batch) -> dict:
@@ -176,12 +227,9 @@ class LLPR:
         for batch in tqdm(loader, desc="llpr fit", disable=not progress, leave=False):
             acc.update(self._outputs(batch)["features"])
         acc.all_reduce()
-        self.covariance = acc.result()
-        self.n_train = acc.n_samples
-        self.calibration = None
-        self.max_train_q = None
-        self._cholesky = None
-        self._head = None
+        # a new covariance: the calibration and the grade's reference of the old one no longer apply
+        self._set_state(covariance_=acc.result(), n_train_samples_=acc.n_samples, calibration_=None,
+                        max_train_q_=None, n_train_atoms_=None)
         return self
 
     # ------------------------------------------------------------------ calibrate
@@ -204,7 +252,7 @@ class LLPR:
         f_j)/d r_ic`` (M, 3, F), over a loader of atomistic batches with reference forces."""
         if self.kind != "atomistic":
             raise ValueError("force calibration needs an atomistic model (llpr.models.protocol.AtomisticModel)")
-        n = self.covariance.shape[0]
+        n = self.covariance_.shape[0]
         # one backward pass per feature: the force "deviations" of the unit read-outs e_k are
         # minus the Jacobian rows (the sign cancels in the quadratic form)
         unit = torch.eye(n, dtype=torch.float64)
@@ -230,7 +278,11 @@ class LLPR:
         ``extra``: a second loader of structures (e.g. a few unlike the training set) added to
         the calibration set; ``extra_source`` names it in the calibration record. With
         ``train_loader`` (the training set given to :meth:`fit`), also record the extrapolation
-        grade's reference (:meth:`fit_extrapolation_grade`)."""
+        grade's reference (:meth:`fit_extrapolation_grade`).
+
+        The grade's reference depends on ``varsigma``: a reference recorded before is kept when
+        the new calibration has the same ``varsigma``, recomputed with ``train_loader``, and
+        otherwise dropped with a RuntimeWarning saying how to record it again."""
         self._require_fitted("calibrate")
         loaders = [loader] if extra is None else [loader, extra]
         parts = [self.collect(ld) for ld in loaders]
@@ -241,14 +293,29 @@ class LLPR:
             kwargs.update(force_jacobian=torch.cat([p["jacobian"] for p in fparts]),
                           force_errors=torch.cat([p["errors"] for p in fparts]))
         kwargs.setdefault("unit", "sample" if self.kind == "tabular" else "structure")
-        self.calibration = calibrate_hyperparameters(self.covariance, data["features"], errors,
-                                                     force_weight=force_weight, fit_power=sigma_power, **kwargs)
+        calibration = calibrate_hyperparameters(self.covariance_, data["features"], errors,
+                                                force_weight=force_weight, fit_power=sigma_power, **kwargs)
         if extra is not None:
-            self.calibration.n_extra = int(parts[1]["target"].shape[0])
-            self.calibration.extra_source = str(extra_source)
-        self.max_train_q = None
-        self._cholesky = None
-        self._head = None
+            calibration.n_extra = int(parts[1]["target"].shape[0])
+            calibration.extra_source = str(extra_source)
+        previous = self.calibration_
+        grade = {}
+        if train_loader is not None:
+            grade = {"max_train_q_": None, "n_train_atoms_": None}  # recorded again below
+        elif self.max_train_q_ is not None:
+            # q = f^T C^-1 f depends on varsigma only (not on alpha or the power law): same varsigma, same q
+            if previous is None or calibration.varsigma != previous.varsigma:
+                before = f"{previous.varsigma:.6g}" if previous is not None else "none"
+                warnings.warn(
+                    f"calibrate() changed varsigma ({before} -> {calibration.varsigma:.6g}): the extrapolation "
+                    "grade's reference max_train_q_, recorded with the old one, no longer applies and is dropped; "
+                    "pass train_loader= to calibrate() or call fit_extrapolation_grade(train_loader) to record it "
+                    "again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                grade = {"max_train_q_": None, "n_train_atoms_": None}
+        self._set_state(calibration_=calibration, **grade)
         if train_loader is not None:
             self.fit_extrapolation_grade(train_loader, progress=progress)
         return self
@@ -264,16 +331,14 @@ class LLPR:
             out = self._outputs(batch)
             acc.update(out["atom_features"] if "atom_features" in out else out["features"])
         acc.all_reduce()
-        self.max_train_q = acc.result()
-        self.n_train_atoms = acc.n_atoms
-        self._head = None
+        self._set_state(max_train_q_=acc.result(), n_train_atoms_=acc.n_atoms)
         return self
 
     def extrapolation_grade(self, atom_features: torch.Tensor) -> torch.Tensor:
         """Per-atom ``gamma_i = f_i^T C^-1 f_i / max_train_q`` (float64): above 1, an
         environment more novel than every training atom."""
         self._require_calibrated("compute the extrapolation grade")
-        if self.max_train_q is None:
+        if self.max_train_q_ is None:
             raise RuntimeError(
                 "cannot compute the extrapolation grade: the training set's max q is not recorded; call "
                 "LLPR.fit_extrapolation_grade(train_loader) (or calibrate(val_loader, train_loader=train_loader))"
@@ -282,11 +347,11 @@ class LLPR:
 
     def calibration_summary(self) -> dict:
         self._require_calibrated("summarise the calibration")
-        summary = self.calibration.summary()
-        summary["n_train"] = self.n_train
-        if self.max_train_q is not None:
-            summary["max_train_q"] = self.max_train_q
-            summary["n_train_atoms"] = self.n_train_atoms
+        summary = self.calibration_.summary()
+        summary["n_train"] = self.n_train_samples_
+        if self.max_train_q_ is not None:
+            summary["max_train_q"] = self.max_train_q_
+            summary["n_train_atoms"] = self.n_train_atoms_
         # a structure's feature is the sum of its atoms'; tabular rows are not reduced
         summary["feature_reduction"] = "sum" if self.kind == "atomistic" else "none"
         if self.kind != "atomistic":
@@ -298,33 +363,34 @@ class LLPR:
     def cholesky_factor(self) -> torch.Tensor:
         """Lower Cholesky factor L of C = F^T F + varsigma^2 I (float64)."""
         self._require_calibrated("build the covariance factor")
-        if self._cholesky is None:
-            n = self.covariance.shape[0]
-            reg = self.covariance + self.varsigma**2 * torch.eye(n, dtype=torch.float64)
+        if "cholesky" not in self._cache:
+            n = self.covariance_.shape[0]
+            reg = self.covariance_ + self.varsigma**2 * torch.eye(n, dtype=torch.float64)
             L, info = torch.linalg.cholesky_ex(reg)
             if int(info) != 0:
                 raise RuntimeError(
                     "the regularised covariance is not positive definite; recalibrate with a "
                     "larger varsigma"
                 )
-            self._cholesky = L
-        return self._cholesky
+            self._cache["cholesky"] = L
+        return self._cache["cholesky"]
 
     def head(self, ensemble: int = 0, seed: int = 0) -> LLPRHead:
         """The calibrated :class:`llpr.uncertainty.llpr_head.LLPRHead` (what the exported file carries), with a
         last-layer ensemble of ``ensemble`` members drawn with ``seed`` when ``ensemble`` >= 2."""
         self._require_calibrated("build the LLPR head")
         if ensemble == 0:
-            if self._head is None:
-                self._head = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, None, self.max_train_q,
-                                      *self._sigma_law())
-            return self._head
+            # built once per fitted state (its inverse factor costs O(F^3)); _set_state drops it
+            if "head" not in self._cache:
+                self._cache["head"] = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, None,
+                                               self.max_train_q_, *self._sigma_law())
+            return self._cache["head"]
         return LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, self.ensemble_deviations(ensemble, seed),
-                        self.max_train_q, *self._sigma_law())
+                        self.max_train_q_, *self._sigma_law())
 
     def _sigma_law(self) -> tuple[float, float]:
         """(s, b) of ``sigma = s q^(b/2)`` (alpha, 1 unless a power law was calibrated)."""
-        return self.calibration.energy_scale, self.calibration.sigma_power
+        return self.calibration_.energy_scale, self.calibration_.sigma_power
 
     def quadratic_form(self, features: torch.Tensor) -> torch.Tensor:
         """f^T C^-1 f per row (float64), by :meth:`LLPRHead.quadratic_form`."""
@@ -399,7 +465,7 @@ class LLPR:
         if "atom_features" in out:
             sigma_i, lpr_i = self.local_uncertainty(out["atom_features"])
             result.update(atom_sigma=sigma_i, lpr=lpr_i, atom_energies=out["atom_energies"])
-            if self.max_train_q is not None:
+            if self.max_train_q_ is not None:
                 result["gamma"] = self.head().extrapolation_grade(out["atom_features"])
         if "target" in out:
             result["target"] = out["target"]
@@ -413,47 +479,47 @@ class LLPR:
                     f"got {tuple(weights.shape)}"
                 )
             deviations = weights - w
-            scale, power = self._sigma_law()
-            members = LLPRHead(self.cholesky_factor(), self.alpha, self.varsigma, deviations, sigma_scale=scale,
-                               sigma_power=power)
-            member_dev = members.ensemble_energy_deviations(out["features"])  # (B, K)
+            # the members need no head (nor its inverse factor): the head's own formulas, on these deviations
+            member_dev = ensemble_energy_deviations(deviations, out["features"])  # (B, K)
             result["ensemble_prediction"] = out["prediction"].unsqueeze(1) + member_dev
-            result["ensemble_sigma"] = members.ensemble_sigma(member_dev.t())
+            result["ensemble_sigma"] = ensemble_sigma(member_dev.t())
         if forces:
             if self.kind != "atomistic" or not isinstance(batch, dict) or "positions" not in batch:
                 raise ValueError("forces=True needs an atomistic model and batch (llpr.graphs.collate)")
             if deviations is None:
-                deviations = torch.zeros((0, self.covariance.shape[0]), dtype=torch.float64)
+                deviations = torch.zeros((0, self.covariance_.shape[0]), dtype=torch.float64)
             f = self._ensemble_forces(batch, deviations)
             result["forces"] = f["forces"]
             if ensemble is not None:
                 result["ensemble_forces"] = f["forces"].unsqueeze(0) + f["force_deviations"]
-                result["force_sigma"] = members.force_sigma(f["force_deviations"])
+                result["force_sigma"] = force_sigma(f["force_deviations"])
         return result
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
         self._require_fitted("save the LLPR state")
-        state = {"covariance": self.covariance, "n_train": self.n_train, "target_scale": self.target_scale,
+        # the checkpoint's keys predate the fitted attributes' names: checkpoints written before load
+        state = {"covariance": self.covariance_, "n_train": self.n_train_samples_, "target_scale": self.target_scale,
                  "target_shift": self.target_shift}
-        if self.calibration is not None:
-            state["calibration"] = self.calibration.__dict__.copy()
-        if self.max_train_q is not None:
-            state["max_train_q"] = self.max_train_q
-            state["n_train_atoms"] = self.n_train_atoms
+        if self.calibration_ is not None:
+            state["calibration"] = self.calibration_.__dict__.copy()
+        if self.max_train_q_ is not None:
+            state["max_train_q"] = self.max_train_q_
+            state["n_train_atoms"] = self.n_train_atoms_
         return state
 
     def load_state_dict(self, state: dict) -> "LLPR":
-        self.covariance = state["covariance"].to(torch.float64)
-        self.n_train = int(state["n_train"])
         self.target_scale = float(state.get("target_scale", 1.0))
         self.target_shift = float(state.get("target_shift", 0.0))
         cal = state.get("calibration")
-        self.calibration = CalibrationResult(**cal) if cal is not None else None
-        self.max_train_q = state.get("max_train_q")
-        self.n_train_atoms = int(state.get("n_train_atoms", 0))
-        self._cholesky = None
-        self._head = None
+        q = state.get("max_train_q")
+        self._set_state(
+            covariance_=state["covariance"].to(torch.float64),
+            n_train_samples_=int(state["n_train"]),
+            calibration_=CalibrationResult(**cal) if cal is not None else None,
+            max_train_q_=None if q is None else float(q),
+            n_train_atoms_=int(state.get("n_train_atoms", 0)) if q is not None else None,
+        )
         return self
 
 

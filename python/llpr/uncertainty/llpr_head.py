@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from llpr.uncertainty.propagation import ensemble_sigma, force_sigma
+from llpr.uncertainty.propagation import ensemble_energy_deviations, ensemble_sigma, force_sigma
 
 
 
@@ -206,10 +206,7 @@ class LLPRHead(nn.Module):
     def ensemble_energy_deviations(self, feature_sums: torch.Tensor) -> torch.Tensor:
         """Member energy deviations ``dw_k . s``: (K,) for one summed feature vector (F,),
         (B, K) for rows (B, F)."""
-        s = feature_sums.to(torch.float64)
-        if s.dim() == 1:
-            return self.ensemble_deviations @ s
-        return s @ self.ensemble_deviations.t()
+        return ensemble_energy_deviations(self.ensemble_deviations, feature_sums)
 
     @torch.jit.export
     def force_sigma(self, force_deviations: torch.Tensor) -> torch.Tensor:

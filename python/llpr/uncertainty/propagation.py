@@ -187,6 +187,27 @@ def edge_gradients_to_forces(gradients: torch.Tensor, edge_index: torch.Tensor, 
     return forces.index_add(1, edge_index[0], gradients).index_add(1, edge_index[1], -gradients)
 
 
+def ensemble_energy_deviations(deviations: torch.Tensor, feature_sums: torch.Tensor) -> torch.Tensor:
+    """Member energy deviations ``dw_k . s`` of member deviations ``dw`` (K, F): (K,) for one
+    summed feature vector ``s`` (F,), (B, K) for rows (B, F); float64."""
+    s = feature_sums.to(torch.float64)
+    dw = deviations.to(torch.float64)
+    if s.dim() == 1:
+        return dw @ s
+    return s @ dw.t()
+
+
+def voigt_stress(virial: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """Stress ``-W / volume`` in Voigt order xx, yy, zz, yz, xz, xy (ASE's convention) of
+    virials ``W`` (n, 3, 3) and volumes (n,); off-diagonal pairs are averaged. Linear in ``W``:
+    the members' stress deviations are this of their virial deviations."""
+    sym = 0.5 * (virial + virial.transpose(1, 2))
+    voigt = torch.stack(
+        [sym[:, 0, 0], sym[:, 1, 1], sym[:, 2, 2], sym[:, 1, 2], sym[:, 0, 2], sym[:, 0, 1]], dim=1
+    )
+    return -voigt / volume.to(voigt.dtype).unsqueeze(1)
+
+
 def force_sigma(force_deviations: torch.Tensor) -> torch.Tensor:
     """Per-atom force sigma ``sqrt(sum_k |dF_k,i|^2 / (3 (K - 1)))`` (N,) from member force
     deviations ``dF_k = F_k - F`` (K, N, 3)."""
