@@ -158,7 +158,7 @@ def test_tabular_validation_samples_count_the_same():
     with pytest.raises(ValueError, match="at least 3 validation targets, got 2 validation samples: .* Use at "
                                          "least 3 validation samples"):
         llpr.calibrate([(x[50:52], y[50:52])])
-    assert llpr.calibrate([(x[50:53], y[50:53])]).calibration.n_validation == 3
+    assert llpr.calibrate([(x[50:53], y[50:53])]).calibration_.n_validation == 3
 
 
 # ----------------------------------------------------------------------------- the CLI
