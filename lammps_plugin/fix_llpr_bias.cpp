@@ -136,12 +136,6 @@ PairLLPR *FixLLPRBias::find_pair() const
 void FixLLPRBias::init()
 {
   PairLLPR *pair = find_pair();
-  if (!pair->supports_bias())
-    error->all(FLERR,
-               "fix llpr/bias: the model file {} has no biased evaluation (forward_graph, backward_graph and "
-               "head.bias_sigma): it was exported by an llpr older than fix llpr/bias; export it again from its "
-               "checkpoint with `llpr export llpr.ckpt -o model.pt`",
-               pair->model_path());
   if (pair->bias() && pair->bias() != this)
     error->all(FLERR, "fix llpr/bias {}: fix llpr/bias {} already biases pair_style llpr; use one fix llpr/bias "
                       "(its group can hold all the atoms to bias)",

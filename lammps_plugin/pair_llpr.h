@@ -85,8 +85,6 @@ class PairLLPR : public Pair {
   // ranks, and finishes with biased_backward()
   void set_bias(FixLLPRBias *fix) { bias_ = fix; }
   FixLLPRBias *bias() const { return bias_; }
-  // whether the model file has the methods of a biased evaluation
-  bool supports_bias() const;
   // number of this rank's centres (of the latest evaluation) in the group `groupbit`
   int group_centres(int groupbit) const;
   // LLPRHead.bias_sigma of the all-reduced sum (model units: eV): energy sigma, its capped value

@@ -12,8 +12,6 @@
 
 using namespace LAMMPS_NS;
 
-bool PairLLPR::supports_bias() const { return model_ && model_->metadata().bias; }
-
 int PairLLPR::group_centres(int groupbit) const
 {
   const int *mask = atom->mask;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -137,10 +138,11 @@ def test_torchscript_without_llpr_data(models):
         assert name in msg
 
 
-def _export_modified(llpr_module_path, out_path, head_changes=None, head_class=None, **changes):
+def _export_modified(llpr_module_path, out_path, head_changes=None, head_class=None, wrapper_class=None, **changes):
     """Re-script an exported model (of lammps_helpers.make_model) with some contract items
     changed: attributes of the wrapper (or buffers, when given a tensor), in ``head_changes``
-    buffers of its head, and the class of the head (``head_class``, a subclass of LLPRHead)."""
+    buffers of its head, the class of the head (``head_class``, a subclass of LLPRHead) and of
+    the wrapper (``wrapper_class``, a subclass of ExportedLLPRModel)."""
     from llpr.export import ExportedLLPRModel
     from llpr.uncertainty.llpr_head import LLPRHead
     from llpr.models.potential import LocalPotential
@@ -152,7 +154,7 @@ def _export_modified(llpr_module_path, out_path, head_changes=None, head_class=N
     model.load_state_dict({k[6:]: v for k, v in src.state_dict().items() if k.startswith("model.") and k[6:] in saved})
     head = (head_class or LLPRHead)(src.head.cholesky, float(src.head.alpha), float(src.head.varsigma),
                                     src.head.ensemble_deviations)
-    wrapper = ExportedLLPRModel(model, head, {}, "test")
+    wrapper = (wrapper_class or ExportedLLPRModel)(model, head, {}, "test")
     for name, value in (head_changes or {}).items():
         setattr(wrapper.head, name, value)
     for name, value in changes.items():
@@ -250,6 +252,86 @@ def test_bad_llpr_buffers_are_named(models):
             check_model(path)
 
 
+def _older_format_2_layouts():
+    """Wrapper and head classes that write a format-2 file without the items `llpr export` did
+    not always write (what was optional within the version): name -> (export kwargs, missing)."""
+    from llpr.export import ExportedLLPRModel
+    from llpr.uncertainty.llpr_head import LLPRHead
+
+    class NoStrictlyLocal(ExportedLLPRModel):
+        # the wrapper's code reads it, but as a property it is no attribute of the scripted file
+        __annotations__ = {"locality": bool}  # a type, not a string (this file defers annotations)
+
+        @property
+        def strictly_local(self) -> bool:
+            return self.locality
+
+        @strictly_local.setter
+        def strictly_local(self, value: bool) -> None:
+            self.locality = value
+
+    class NoMaxTrainQ(LLPRHead):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            del self._buffers["max_train_q"]
+
+        # not exported (no @torch.jit.export): absent from the scripted head
+        def extrapolation_grade(self, features):
+            raise NotImplementedError
+
+        def has_extrapolation_grade(self):
+            return False
+
+    class NoBias(LLPRHead):
+        def bias_sigma(self, feature_sum: torch.Tensor, sigma_cap: float):
+            raise NotImplementedError
+
+    class NoGraphs(ExportedLLPRModel):
+        def forward_graph(self, positions, atomic_numbers, edge_index, edge_shifts, n_centers, compute_forces=True,
+                          compute_virial=False):
+            raise NotImplementedError
+
+        def backward_graph(self, graph, n_atoms, center_weights, feature_cotangent, with_energy, compute_forces,
+                           compute_virial, retain_graph):
+            raise NotImplementedError
+
+    class NoSigmaLaw(LLPRHead):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            del self._buffers["sigma_scale"]
+            del self._buffers["sigma_power"]
+
+        @torch.jit.export
+        def local_uncertainty(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            q = self.quadratic_form(features)
+            return self.alpha * torch.sqrt(q), 1.0 / q
+
+        @torch.jit.export
+        def energy_variance(self, feature_sums: torch.Tensor) -> torch.Tensor:
+            return self.alpha**2 * self.quadratic_form(feature_sums)
+
+    return {
+        "strictly_local": ({"wrapper_class": NoStrictlyLocal}, "strictly_local"),
+        "max_train_q": ({"head_class": NoMaxTrainQ}, "head.max_train_q, head.extrapolation_grade"),
+        "bias_sigma": ({"head_class": NoBias}, "head.bias_sigma"),
+        "forward_graph": ({"wrapper_class": NoGraphs}, "forward_graph, backward_graph"),
+        "sigma law": ({"head_class": NoSigmaLaw}, "head.sigma_scale, head.sigma_power"),
+    }
+
+
+@pytest.mark.parametrize("layout", ["strictly_local", "max_train_q", "bias_sigma", "forward_graph", "sigma law"])
+def test_format_2_file_of_an_older_llpr_is_refused_saying_to_reexport(models, layout):
+    """Every item `llpr export` writes is required: a format-2 file from an older llpr that lacks
+    some of them is refused in one message that names them and says to re-export."""
+    kwargs, lacks = _older_format_2_layouts()[layout]
+    path = _export_modified(models["sic"], str(models["dir"] / f"older_{layout.replace(' ', '_')}.pt"), **kwargs)
+    with pytest.raises(ValueError) as info:
+        core.check(path)
+    msg = str(info.value)
+    assert "format version 2 written by an older llpr: it lacks " + lacks + ", which this llpr requires" in msg, msg
+    assert "re-export it with `llpr export llpr.ckpt -o model.pt`" in msg and "not a valid" not in msg
+
+
 @pytest.mark.skipif(core.cuda_available(), reason="a CUDA device is available")
 def test_cuda_without_gpu_is_a_clear_error(models):
     with pytest.raises(ValueError, match="no CUDA GPU"):
@@ -257,11 +339,10 @@ def test_cuda_without_gpu_is_a_clear_error(models):
 
 
 def test_plugin_location_and_entry_point():
-    from llpr.lammps.plugin import plugin_dir, plugin_path
+    from llpr.lammps.plugin import plugin_dir
 
     folder = plugin_dir()
     assert isinstance(folder, str) and os.path.isdir(folder)
     assert os.path.exists(os.path.join(folder, "libllpr_lammpsplugin.so"))
-    assert plugin_path() == os.path.join(folder, "libllpr_lammpsplugin.so")
     eps = [ep for ep in importlib.metadata.entry_points(group="lammps.plugins") if ep.name == "llpr"]
     assert len(eps) == 1 and eps[0].load()() == folder

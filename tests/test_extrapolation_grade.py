@@ -134,32 +134,17 @@ def test_calibrate_keeps_recomputes_or_warns_about_the_grade(small_model, si_spl
     assert llpr.max_train_q_ == fresh.max_train_q_ != q
 
 
-class _HeadBeforeGamma:
-    """Builds what an LLPR head was before the extrapolation grade: no max_train_q buffer and no
-    extrapolation_grade method (as in files exported by earlier llpr versions)."""
+def _head_without_gamma(head):
+    """The head of a checkpoint calibrated without the training set: max_train_q is NaN (not
+    recorded), so the file gives everything but the extrapolation grade."""
+    from llpr.uncertainty.llpr_head import LLPRHead
 
-    @staticmethod
-    def make(head):
-        from llpr.uncertainty.llpr_head import LLPRHead
-
-        class OldHead(LLPRHead):
-            def __init__(self, h):
-                super().__init__(h.cholesky, float(h.alpha), float(h.varsigma), h.ensemble_deviations)
-                del self._buffers["max_train_q"]
-
-            # not exported: TorchScript leaves them out, as they were absent before
-            def extrapolation_grade(self, features):
-                raise NotImplementedError
-
-            def has_extrapolation_grade(self):
-                return False
-
-        return OldHead(head)
+    return LLPRHead(head.cholesky, float(head.alpha), float(head.varsigma), head.ensemble_deviations)
 
 
 @pytest.fixture(scope="module")
 def files(small_llpr, tmp_path_factory):
-    """The session's small model exported with gamma, and a copy laid out as before gamma."""
+    """The session's small model exported with gamma, and a copy without its reference (NaN)."""
     import copy
 
     from llpr import __version__
@@ -172,12 +157,12 @@ def files(small_llpr, tmp_path_factory):
     model = copy.deepcopy(small_llpr.model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapper = ExportedLLPRModel(model, _HeadBeforeGamma.make(small_llpr.head()), small_llpr.calibration_summary(),
+    wrapper = ExportedLLPRModel(model, _head_without_gamma(small_llpr.head()), small_llpr.calibration_summary(),
                                 __version__)
-    old = str(d / "old.pt")
+    old = str(d / "no_gamma.pt")
     torch.jit.save(torch.jit.script(wrapper), old)
     _core().seal_file(old)
-    return {"gamma": new, "old": old}
+    return {"gamma": new, "no_gamma": old}
 
 
 def test_core_gamma_equals_the_head(files, si_splits):
@@ -192,31 +177,31 @@ def test_core_gamma_equals_the_head(files, si_splits):
     np.testing.assert_allclose(out["gamma"], ref["gamma"], rtol=1e-12, atol=0)
     model = _core().Model(files["gamma"], "cpu")
     np.testing.assert_allclose(model.extrapolation_grade(ref["features"]), ref["gamma"], rtol=1e-12, atol=0)
-    old = _core().Model(files["old"], "cpu")
+    old = _core().Model(files["no_gamma"], "cpu")
     with pytest.raises(ValueError, match="re-export"):
         old.extrapolation_grade(ref["features"])
     assert "gamma" not in old.compute(g["positions"], g["atomic_numbers"], g["edge_index"], g["edge_shifts"])
 
 
-def test_file_before_gamma_loads_and_says_to_reexport(files, si_splits):
+def test_file_without_gamma_loads_and_says_to_reexport(files, si_splits):
     from llpr.ase import LLPRCalculator
     from llpr.evaluate import evaluate_model
     from llpr.modelfile import has_extrapolation_grade, load_exported
     from llpr.lammps.plugin import check_model
 
-    info = check_model(files["old"])
+    info = check_model(files["no_gamma"])
     assert info["has_extrapolation_grade"] is False and info["max_train_q"] is None
-    assert not has_extrapolation_grade(load_exported(files["old"]))
+    assert not has_extrapolation_grade(load_exported(files["no_gamma"]))
     new = check_model(files["gamma"])
     assert new["has_extrapolation_grade"] and new["max_train_q"] > 0
     _, _, test = si_splits
     atoms = test[0].copy()
-    atoms.calc = LLPRCalculator(files["old"])
+    atoms.calc = LLPRCalculator(files["no_gamma"])
     atoms.get_potential_energy()
     assert "gamma" not in atoms.calc.results and atoms.calc.results["sigma"].shape == (len(atoms),)
     with pytest.raises(ValueError, match="re-export"):
         atoms.calc.get_property("gamma", atoms)
-    m = evaluate_model(files["old"], test[:2], ensemble=False)["metrics"]
+    m = evaluate_model(files["no_gamma"], test[:2], ensemble=False)["metrics"]
     assert m["gamma_available"] is False
 
 
@@ -281,15 +266,15 @@ run 0
         assert np.all(res["force_sigma"] > 0)  # column [3] is still the force sigma
 
 
-def test_lammps_gamma_on_a_file_before_gamma_says_to_reexport(files, tmp_path):
+def test_lammps_gamma_on_a_file_without_gamma_says_to_reexport(files, tmp_path):
     atoms = si_diamond(rattle=0.1, seed=1)
     data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
     for extra in ("compute ug all llpr/atom gamma yes", "fix fp all pair 1 llpr gamma 1"):
-        script = lammps_script(files["old"], data, ["Si"], post=f"{extra}\nrun 0\n")
+        script = lammps_script(files["no_gamma"], data, ["Si"], post=f"{extra}\nrun 0\n")
         proc = run_lmp(script, tmp_path)
         assert_lammps_error(proc, "extrapolation grade", "re-export")
-    # without gamma the old file runs as before
-    proc = run_lmp(lammps_script(files["old"], data, ["Si"], post="run 0\n"), tmp_path)
+    # without gamma the file runs as any other
+    proc = run_lmp(lammps_script(files["no_gamma"], data, ["Si"], post="run 0\n"), tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:]
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    assert_lammps_error,
+    assert_lammps_error_in_process,
     cluster_left_half,
     label_randomly,
     lammps_module_marks,
@@ -470,8 +470,9 @@ GOOD = dict(data="{data}", pair="llpr {si} device cpu", coeff="* * Si", pre="", 
 
 ERROR_CASES = {
     "another pair style": ({"pair": "zero 4.0", "coeff": "* *"}, "fix llpr/bias requires pair_style llpr"),
+    # refused when pair_style llpr loads it, fix or no fix: every item of the file is required
     "file exported before fix llpr/bias": ({"pair": "llpr {old} device cpu"},
-                                           "has no biased evaluation (forward_graph, backward_graph"),
+                                           "written by an older llpr: it lacks head.bias_sigma", "re-export"),
     "negative tau": ({"args": "tau -0.1"}, "tau must be zero or positive, got -0.1"),
     "no tau": ({"args": "sigma_cap 1.0"}, "tau is required"),
     "group without atoms": ({"pre": "group nobody id 9999", "group": "nobody"}, "group nobody has no atoms"),
@@ -499,4 +500,4 @@ ERROR_CASES = {
 def test_bad_input_is_a_lammps_error(bad_files, tmp_path, kind):
     changes, *wants = ERROR_CASES[kind]
     settings = {key: value.format(**bad_files) for key, value in {**GOOD, **changes}.items()}
-    assert_lammps_error(run_lmp(BAD_INPUT.format(**settings), tmp_path), *wants)
+    assert_lammps_error_in_process(BAD_INPUT.format(**settings), tmp_path, *wants)

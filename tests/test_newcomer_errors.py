@@ -464,14 +464,15 @@ def raw_lmp_available():
 def test_lammps_without_the_plugin(files, tmp_path, raw_lmp_available):
     """Another launcher of the same LAMMPS: `Unrecognized pair style 'llpr'` (LAMMPS' own
     message), fixed by `plugin load` of the file in `llpr plugin-path`."""
-    from llpr.lammps.plugin import plugin_path
+    from llpr.lammps.plugin import plugin_dir
 
     shutil.copy(files["model.pt"], tmp_path / "model.pt")
     shutil.copy(files["dir"] / "si.data", tmp_path / "si.data")
     proc, out = _raw_lmp(_script(), tmp_path)
     assert "Unrecognized pair style 'llpr'" in _error(out)
     check_quote("unrecognized-pair-style", out)
-    proc, out = _raw_lmp(f"plugin load {plugin_path()}\n" + _script(), tmp_path)
+    plugin = os.path.join(plugin_dir(), "libllpr_lammpsplugin.so")
+    proc, out = _raw_lmp(f"plugin load {plugin}\n" + _script(), tmp_path)
     assert proc.returncode == 0, out[-3000:]
     assert "llpr: loaded model.pt" in out
 

@@ -22,8 +22,10 @@ py::dict metadata_dict(const llpr::Metadata &m)
   d["path"] = m.path;
   d["format_version"] = m.format_version;
   d["species"] = m.species;
+  // symbols from ASE's table (the element tables of the C++ side belong to the LAMMPS plugin)
+  py::object symbols = py::module_::import("ase.data").attr("chemical_symbols");
   py::list elements;
-  for (auto z : m.species) elements.append(llpr::element_symbol(z));
+  for (auto z : m.species) elements.append(symbols[py::int_(z)]);
   d["elements"] = elements;
   d["cutoff"] = m.cutoff;
   d["receptive_field"] = m.receptive_field;
@@ -295,8 +297,6 @@ PYBIND11_MODULE(_core, m)
         "'' if this CPU runs llpr's native kernels (x86-64 with AVX2 and FMA), else why not");
   m.def("set_num_threads", &llpr::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &llpr::get_num_threads);
-  m.def("atomic_number", &llpr::atomic_number, py::arg("symbol"));
-  m.def("element_symbol", &llpr::element_symbol, py::arg("z"));
 
   py::class_<PyModel>(m, "Model")
       .def(py::init<const std::string &, const std::string &>(), py::arg("path"),

@@ -2,9 +2,9 @@
 // reference: llpr.uncertainty.llpr_head.LLPRHead (quadratic_form, local_uncertainty, extrapolation_grade,
 // energy_variance). The core evaluates the head's TorchScript methods everywhere except on
 // the CPU, where these run instead: a matrix product cannot skip the zero half of the
-// triangular factor, and each small TorchScript call after a model step costs tens of
-// microseconds (docs/performance.md). The core only uses them for a file after checking on
-// load that they reproduce that file's head (Model::Impl::choose_uncertainty).
+// triangular factor, and each small TorchScript call after a model step has an interpreter
+// overhead of its own (docs/performance.md). The core only uses them for a file after checking
+// on load that they reproduce that file's head (Model::Impl::choose_uncertainty, uncertainty.cpp).
 //
 // Internal to libllpr_core (no torch types here).
 #pragma once

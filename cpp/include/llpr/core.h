@@ -1,7 +1,7 @@
 // llpr core: load, validate and run an exported LLPR model (format version 2).
 //
 // This header is deliberately free of torch and LAMMPS includes: the LAMMPS plugin and the
-// Python binding only see plain C++ types, and all libtorch code lives in core.cpp. The
+// Python binding only see plain C++ types, and all libtorch code lives in cpp/src. The
 // last-layer features of the latest evaluation stay inside the Model (on its device); the
 // uncertainty helpers work on them without copying them back to the host.
 #pragma once
@@ -52,8 +52,7 @@ struct Metadata {
   std::vector<int64_t> species;  // atomic numbers
   double cutoff = 0.0;           // Angstrom
   double receptive_field = 0.0;  // Angstrom
-  // a centre's energy and features depend only on its own edges (the file's `strictly_local`;
-  // a file without that attribute counts as strictly local when receptive_field == cutoff)
+  // a centre's energy and features depend only on its own edges (the file's `strictly_local`)
   bool strictly_local = true;
   std::string energy_unit;       // "eV"
   std::string length_unit;       // "Angstrom"
@@ -67,12 +66,9 @@ struct Metadata {
   double varsigma = 0.0;
   // members K of the last-layer ensemble (buffer head.ensemble_deviations, K x F; 0: none)
   int64_t ensemble_size = 0;
-  // the methods of a biased evaluation (forward_graph, backward_graph, head.bias_sigma): files
-  // exported by an llpr older than fix llpr/bias lack them (and still load for everything else)
-  bool bias = false;
   // the training set's largest per-atom quadratic form (buffer head.max_train_q), the reference
-  // of the extrapolation grade gamma_i = q_i / max_train_q; optional within format 2 (files
-  // exported before it, or from a checkpoint calibrated without the training set, lack it)
+  // of the extrapolation grade gamma_i = q_i / max_train_q; NaN in the file (then false here)
+  // when the checkpoint was calibrated without the training set
   bool has_extrapolation_grade = false;
   double max_train_q = 0.0;
   // how the per-step uncertainties (quadratic form, sigma_i, LPR_i, gamma_i, a group's energy
@@ -148,7 +144,7 @@ class Model {
   // touch the cached features.
   void compute_ensemble(const Inputs &inputs, const Request &request, EnsembleOutputs &outputs);
 
-  // --- a biased evaluation in two halves (fix llpr/bias; needs metadata().bias) ---
+  // --- a biased evaluation in two halves (fix llpr/bias) ---
   // forward(): energies and features as compute() gives them (the features are cached the same
   // way), keeping the model's autograd graph instead of differentiating it; no forces yet.
   void forward(const Inputs &inputs, const Request &request, Outputs &outputs);
@@ -167,13 +163,12 @@ class Model {
   void bias_sigma(const double *feature_sum, double sigma_cap, double &sigma, double &value, double *gradient) const;
 
   // --- on the features cached by the latest compute() (centre order) ---
-  int64_t n_cached() const;
   // sigma_i = alpha sqrt(f_i^T C^-1 f_i) (eV) and LPR_i = 1 / (f_i^T C^-1 f_i); either may be null
   void cached_local_uncertainty(double *sigma, double *lpr) const;
   // gamma_i = f_i^T C^-1 f_i / max_train_q by LLPRHead.extrapolation_grade; Error (with
   // no_extrapolation_grade_message) if the file has no max_train_q
   void cached_extrapolation_grade(double *gamma) const;
-  // the cached features, n_cached x n_features, float64 (copied to the host)
+  // the cached features, n_centers x n_features, float64 (copied to the host)
   void cached_features(double *out) const;
   // sum (float64) of the cached features of every centre
   void cached_feature_sum_all(double *out) const;
@@ -239,11 +234,5 @@ std::string cuda_unavailable_reason();
 // torch version this library was compiled against, and the one found at run time
 std::string torch_version_compiled();
 std::string torch_version_runtime();
-
-// Element symbol <-> atomic number (1..118); -1 / "" when unknown.
-int atomic_number(const std::string &symbol);
-std::string element_symbol(int64_t z);
-// Standard atomic weight of element z (g/mol); 0 when unknown.
-double atomic_mass(int64_t z);
 
 }  // namespace llpr

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 
-PLUGIN_LIBRARY = "libllpr_lammpsplugin.so"
-
 
 def plugin_dir() -> str:
     """Folder that contains the installed ``libllpr_lammpsplugin.so`` (``llpr/lib``)."""
@@ -30,20 +28,6 @@ def plugin_dir() -> str:
             pass
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.path.join(package, "lib")
-
-
-def plugin_path() -> str:
-    """Full path of ``libllpr_lammpsplugin.so`` (for an explicit ``plugin load``).
-
-    Raises FileNotFoundError when llpr was installed without its compiled parts.
-    """
-    path = os.path.join(plugin_dir(), PLUGIN_LIBRARY)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"the llpr LAMMPS plugin is not installed ({path} is missing); install llpr with its "
-            "C++ parts: pip install --no-build-isolation . (needs torch and lammps[mpi] installed)"
-        )
-    return path
 
 
 def _core():
