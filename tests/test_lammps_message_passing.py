@@ -4,8 +4,8 @@ plus the skin, the graph over local and ghost atoms, energies and features of th
 only. Energies, forces, virials, sigma_i, LPR_i, the global sigma, the force sigma and the
 members' energy and pressure deviations against the Python reference (the exported module on
 the periodic graph) on 1, 2 and 3 MPI ranks, cells smaller than the receptive field included;
-finite-difference forces, NVE energy conservation, MD across ranks; the ghost shell raised and
-given back; comm_style tiled, neighbor style nsq and pair_style hybrid."""
+the ghost shell raised and given back; comm_style tiled, neighbor style nsq and pair_style
+hybrid. Finite-difference forces, NVE and MD on 3 ranks: tests/test_lammps_consistency.py."""
 
 from __future__ import annotations
 
@@ -16,17 +16,12 @@ import pytest
 import torch
 
 from lammps_helpers import (
-    check_nve_energy_conservation,
     cluster_left_half,
     compare,
-    finite_difference_force_error,
-    hot_md_finals,
     lammps_module_marks,
-    lammps_results,
     lammps_script,
     make_model,
     NKTV2P_METAL,
-    open_lammps_quiet,
     reference,
     run_in_process,
     run_lmp,
@@ -47,33 +42,9 @@ SHELL = {"si": "10", "sic": "9"}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """"si": cutoff 4 A (the second neighbour shell of diamond, 3.84 A, inside it), trained
-    briefly on Stillinger-Weber labels of rattled diamond cells (stable MD); "sic": cutoff 3.5 A,
-    untrained (C and Si); both pass messages and carry a K-member ensemble. "local": the pair
-    network without message passing."""
-    from llpr.models.checkpoint import register_model
-    from llpr.graphs import AtomisticDataset, make_loader
-    from llpr.lammps.labelling import label_structures
-    from llpr.modelfile import export_model
-    from llpr.models.train import TrainConfig, train_model
-    from llpr.uncertainty.estimator import LLPR
-
-    d = tmp_path_factory.mktemp("message_passing")
-    register_model("PairwiseModel", PairwiseModel)
-    labelled = label_structures([si_diamond(rattle=0.05 + 0.01 * k, seed=100 + k) for k in range(24)], "sw")
-    config = TrainConfig(max_epochs=30, batch_size=4, learning_rate=1e-2, dtype="float64", seed=0,
-                         model_class="PairwiseModel", model={"cutoff": 4.0, "message_passing": True})
-    model, _ = train_model(labelled[:18], labelled[18:], config, progress=False)
-    assert model.receptive_field == 8.0 and not model.strictly_local
-    loaders = [make_loader(AtomisticDataset(part, model.cutoff, torch.float64), 8) for part in (labelled[:18], labelled[18:])]
-    llpr = LLPR(model).fit(loaders[0]).calibrate(loaders[1])
-    return {
-        "si": export_model(llpr, str(d / "si.pt"), ensemble=K, seed=1),
-        "sic": make_model(d / "sic.pt", species=(6, 14), seed=1, n_structures=12, ensemble=K, ensemble_seed=2,
-                          model_class=PairwiseModel, message_passing=True),
-        "local": make_model(d / "local.pt", species=(14,), seed=0, n_structures=12, model_class=PairwiseModel),
-    }
+def models(message_passing_models):
+    """tests/conftest.py message_passing_models (K-member ensembles: K above)."""
+    return message_passing_models
 
 
 def sic_slab():
@@ -93,7 +64,10 @@ CASES = {
     "sic_slab_non_periodic_z": ("sic", sic_slab, ["C", "Si"], "p p f"),
     "rank_without_atoms": ("sic", cluster_left_half, ["Si", "C"], "f f f"),
 }
-RUNS = [(case, n) for case in CASES for n in (1, 2, 3) if case != "rank_without_atoms"] + [("rank_without_atoms", 2)]
+# 3 ranks (each rank's two x neighbours different ranks, ghosts through several of them) on the
+# cell smaller than the receptive field, where that matters most; 1 and 2 ranks on every cell
+RUNS = ([(case, n) for case in CASES for n in (1, 2) if case != "rank_without_atoms"]
+        + [("si_cubic_8_smaller_than_receptive_field", 3), ("rank_without_atoms", 2)])
 
 
 def _grid(stdout):
@@ -189,43 +163,6 @@ def test_uncertainties_match_python(models, tmp_path, case, nprocs):
     np.testing.assert_allclose(members[2 * K:].reshape(K, 6), tensor, rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(members[K:2 * K], tensor[:, :3].mean(axis=1), rtol=0, atol=1e-10 * scale)
     print(case, nprocs, "ranks: max |force sigma - Python|", f"{np.abs(table[:, 3] - ref['force_sigma']).max():.1e}")
-
-
-def test_forces_are_minus_energy_gradient(models, tmp_path):
-    """Central differences of LAMMPS energies on a triclinic cell smaller than the receptive
-    field: a force left on a ghost image, or a missing second-shell edge, shows here."""
-    atoms = sic_triclinic(seed=45)
-    data = write_data(atoms, tmp_path / "data.lmp", ["Si", "C"])
-    lmp = open_lammps_quiet()
-    h = 1e-4
-    try:
-        lmp.commands_string(lammps_script(models["sic"], data, ["Si", "C"], post="run 0"))
-        assert np.abs(lammps_results(lmp)["forces"]).max() > 0.1  # forces worth differentiating
-        worst = finite_difference_force_error(lmp, (1, 8), h)
-        print(f"max |F - (-dE/dx)_FD| = {worst:.2e} eV/A (h = {h} A)")
-        assert worst < 1e-6
-    finally:
-        lmp.close()
-
-
-def test_nve_energy_conservation(models, tmp_path):
-    """NVE, 64 Si atoms at 300 K: 500 steps of 1 fs and the same 0.5 ps in 0.5 fs steps, with
-    neighbour-list rebuilds (ghost lists included); the criterion of the native model's NVE
-    test (tests/test_lammps.py): the oscillation drops ~4x with dt^2 and the drift stays below
-    it, both bounded in absolute terms at ~20x the values measured for this model."""
-    atoms = si_diamond((2, 2, 2), rattle=0.05, seed=3)
-    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    check_nve_energy_conservation(models["si"], data, len(atoms), 500, 2e-5, 3e-3)
-
-
-def test_md_on_three_ranks_follows_one_rank(models, tmp_path):
-    """100 steps of hot NVE with rebuilds every step and atoms migrating between ranks: the
-    3-rank trajectory (ghosts made through several ranks and periodic images) matches 1 rank."""
-    atoms = si_diamond((2, 2, 2), rattle=0.1, seed=46)
-    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    finals, outputs = hot_md_finals(models["si"], data, 100, tmp_path, (1, 3))
-    assert all("ghost atom cutoff = 8.5\n" in out for out in outputs)  # receptive field + skin 0.5
-    np.testing.assert_allclose(finals[0], finals[1], rtol=1e-8, atol=1e-8)
 
 
 def test_ghost_shell_is_raised_and_given_back(models, tmp_path):

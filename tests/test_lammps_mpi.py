@@ -10,13 +10,11 @@ import torch
 
 from lammps_helpers import (
     compare,
-    hot_md_finals,
     lammps_module_marks,
     lammps_script,
     MPI_CASES,
     reference,
     run_lmp,
-    si_and_sic_models,
     si_diamond,
     subprocess_results,
     write_data,
@@ -26,8 +24,8 @@ pytestmark = lammps_module_marks(mpi=True)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return si_and_sic_models(tmp_path_factory.mktemp("mpi_models"))
+def models(native_lammps_models):
+    return native_lammps_models
 
 
 @pytest.mark.parametrize("nprocs", [2, 1])
@@ -115,12 +113,3 @@ print "STEP $(step)"
     expected = np.nonzero(ref["sigma"] > threshold)[0] + 1
     assert list(dumped[:, 0].astype(int)) == list(expected)
     np.testing.assert_allclose(dumped[:, 1], ref["sigma"][expected - 1], atol=1e-10)
-
-
-def test_md_on_two_ranks_follows_one_rank(models, tmp_path):
-    """200 steps of hot NVE with neighbour-list rebuilds and atoms migrating between ranks:
-    the 2-rank trajectory matches the 1-rank one (up to summation-order round-off)."""
-    atoms = si_diamond((2, 2, 2), rattle=0.1, seed=26)
-    data = write_data(atoms, tmp_path / "data.lmp", ["Si"])
-    finals, _ = hot_md_finals(models["si"], data, 200, tmp_path, (1, 2))
-    np.testing.assert_allclose(finals[0], finals[1], rtol=1e-8, atol=1e-8)
