@@ -174,6 +174,7 @@ def test_empty_structure_gives_what_the_native_model_gives(sic_files, tmp_path):
     assert float(out["energy"]) == 0.0 and not bool(out["forces"].any()) and not bool(out["virial"].any())
 
 
+@pytest.mark.slow
 def test_cli_calibrate_export_check_with_mace_keys(sic_files, tmp_path):
     _, compiled = sic_files
     write(tmp_path / "train.xyz", labelled(6, 0, keys=("REF_energy", "REF_forces")))
