@@ -223,3 +223,24 @@ def test_fitted_state_is_set_by_fit_and_calibrate_and_its_head_built_once(small_
     assert llpr.calibration_ is None and llpr.n_train_samples_ == len(train) - 3
     with pytest.raises(RuntimeError, match="calibrate"):
         llpr.head()
+
+
+def test_checkpoints_written_before_load(small_llpr, tmp_path):
+    """Checkpoints keep their keys (covariance, n_train, calibration, max_train_q, ...): one
+    written before the fitted attributes' names, and one from before the grade's reference,
+    load into covariance_, calibration_, max_train_q_ and give the same sigmas."""
+    from llpr.models.checkpoint import save_llpr_payload
+    from llpr.uncertainty.estimator import load_llpr
+
+    old = {"covariance": small_llpr.covariance_.clone(), "n_train": small_llpr.n_train_samples_,
+           "calibration": dict(small_llpr.calibration_.__dict__), "max_train_q": small_llpr.max_train_q_,
+           "n_train_atoms": small_llpr.n_train_atoms_}
+    save_llpr_payload(str(tmp_path / "old.ckpt"), small_llpr.model, old)
+    again = load_llpr(str(tmp_path / "old.ckpt"))
+    assert again.n_train_samples_ == small_llpr.n_train_samples_ and again.max_train_q_ == small_llpr.max_train_q_
+    f = torch.randn(5, small_llpr.covariance_.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.variance(f), small_llpr.variance(f), rtol=0, atol=0)
+    before_gamma = {k: v for k, v in old.items() if k not in ("max_train_q", "n_train_atoms")}
+    save_llpr_payload(str(tmp_path / "before_gamma.ckpt"), small_llpr.model, before_gamma)
+    again = load_llpr(str(tmp_path / "before_gamma.ckpt"))
+    assert again.max_train_q_ is None and again.n_train_atoms_ is None and again.alpha == small_llpr.alpha
