@@ -243,7 +243,7 @@ def load_exported(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
     core.check(path)
     module = torch.jit.load(path, map_location=device)
     if not module.strictly_local or module.receptive_field > module.cutoff:
-        # as the C++ core does for such models (cpp/src/core.cpp, Model::Model): their graph
+        # as the C++ core does for such models (cpp/src/model_file.cpp, Model::Model): their graph
         # sizes change with every structure, and re-optimising for each costs more than it saves
         torch._C._set_graph_executor_optimize(False)
     return module
