@@ -137,6 +137,29 @@ ComputeLLPR *FixLLPRRecord::ensemble_compute()
   return llpr;
 }
 
+// Whether the global value of a compute or fix that `v` names is a vector (a whole vector, or a
+// column of an array) or a scalar (the scalar, or one element of a vector); size_vector < 0: the
+// vector's length is only known when it is computed
+bool FixLLPRRecord::value_is_vector(const Value &v, const char *kind, int scalar_flag, int vector_flag,
+                                    int array_flag, int size_vector, int size_array_cols)
+{
+  if (v.index == 0) {
+    if (!scalar_flag && !vector_flag)
+      error->all(FLERR, "fix llpr/record: {} {} gives no global scalar or vector for {}", kind, v.id, v.name);
+    return !scalar_flag;
+  }
+  if (vector_flag) {
+    if (size_vector >= 0 && v.index > size_vector)
+      error->all(FLERR, "fix llpr/record: {}: {} {} has {} elements", v.name, kind, v.id, size_vector);
+    return false;
+  }
+  if (!array_flag)
+    error->all(FLERR, "fix llpr/record: {} {} gives no global vector or array for {}", kind, v.id, v.name);
+  if (v.index > size_array_cols)
+    error->all(FLERR, "fix llpr/record: {}: {} {} has {} columns", v.name, kind, v.id, size_array_cols);
+  return true;
+}
+
 void FixLLPRRecord::init()
 {
   ensemble_compute();
@@ -156,21 +179,8 @@ void FixLLPRRecord::init()
     if (v.source == COMPUTE) {
       Compute *c = modify->get_compute_by_id(v.id);
       if (!c) error->all(FLERR, "fix llpr/record: compute {} of {} does not exist", v.id, v.name);
-      if (v.index == 0) {
-        if (c->scalar_flag) v.vector = false;
-        else if (c->vector_flag) v.vector = true;
-        else error->all(FLERR, "fix llpr/record: compute {} gives no global scalar or vector for {}", v.id, v.name);
-      } else if (c->vector_flag) {
-        if (v.index > c->size_vector && !c->size_vector_variable)
-          error->all(FLERR, "fix llpr/record: {}: compute {} has {} elements", v.name, v.id, c->size_vector);
-        v.vector = false;
-      } else if (c->array_flag) {
-        if (v.index > c->size_array_cols)
-          error->all(FLERR, "fix llpr/record: {}: compute {} has {} columns", v.name, v.id, c->size_array_cols);
-        v.vector = true;
-      } else {
-        error->all(FLERR, "fix llpr/record: compute {} gives no global vector or array for {}", v.id, v.name);
-      }
+      v.vector = value_is_vector(v, "compute", c->scalar_flag, c->vector_flag, c->array_flag,
+                                 c->size_vector_variable ? -1 : c->size_vector, c->size_array_cols);
     } else if (v.source == FIX) {
       Fix *f = modify->get_fix_by_id(v.id);
       if (!f) error->all(FLERR, "fix llpr/record: fix {} of {} does not exist", v.id, v.name);
@@ -181,21 +191,8 @@ void FixLLPRRecord::init()
       if (nevery % f->global_freq)
         error->all(FLERR, "fix llpr/record: fix {} gives its values every {} steps, which does not divide N = {}",
                    v.id, f->global_freq, nevery);
-      if (v.index == 0) {
-        if (f->scalar_flag) v.vector = false;
-        else if (f->vector_flag) v.vector = true;
-        else error->all(FLERR, "fix llpr/record: fix {} gives no global scalar or vector for {}", v.id, v.name);
-      } else if (f->vector_flag) {
-        if (v.index > f->size_vector)
-          error->all(FLERR, "fix llpr/record: {}: fix {} has {} elements", v.name, v.id, f->size_vector);
-        v.vector = false;
-      } else if (f->array_flag) {
-        if (v.index > f->size_array_cols)
-          error->all(FLERR, "fix llpr/record: {}: fix {} has {} columns", v.name, v.id, f->size_array_cols);
-        v.vector = true;
-      } else {
-        error->all(FLERR, "fix llpr/record: fix {} gives no global vector or array for {}", v.id, v.name);
-      }
+      v.vector = value_is_vector(v, "fix", f->scalar_flag, f->vector_flag, f->array_flag, f->size_vector,
+                                 f->size_array_cols);
     } else {
       const int ivar = input->variable->find(v.id.c_str());
       if (ivar < 0) error->all(FLERR, "fix llpr/record: variable {} of {} does not exist", v.id, v.name);

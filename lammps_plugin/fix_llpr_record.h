@@ -42,6 +42,8 @@ class FixLLPRRecord : public Fix {
     int size = 1;      // values in the current segment (vector: its length)
   };
 
+  bool value_is_vector(const Value &v, const char *kind, int scalar_flag, int vector_flag, int array_flag,
+                       int size_vector, int size_array_cols);
   void record();
   void collect(std::vector<double> &row, std::vector<int> &sizes);
   void write_header(const std::vector<int> &sizes);
