@@ -1,6 +1,6 @@
 """The performance benchmark harness runs end to end (tiny sizes): every section produces
-finite numbers and the report lists each target with its measured value. Timings themselves
-are not asserted (performance claims come from the committed benchmark output)."""
+finite numbers in the layout the reports are written from. Timings themselves are not asserted
+(performance claims come from the committed benchmark output)."""
 
 from __future__ import annotations
 
@@ -48,22 +48,18 @@ def test_lammps_performance_quick(tmp_path):
     large = r["force_sigma_large"]
     assert large["members"] == 32 and large["chunk_centers"] == 4096 and large["rows"][0]["atoms"] == 512
     assert all(row[v]["s_per_step"] > 0 for row in large["rows"] for v in ("blocks", "one_block"))
-    md = (tmp_path / "perf.md").read_text()
-    for target in ("<= 3% over the pair style", "within 15% of bare libtorch", ">= 5x the steps/s of ASE",
-                   "flat within 20%", "2 ranks >= 1.6x"):
-        assert target in md
 
 
 @pytest.mark.slow
 def test_uncertainty_overhead_quick(tmp_path):
-    """The issue-12 measurement: both paths run, give finite costs, and the report states the target."""
+    """Both paths of the per-step uncertainty run and give finite costs (differences of timings:
+    their sign is noise on a busy machine, so it is not asserted)."""
     run_benchmark("uncertainty_overhead.py", "--quick", "--out", str(tmp_path / "u"))
     r = json.loads((tmp_path / "u.json").read_text())
     (row,) = r["rows"]
     assert row["atoms"] == 512 and row["pair_ms_per_step"] > 0
     for name in ("native", "head"):
-        assert math.isfinite(row[name]["timers_percent"]) and row[name]["ms_per_step"] > 0
-    assert "<= 1% of a step" in (tmp_path / "u.md").read_text()
+        assert math.isfinite(row[name]["timers_percent"]) and math.isfinite(row[name]["ms_per_step"])
 
 
 @pytest.mark.slow
@@ -126,10 +122,6 @@ def test_gpu_performance_runs_on_the_cpu(tmp_path):
     assert [x["ranks"] for x in r["mpi_scaling"]] == [1, 2] and r["gpu_vs_cpu"]["cpu_ranks"] == 2
     assert r["overhead"]["s_per_step"] > 0 and r["bare"]["ratio"] > 0
     assert r["profile"]["steps"] == 3 and r["profile"]["wall_s_per_step"] > 0 and "evaluate" in r["profile"]["top_operators"]
-    md = (tmp_path / "gpu.md").read_text()
-    for heading in ("## a) Throughput", "## b) Uncertainty every step", "## c) LAMMPS step vs the bare TorchScript call",
-                    "## d) 1 GPU vs CPU ranks", "## e) CPU MPI scaling"):
-        assert heading in md
 
 
 def test_gpu_check_without_gpu_stops_at_once(tmp_path):
@@ -167,8 +159,7 @@ def test_biased_md_quick(tmp_path):
     assert set(r["active_learning"]) == {"before", "+ frames of plain MD (tau 0)", "+ frames of tau relative 0.3"}
     for row in r["active_learning"].values():
         assert math.isfinite(row["heldout"]["energy_rmse_mev_per_atom"]) and math.isfinite(row["heldout"]["force_rmse_ev_per_a"])
-    md = (tmp_path / "biased.md").read_text()
-    assert "target <= 1.05" in md and "| tau relative 0.3 |" in md
+    assert "| tau relative 0.3 |" in (tmp_path / "biased.md").read_text()  # a row of the measured settings
 
 
 @pytest.mark.slow

@@ -290,12 +290,12 @@ def test_torchrun_processes_shut_their_process_group_down(files):
                                "--train", "train.xyz", "--val", val, "-o", output],
                               capture_output=True, text=True, cwd=d, env=env, timeout=300)
 
-    # leaving it to the interpreter's exit aborted rank 0 now and then, after the checkpoint was saved
-    for k in range(3):
-        run = torchrun("val.xyz", f"dist{k}.ckpt")
-        assert run.returncode == 0, run.stderr[-3000:]
-        assert run.stdout.count("process group still initialized after main: False") == 2, run.stdout
-        assert (d / f"dist{k}.ckpt").is_file()
+    # leaving it to the interpreter's exit aborted rank 0 now and then, after the checkpoint was
+    # saved; that the group is gone when main() returns is what fails every time without the fix
+    run = torchrun("val.xyz", "dist.ckpt")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("process group still initialized after main: False") == 2, run.stdout
+    assert (d / "dist.ckpt").is_file()
     # an error on every rank: each says why, and leaves the group too
     run = torchrun("val2.xyz", "never.ckpt")
     assert run.returncode != 0
