@@ -121,6 +121,21 @@ def test_reset_timestep_keeps_the_controller_going(setup, uninterrupted):
     _assert_same(got, uninterrupted["relative"])
 
 
+def _restarted(model, restart, fix, commands):
+    """The state after `read_restart`, the same pair style, MD and `fix`, then `commands`, in a new
+    LAMMPS instance."""
+    lmp = open_lammps_quiet()
+    try:
+        lmp.commands_string(f"""
+read_restart {restart}
+pair_style llpr {model} device cpu
+pair_coeff * * Si
+""" + MD.format(fix=fix) + commands)
+        return _state(lmp, fix)
+    finally:
+        lmp.close()
+
+
 @pytest.mark.parametrize("kind", ["relative", "fixed"])
 def test_restart_continues_the_run(setup, uninterrupted, tmp_path, kind):
     """`run 50; write_restart` then, in a new LAMMPS instance, `read_restart`, the same pair
@@ -130,16 +145,7 @@ def test_restart_continues_the_run(setup, uninterrupted, tmp_path, kind):
     fix = CONTROLLER if kind == "relative" else "fix b all llpr/bias tau 0.4"
     restart = tmp_path / "half.restart"
     _run(setup, f"run {SPLIT}\nwrite_restart {restart}", fix=fix)
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(f"""
-read_restart {restart}
-pair_style llpr {model} device cpu
-pair_coeff * * Si
-""" + MD.format(fix=fix) + f"run {NSTEPS - SPLIT}")
-        got = _state(lmp, fix)
-    finally:
-        lmp.close()
+    got = _restarted(model, restart, fix, f"run {NSTEPS - SPLIT}")
     print("tau", got["vector"][1], "against", uninterrupted[kind]["vector"][1])
     _assert_same(got, uninterrupted[kind])
 
@@ -150,16 +156,7 @@ def test_restart_of_a_fixed_tau_into_tau_relative_starts_afresh(setup, tmp_path)
     model, _ = setup
     restart = tmp_path / "fixed.restart"
     _run(setup, f"run 10\nwrite_restart {restart}", fix="fix b all llpr/bias tau 0.4")
-    lmp = open_lammps_quiet()
-    try:
-        lmp.commands_string(f"""
-read_restart {restart}
-pair_style llpr {model} device cpu
-pair_coeff * * Si
-""" + MD.format(fix=CONTROLLER) + "run 5")
-        got = _state(lmp, CONTROLLER)
-    finally:
-        lmp.close()
+    got = _restarted(model, restart, CONTROLLER, "run 5")
     assert got["vector"][1] == 0.0
 
 

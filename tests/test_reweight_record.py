@@ -15,6 +15,7 @@ import pytest
 
 from lammps_helpers import (
     METAL2REAL,
+    assert_lammps_error_in_process,
     lammps_module_marks,
     make_model,
     open_lammps_quiet,
@@ -275,10 +276,7 @@ def test_record_continues_through_a_restart_file(setting, tmp_path):
      ["f_sp comes from fix sp (style ave/time)", "record the compute or variable it averages instead"]),
 ])
 def test_fix_refusals_are_clear(setting, tmp_path, fix, wants):
-    lmp = open_lammps_quiet()
-    try:
-        with pytest.raises(Exception) as err:
-            lmp.commands_string(f"""units metal
+    assert_lammps_error_in_process(f"""units metal
 atom_style atomic
 read_data {setting['data']}
 pair_style llpr {setting['models'][K_FIRST]}
@@ -288,10 +286,6 @@ compute ens all llpr ensemble yes
 compute plain all llpr
 compute part few llpr ensemble yes
 compute rdf all rdf 10
-{fix.replace('r.rec', str(tmp_path / 'r.rec'))}
+{fix}
 run 2
-""")
-    finally:
-        lmp.close()
-    message = str(err.value)
-    assert message.startswith("ERROR") and all(w in message for w in wants), message
+""", tmp_path, "ERROR", *wants)
