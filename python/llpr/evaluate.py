@@ -20,10 +20,10 @@ from scipy.special import erfinv
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from llpr.uncertainty.calibrate import gaussian_nll
-from llpr.data import check_structure, stress_label, structure_name
 from llpr import modelfile
+from llpr.data import check_structure, stress_label, structure_name
 from llpr.modelfile import calibration_warnings, ensemble_size, load_exported, require_ensemble
+from llpr.uncertainty.calibrate import gaussian_nll
 
 Z95 = 1.959963984540054
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/A^3 in GPa

@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from llpr.models.protocol import check_atomistic_model
 from llpr.uncertainty.llpr_head import LLPRHead
 from llpr.uncertainty.propagation import accumulate_pass_rows, add_edge_gradient, combine_passes, pass_plan
-from llpr.models.protocol import check_atomistic_model
 
 FORMAT_VERSION = 2
 ENERGY_UNIT = "eV"

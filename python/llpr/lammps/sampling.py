@@ -16,8 +16,8 @@ from ase import Atoms
 from ase.build import bulk
 from tqdm.auto import tqdm
 
-from llpr.lammps.session import open_lammps
 from llpr.lammps.labelling import _potential, _setup, _snapshot
+from llpr.lammps.session import open_lammps
 
 
 @dataclass(frozen=True)

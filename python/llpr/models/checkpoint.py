@@ -16,10 +16,10 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from llpr.integrity import verify_zip
 from llpr.models.mace import MACEModel
 from llpr.models.potential import LocalPotential
 from llpr.models.tabular import MLPRegressor
-from llpr.integrity import verify_zip
 
 MODEL_KIND = "llpr.model"
 LLPR_KIND = "llpr.LLPR"

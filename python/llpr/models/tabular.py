@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from llpr.uncertainty.llpr_head import LLPRHead
 from llpr.lammps.plugin import _core
+from llpr.uncertainty.llpr_head import LLPRHead
 
 TABULAR_FORMAT_VERSION = 1
 

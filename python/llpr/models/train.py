@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llpr.models.checkpoint import registered_model, save_model
 from llpr.graphs import AtomisticDataset, make_loader
+from llpr.models.checkpoint import registered_model, save_model
 from llpr.models.potential import edge_vectors_from_positions
 from llpr.models.protocol import AtomisticModel, check_atomistic_model
 from llpr.uncertainty.propagation import voigt_stress

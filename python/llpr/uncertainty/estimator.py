@@ -37,12 +37,11 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from llpr.uncertainty.calibrate import CalibrationResult, calibrate_hyperparameters
 from llpr.models.checkpoint import model_from_payload, read_llpr_payload, save_llpr_payload
-from llpr.uncertainty.fit import MaximumAccumulator
-from llpr.uncertainty.fit import CovarianceAccumulator
-from llpr.uncertainty.llpr_head import LLPRHead
 from llpr.models.potential import edge_vectors_from_positions
+from llpr.uncertainty.calibrate import CalibrationResult, calibrate_hyperparameters
+from llpr.uncertainty.fit import CovarianceAccumulator, MaximumAccumulator
+from llpr.uncertainty.llpr_head import LLPRHead
 from llpr.uncertainty.propagation import (
     edge_gradients_to_forces,
     ensemble_energy_deviations,
