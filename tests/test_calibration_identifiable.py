@@ -241,9 +241,12 @@ def test_grid_edge_warning_is_recorded_and_shown(files, small_model, capsys):
     (["export", "{d}/ok.ckpt", "-o", "{d}/no/model.pt"], "folder {d}/no does not exist"),
     (["train", "--train", "{d}/train.xyz", "--val", "{d}/val.xyz", "-o", "{d}"], "-o {d} is a folder"),
     (["data", "-o", "{d}/test.xyz"], "-o {d}/test.xyz is a file"),
+    (["reweight", "{d}/md.rec", "--temperature", "900", "--json", "{d}"], "--json {d} is a folder"),
+    (["reweight", "{d}/md.rec", "--temperature", "900", "--plot", "{d}/no/rw.png"], "folder {d}/no does not exist"),
 ])
 def test_cli_checks_output_paths_before_the_work(files, monkeypatch, capsys, command, message):
     import llpr.evaluate
+    import llpr.lammps.reweight
     import llpr.modelfile
     import llpr.lammps.sampling
     import llpr.models.train
@@ -254,7 +257,7 @@ def test_cli_checks_output_paths_before_the_work(files, monkeypatch, capsys, com
 
     for module, name in ((llpr.evaluate, "evaluate_model"), (llpr.uncertainty.estimator.LLPR, "fit"),
                          (llpr.uncertainty.estimator, "load_llpr"), (llpr.models.train, "train_model"),
-                         (llpr.lammps.sampling, "generate_dataset")):
+                         (llpr.lammps.sampling, "generate_dataset"), (llpr.lammps.reweight, "reweight_record")):
         monkeypatch.setattr(module, name, never)
     d = str(files)
     assert main([part.format(d=d) for part in command]) == 2

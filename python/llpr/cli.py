@@ -269,9 +269,8 @@ def cmd_reweight(args) -> None:
     from llpr.lammps.reweight import ReweightWarning, format_report, plot_result, reweight_record, write_json
 
     blocks = "auto" if args.blocks == "auto" else int(args.blocks)
-    for path in (args.json, args.plot):
-        if path and os.path.isdir(path):
-            raise SystemExit(f"error: {path} is a directory; give a file name for the output")
+    _check_output_file(args.json, "--json", "reweight.json")
+    _check_output_file(args.plot, "--plot", "reweight.png")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReweightWarning)  # they are printed with the report
         result = reweight_record(
