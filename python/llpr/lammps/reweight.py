@@ -63,6 +63,9 @@ RECORD_VERSION = 1
 MODEL_DEPENDENT = {"pe": ("dE", None), "press": ("dP", None), "pxx": ("dP_tensor", 0), "pyy": ("dP_tensor", 1),
                    "pzz": ("dP_tensor", 2), "pxy": ("dP_tensor", 3), "pxz": ("dP_tensor", 4),
                    "pyz": ("dP_tensor", 5)}
+# the columns fix llpr/record always writes, then the members' deviations (before the fix's values)
+_BUILTINS = ("step", "atoms", "temp", "pe", "press", "vol", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz")
+_DEVIATIONS = ("dE", "dP", "dP_tensor")
 # what a segment must share with the others to be reweighted with them
 _SAME = (("members", "K (ensemble members)"), ("units", "units"), ("every", "recording period N"),
          ("virial", "virial"), ("compute", "compute"))
@@ -88,11 +91,7 @@ class RecordSegment:
     @property
     def columns(self) -> dict:
         """Column name -> slice of ``data``'s columns."""
-        out, start = {}, 0
-        for col in self.header["columns"]:
-            out[col["name"]] = slice(start, start + int(col["size"]))
-            start += int(col["size"])
-        return out
+        return _column_slices(self.header["columns"])
 
     def column(self, name: str) -> np.ndarray:
         """(frames,) for a scalar value, (frames, size) for the deviations and vector values."""
@@ -100,10 +99,8 @@ class RecordSegment:
         if name not in cols:
             raise ValueError(f"{self.where} records no {name!r}; it records: {', '.join(cols)}")
         block = self.data[:, cols[name]]
-        sizes = {c["name"]: c for c in self.header["columns"]}
-        if sizes[name].get("vector") or name in ("dE", "dP", "dP_tensor"):
-            return block
-        return block[:, 0]
+        vector = next(c.get("vector", False) for c in self.header["columns"] if c["name"] == name)
+        return block if vector or name in _DEVIATIONS else block[:, 0]
 
     @property
     def steps(self) -> np.ndarray:
@@ -112,6 +109,15 @@ class RecordSegment:
     @property
     def where(self) -> str:
         return f"{self.path} (run {self.index})"
+
+
+def _column_slices(columns: list) -> dict:
+    """Column name -> slice of a record line's values, from a header's ``columns``."""
+    out, start = {}, 0
+    for col in columns:
+        out[col["name"]] = slice(start, start + int(col["size"]))
+        start += int(col["size"])
+    return out
 
 
 def _segment_error(path, lineno, text):
@@ -172,8 +178,7 @@ def read_record(path) -> list:
                 raise _segment_error(path, lineno, "a value that is not a number") from None
             if not all(math.isfinite(v) for v in values):
                 bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
-                name = next(c["name"] for c, s in zip(header["columns"], np.cumsum([int(c["size"]) for c in
-                                                                                    header["columns"]])) if bad < s)
+                name = next(n for n, cols in _column_slices(header["columns"]).items() if bad < cols.stop)
                 raise _segment_error(path, lineno, f"step {words[0]}: {name} is {words[bad]}; a frame with a "
                                      "non-finite value has no weight: fix the run (or start after it with --start)")
             rows.append(values)
@@ -619,10 +624,10 @@ def reweight_record(
     if units not in BOLTZMANN:
         raise ValueError(f"{segments[0].where}: units {units!r}; pair_style llpr runs with units metal or real only")
     data = np.concatenate([s.data for s in segments])
+    if start is not None:
+        data = data[data[:, 0] >= int(start)]
     proto = segments[0]
     frames = RecordSegment(proto.path, proto.index, head, data)
-    if start is not None:
-        frames = RecordSegment(proto.path, proto.index, head, data[frames.steps >= int(start)])
     if frames.data.shape[0] == 0:
         raise ValueError(f"no frame of the record is at or after step {start}")
     cols = frames.columns
@@ -634,19 +639,20 @@ def reweight_record(
                f"units {units}, every {s.header['every']} steps, {s.data.shape[0]} frames" for s in segments]
     if start is not None:
         sources.append(f"from step {start}: {frames.data.shape[0]} frames")
-    values = [c["name"] for c in head["columns"][12:] if c["name"] not in ("dE", "dP", "dP_tensor")]
+    values = [c["name"] for c in head["columns"] if c["name"] not in _BUILTINS + _DEVIATIONS]
     if observables is None:
         axes = {_axis_of(v, cols) for v in values}
         observables = ["pe", "press"] + [v for v in values if v not in axes]
     results = {}
     for spec in observables:
-        name, axis_name = (spec.split("@", 1) + [None])[:2] if "@" in spec else (spec, None)
-        if name in ("step", "atoms", "dE", "dP", "dP_tensor"):
+        name, _, axis_name = spec.partition("@")
+        axis_name = axis_name or None
+        if name in ("step", "atoms") + _DEVIATIONS:
             raise ValueError(f"{name} is not an observable; name one of: temp, pe, press, vol, pxx..pyz, "
                              f"{', '.join(values) or '(no values given to the fix)'}")
         if name not in cols:
             raise ValueError(f"{proto.path} records no {name!r}: give it to fix llpr/record (it records "
-                             f"{', '.join(c for c in cols if c not in ('step', 'atoms', 'dE', 'dP', 'dP_tensor'))})")
+                             f"{', '.join(c for c in cols if c not in ('step', 'atoms') + _DEVIATIONS)})")
         A = frames.column(name)
         axis = None
         if A.ndim == 2:
